@@ -1,0 +1,1 @@
+"""Speed and accuracy benchmarks, run by ``dreamcloth bench``."""

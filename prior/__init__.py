@@ -1,0 +1,1 @@
+"""A frozen video diffusion prior with score distillation."""

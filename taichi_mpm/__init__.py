@@ -1,0 +1,1 @@
+"""Differentiable MLS-MPM in Taichi, bridged to PyTorch with exact long-horizon gradients."""

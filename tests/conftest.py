@@ -1,0 +1,7 @@
+"""Test-session settings shared by every test package."""
+
+import os
+
+# Taichi asks the network for a newer version unless told not to, and prints a banner.
+os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
+os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
