@@ -1,0 +1,43 @@
+"""The time step from a CFL bound on the run's parameter *ranges*.
+
+dt is computed from the bounds of the parameters being fitted, not from their current values, so
+that the number of substeps (and with it the loss) stays a smooth function of the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+#: Courant number for explicit MPM with quadratic B-splines; 0.3-0.5 is the usual range.
+CFL_NUMBER = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class SolidBounds:
+    """Ranges (low, high) of the volumetric material parameters a run may visit."""
+
+    young_modulus: tuple[float, float]
+    poisson_ratio: tuple[float, float]
+    density: tuple[float, float]
+    max_speed: float = 0.0  # bound on particle speeds (initial velocity + free fall + colliders), m/s
+
+
+def p_wave_speed(young_modulus: float, poisson_ratio: float, density: float) -> float:
+    """Dilatational wave speed sqrt((lam + 2 mu) / rho): the fastest signal in a linear elastic solid."""
+    E, nu, rho = young_modulus, poisson_ratio, density
+    modulus = E * (1 - nu) / ((1 + nu) * (1 - 2 * nu))
+    return math.sqrt(modulus / rho)
+
+
+def max_dt(dx: float, bounds: SolidBounds, cfl: float = CFL_NUMBER) -> float:
+    """Largest stable dt for every parameter value inside ``bounds``."""
+    c = p_wave_speed(bounds.young_modulus[1], bounds.poisson_ratio[1], bounds.density[0])
+    return cfl * dx / (c + bounds.max_speed)
+
+
+def substeps_for(fps: float, dt_max: float) -> int:
+    """Substeps per frame so that dt = 1 / (fps * substeps) <= dt_max."""
+    if dt_max <= 0 or not math.isfinite(dt_max):
+        raise ValueError(f"invalid CFL time step {dt_max}")
+    return max(1, math.ceil(1.0 / (fps * dt_max) - 1e-9))

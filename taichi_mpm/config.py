@@ -1,0 +1,110 @@
+"""Frozen hyper-parameters of a simulation: the grid over the domain box, time stepping, gravity."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+Vec3 = tuple[float, float, float]
+
+
+def _vec3(v: Sequence[float], name: str) -> Vec3:
+    t = tuple(float(a) for a in v)
+    if len(t) != 3:
+        raise ValueError(f"{name} must have 3 components, got {len(t)}")
+    if not all(math.isfinite(a) for a in t):
+        raise ValueError(f"{name} must be finite, got {t}")
+    return t  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """A dense MPM grid over an axis-aligned domain box.
+
+    Node ``(i, j, k)`` sits at ``origin + (i, j, k) * dx``; ``res`` nodes per axis.  The outermost
+    ``boundary`` cells on every side are walls (outward velocity removed), which with a CFL-bounded
+    dt keeps every particle inside the grid.
+    """
+
+    origin: Vec3
+    dx: float
+    res: tuple[int, int, int]
+    boundary: int = 3
+
+    @staticmethod
+    def from_domain(domain_min: Sequence[float], domain_max: Sequence[float], resolution: int, boundary: int = 3) -> "GridSpec":
+        """``resolution`` cells along the longest axis of the box; the others get the same dx.
+
+        The walls take ``boundary`` cells, so the box is padded by that much on every side: the
+        domain the user gave is where particles can move.
+        """
+        lo = _vec3(domain_min, "domain min")
+        hi = _vec3(domain_max, "domain max")
+        ext = [h - l for l, h in zip(lo, hi)]
+        if min(ext) <= 0:
+            raise ValueError(f"domain box is empty or inverted: min {lo}, max {hi}")
+        if resolution < 4:
+            raise ValueError(f"grid resolution must be at least 4 cells, got {resolution}")
+        dx = max(ext) / resolution
+        pad = boundary
+        res = tuple(int(math.ceil(e / dx - 1e-9)) + 2 * pad + 1 for e in ext)
+        origin = tuple(l - pad * dx for l in lo)
+        return GridSpec(origin=origin, dx=dx, res=res, boundary=boundary)  # type: ignore[arg-type]
+
+    @property
+    def inv_dx(self) -> float:
+        return 1.0 / self.dx
+
+    @property
+    def inner_min(self) -> Vec3:
+        """Lowest point a particle may occupy (inside the walls)."""
+        return tuple(o + self.boundary * self.dx for o in self.origin)  # type: ignore[return-value]
+
+    @property
+    def inner_max(self) -> Vec3:
+        """Highest point a particle may occupy (inside the walls)."""
+        return tuple(o + (r - 1 - self.boundary) * self.dx for o, r in zip(self.origin, self.res))  # type: ignore[return-value]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.res[0] * self.res[1] * self.res[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """Time stepping and grid of one simulation.
+
+    ``substeps_per_frame`` substeps of ``dt = 1 / (fps * substeps_per_frame)`` make one output
+    frame.  ``segment_substeps`` is K, the number of substeps per checkpointed segment in the
+    backward pass (memory O(N (T/K + K))); ``None`` picks about sqrt(T).
+    ``scatter`` chooses the particle-to-grid strategy: ``"colored"`` (no float atomics; the fast
+    choice on CPUs), ``"atomic"`` (the fast choice on GPUs) or ``"auto"``.
+    """
+
+    grid: GridSpec
+    fps: float
+    substeps_per_frame: int
+    gravity: Vec3 = (0.0, -9.81, 0.0)
+    segment_substeps: int | None = None
+    scatter: str = "auto"
+
+    def __post_init__(self):
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if int(self.substeps_per_frame) < 1:
+            raise ValueError(f"substeps_per_frame must be >= 1, got {self.substeps_per_frame}")
+        object.__setattr__(self, "gravity", _vec3(self.gravity, "gravity"))
+        if self.segment_substeps is not None and self.segment_substeps < 1:
+            raise ValueError(f"segment_substeps must be >= 1, got {self.segment_substeps}")
+        if self.scatter not in ("auto", "colored", "atomic"):
+            raise ValueError(f"scatter must be 'auto', 'colored' or 'atomic', got {self.scatter!r}")
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / (self.fps * self.substeps_per_frame)
+
+    def segment_length(self, total_substeps: int) -> int:
+        """K, substeps per checkpointed segment: ``segment_substeps`` or about sqrt(total)."""
+        k = self.segment_substeps or max(1, int(round(math.sqrt(total_substeps))))
+        return max(1, min(int(k), int(total_substeps)))

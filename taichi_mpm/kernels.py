@@ -1,0 +1,547 @@
+"""The Taichi kernels of one MLS-MPM substep, and their adjoints.
+
+A substep maps the particle state ``(x, v, C, F)`` to the next one:
+
+1. ``CONSTITUTIVE[model]``  (per particle):  F' = (I + dt C) F,
+   A = -dt V0 (4/dx^2) P(F') F'^T + m C   (the MLS-MPM affine momentum, Hu et al. 2018 eq. 29)
+2. ``p2g_*``  (scatter):  mv_i += w_ip (m_p v_p + dt f_p + A_p (x_i - x_p)),  m_i += w_ip m_p
+3. ``grid_kernels(kinds)`` (per node): v_i = damping^dt (mv_i / m_i + dt g), then colliders and walls
+4. ``g2p``  (gather):  v_p = sum w v_i,  C_p = (4/dx^2) sum w v_i (x_i - x_p)^T,  x_p += dt v_p
+
+Quadratic B-splines, APIC transfers (Jiang et al. 2015).
+
+Data layout.  Every torch tensor handed to a kernel costs ~17 us of launch overhead here (a bare
+launch ~16 us), so particle data travels packed: a state is one ``[N, 24]`` array (x, v, C
+row-major, F row-major; offsets ``X, V, C, F`` below), the per-particle material one ``[N, 7]``
+array (mu, lambda, rest volume, mass, external force), and the constitutive kernel writes
+everything the scatter needs into one ``[N, 16]`` record (x, mass, momentum, affine matrix) so
+that each of the eight coloured scatter launches takes two arrays.  Gradients use the same
+layouts.  The grid lives in Taichi fields (dense loops over fields were ~5x faster than over
+ndarrays here) passed as templates.
+
+Every kernel has a hand-written adjoint: Taichi's autodiff of the 27-node stencil took minutes to
+compile, autodiff of the unrolled polar decomposition 74 s, and the adjoint of a scatter is a
+gather, which needs no atomics.  On CPUs the forward scatter avoids float atomics too: particles
+are binned into 4^3-cell blocks coloured in 8 classes; blocks of one colour are two blocks apart,
+so their 3x3x3 stencils never overlap and one thread per block adds without atomics (float
+atomics cost 22x a plain add here).  GPUs use the atomic variant.
+"""
+
+import functools
+
+import taichi as ti
+
+from .materials import (
+    fixed_corotated_stress,
+    fixed_corotated_stress_adjoint,
+    neo_hookean_stress,
+    neo_hookean_stress_adjoint,
+)
+
+# state layout [N, 24]
+X, V, C, F = 0, 3, 6, 15
+STATE_DIM = 24
+# material layout [N, 7]
+MU, LAM, VOL, MASS, FORCE = 0, 1, 2, 3, 4
+MAT_DIM = 7
+# pins [N, 4]: flag (0/1), prescribed velocity
+PIN_DIM = 4
+# scatter record [N, 16]: position, mass, momentum m v + dt f, affine matrix A
+WX, WMASS, WMOM, WA = 0, 3, 4, 7
+W_DIM = 16
+# scatter-adjoint record [N, 15]: position, dL/dv_new, dL/dB (B = sum w v_i dpos^T)
+RX, RGV, RGB = 0, 3, 6
+R_DIM = 15
+
+ARR = ti.types.ndarray(ndim=2)
+VEC = ti.types.ndarray(ndim=1)
+INT = ti.types.ndarray(dtype=ti.i32, ndim=1)
+
+#: side of the coloured scatter blocks, in cells; must be >= 3 (the stencil width)
+BLOCK = 4
+
+
+# --------------------------------------------------------------------------------------------
+# packed-array access
+
+
+@ti.func
+def vec3(a: ti.template(), p, col: ti.template()):
+    return ti.Vector([a[p, col], a[p, col + 1], a[p, col + 2]])
+
+
+@ti.func
+def mat3(a: ti.template(), p, col: ti.template()):
+    return ti.Matrix([[a[p, col + 3 * i + j] for j in ti.static(range(3))] for i in ti.static(range(3))])
+
+
+@ti.func
+def put3(a: ti.template(), p, col: ti.template(), v):
+    for i in ti.static(range(3)):
+        a[p, col + i] = v[i]
+
+
+@ti.func
+def put33(a: ti.template(), p, col: ti.template(), m):
+    for i, j in ti.static(ti.ndrange(3, 3)):
+        a[p, col + 3 * i + j] = m[i, j]
+
+
+@ti.func
+def add3(a: ti.template(), p, col: ti.template(), v):
+    for i in ti.static(range(3)):
+        a[p, col + i] += v[i]
+
+
+# --------------------------------------------------------------------------------------------
+# B-spline weights
+
+
+@ti.func
+def _frame(xp, origin, inv_dx):
+    """Base node, fractional offset and quadratic B-spline weights (and their derivatives) of a particle."""
+    Xp = (xp - origin) * inv_dx
+    base = ti.cast(ti.floor(Xp - 0.5), ti.i32)
+    fx = Xp - base
+    # w[k, d]: weight of node base+k along axis d; dw: d w / d fx
+    w = ti.Matrix.rows([0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2])
+    dw = ti.Matrix.rows([fx - 1.5, -2.0 * (fx - 1.0), fx - 0.5])
+    return base, fx, w, dw
+
+
+@ti.func
+def _weight(w, o):
+    return w[o[0], 0] * w[o[1], 1] * w[o[2], 2]
+
+
+@ti.func
+def _weight_grad(w, dw, o, inv_dx):
+    """d w_o / d x_p (a vec3)."""
+    return inv_dx * ti.Vector(
+        [dw[o[0], 0] * w[o[1], 1] * w[o[2], 2], w[o[0], 0] * dw[o[1], 1] * w[o[2], 2], w[o[0], 0] * w[o[1], 1] * dw[o[2], 2]]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 1. constitutive update
+
+
+def _constitutive_kernels(stress, stress_adjoint):
+    @ti.kernel
+    def forward(S: ARR, M: ARR, dt: float, inv_dx: float, start: int, end: int, S_out: ARR, W: ARR):
+        """Writes F' into ``S_out`` and the scatter record (x, m, m v + dt f, A) into ``W``."""
+        for p in range(start, end):
+            Cp = mat3(S, p, C)
+            Fn = (ti.Matrix.identity(float, 3) + dt * Cp) @ mat3(S, p, F)
+            P = stress(Fn, M[p, MU], M[p, LAM])
+            put33(S_out, p, F, Fn)
+            mp = M[p, MASS]
+            put3(W, p, WX, vec3(S, p, X))
+            W[p, WMASS] = mp
+            put3(W, p, WMOM, mp * vec3(S, p, V) + dt * vec3(M, p, FORCE))
+            # MLS-MPM affine momentum: stress part and APIC part (Hu et al. 2018, eq. 29)
+            put33(W, p, WA, -dt * 4.0 * inv_dx * inv_dx * M[p, VOL] * P @ Fn.transpose() + mp * Cp)
+
+    @ti.kernel
+    def adjoint(S: ARR, M: ARR, dt: float, inv_dx: float, start: int, end: int, G_out: ARR, G_W: ARR, G_in: ARR, G_M: ARR):
+        """Reads dL/dF' from ``G_out`` and dL/dW from ``G_W``; accumulates dL/dx and writes dL/dv,
+        dL/dC, dL/dF into ``G_in``; accumulates dL/d(mu, lambda, mass, force) into ``G_M``."""
+        for p in range(start, end):
+            Fp, Cp = mat3(S, p, F), mat3(S, p, C)
+            L = ti.Matrix.identity(float, 3) + dt * Cp
+            Fn = L @ Fp
+            mp = M[p, MASS]
+            P = stress(Fn, M[p, MU], M[p, LAM])
+            k = -dt * 4.0 * inv_dx * inv_dx * M[p, VOL]
+            gA = mat3(G_W, p, WA)
+            gmom = vec3(G_W, p, WMOM)
+            # A = k P Fn^T + m C
+            g_Fn, gmu, glam = stress_adjoint(Fn, M[p, MU], M[p, LAM], k * gA @ Fn)
+            g_Fn += mat3(G_out, p, F) + k * gA.transpose() @ P
+            add3(G_in, p, X, vec3(G_W, p, WX))
+            put3(G_in, p, V, mp * gmom)
+            put33(G_in, p, F, L.transpose() @ g_Fn)
+            put33(G_in, p, C, mp * gA + dt * g_Fn @ Fp.transpose())
+            G_M[p, MU] += gmu
+            G_M[p, LAM] += glam
+            G_M[p, MASS] += (gA * Cp).sum() + G_W[p, WMASS] + gmom.dot(vec3(S, p, V))
+            add3(G_M, p, FORCE, dt * gmom)
+
+    return forward, adjoint
+
+
+#: model name -> (forward kernel, adjoint kernel)
+CONSTITUTIVE = {
+    "neo_hookean": _constitutive_kernels(neo_hookean_stress, neo_hookean_stress_adjoint),
+    "fixed_corotated": _constitutive_kernels(fixed_corotated_stress, fixed_corotated_stress_adjoint),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# 2. particle to grid
+
+
+@ti.kernel
+def bin_particles(W: ARR, origin: ti.math.vec3, inv_dx: float, nbh: ti.math.ivec3, bins: INT):
+    """Counting sort of particles by coloured block (serial: deterministic order, ~3 passes of N).
+
+    Block b = base // BLOCK per axis; colour = parity of b per axis (8 colours); blocks of one
+    colour are stored contiguously so that the coloured scatter runs over them in parallel.
+    ``bins = [order (N) | key (N) | counts (n_keys) | start (n_keys + 1)]``.
+    """
+    n = W.shape[0]
+    n_keys = (bins.shape[0] - 2 * n - 1) // 2
+    c0 = 2 * n  # counts
+    s0 = 2 * n + n_keys  # block starts
+    ti.loop_config(serialize=True)
+    for k in range(n_keys):
+        bins[c0 + k] = 0
+    ti.loop_config(serialize=True)
+    for p in range(n):
+        base = ti.cast(ti.floor((vec3(W, p, WX) - origin) * inv_dx - 0.5), ti.i32)
+        b = base // BLOCK
+        colour = (b[0] % 2) * 4 + (b[1] % 2) * 2 + (b[2] % 2)
+        h = b // 2
+        key = colour * (nbh[0] * nbh[1] * nbh[2]) + (h[0] * nbh[1] + h[1]) * nbh[2] + h[2]
+        bins[n + p] = key
+        bins[c0 + key] += 1
+    ti.loop_config(serialize=True)
+    for _ in range(1):
+        s = 0
+        for k in range(n_keys):
+            bins[s0 + k] = s
+            s += bins[c0 + k]
+            bins[c0 + k] = bins[s0 + k]
+        bins[s0 + n_keys] = s
+    ti.loop_config(serialize=True)
+    for p in range(n):
+        k = bins[n + p]
+        bins[bins[c0 + k]] = p
+        bins[c0 + k] += 1
+
+
+@ti.func
+def _colour_range(bins: ti.template(), n, colour, b):
+    """Particle slots [lo, hi) of block ``b`` of ``colour`` in the sorted order."""
+    n_keys = (bins.shape[0] - 2 * n - 1) // 2
+    k = colour * (n_keys // 8) + b
+    s0 = 2 * n + n_keys
+    return bins[s0 + k], bins[s0 + k + 1]
+
+
+@ti.func
+def _p2g_particle(p, W: ti.template(), origin, inv_dx, dx, grid_mv: ti.template(), grid_m: ti.template(), atomic: ti.template()):
+    base, fx, w, dw = _frame(vec3(W, p, WX), origin, inv_dx)
+    mp = W[p, WMASS]
+    mom = vec3(W, p, WMOM)
+    a = mat3(W, p, WA)
+    for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
+        dpos = (o - fx) * dx
+        wt = _weight(w, o)
+        I = base + o
+        if ti.static(atomic):
+            grid_mv[I] += wt * (mom + a @ dpos)
+            grid_m[I] += wt * mp
+        else:
+            # plain read-add-write: no other thread touches this block's stencil
+            grid_mv[I] = grid_mv[I] + wt * (mom + a @ dpos)
+            grid_m[I] = grid_m[I] + wt * mp
+
+
+@ti.kernel
+def p2g_atomic(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
+    for p in range(W.shape[0]):
+        _p2g_particle(p, W, origin, inv_dx, dx, grid_mv, grid_m, True)
+
+
+@ti.kernel
+def p2g_colored(
+    W: ARR, bins: INT, colour: int, blocks_per_colour: int, origin: ti.math.vec3, inv_dx: float, dx: float,
+    grid_mv: ti.template(), grid_m: ti.template(),
+):
+    """The particles of one colour (launched once per colour: unrolling all 8 in one kernel would
+    multiply compile time by 8)."""
+    n = W.shape[0]
+    for b in range(blocks_per_colour):
+        lo, hi = _colour_range(bins, n, colour, b)
+        for j in range(lo, hi):
+            _p2g_particle(bins[j], W, origin, inv_dx, dx, grid_mv, grid_m, False)
+
+
+@ti.kernel
+def p2g_adjoint(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR):
+    """Adjoint of p2g, a gather: writes dL/dW."""
+    for p in range(W.shape[0]):
+        base, fx, w, dw = _frame(vec3(W, p, WX), origin, inv_dx)
+        mp = W[p, WMASS]
+        mom = vec3(W, p, WMOM)
+        a = mat3(W, p, WA)
+        gmom = ti.Vector.zero(float, 3)
+        gx = ti.Vector.zero(float, 3)
+        gA = ti.Matrix.zero(float, 3, 3)
+        gm = 0.0
+        for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
+            dpos = (o - fx) * dx
+            wt = _weight(w, o)
+            I = base + o
+            Gmv = g_grid_mv[I]
+            Gm = g_grid_m[I]
+            gmom += wt * Gmv
+            gA += wt * Gmv.outer_product(dpos)
+            gm += wt * Gm
+            # w depends on x; dpos = (o - fx) dx has d dpos / dx = -I
+            gx += _weight_grad(w, dw, o, inv_dx) * (Gmv.dot(mom + a @ dpos) + Gm * mp) - wt * (a.transpose() @ Gmv)
+        put3(G_W, p, WX, gx)
+        G_W[p, WMASS] = gm
+        put3(G_W, p, WMOM, gmom)
+        put33(G_W, p, WA, gA)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. grid update: gravity, damping, colliders, walls
+
+
+@ti.func
+def _collider_frame(kind: ti.template(), coll: ti.template(), c: ti.template(), xi, time):
+    """Signed distance, outward unit normal and velocity of collider ``c`` at point ``xi``."""
+    vc = ti.Vector([coll[c, 15], coll[c, 16], coll[c, 17]])
+    phi = 1.0
+    n = ti.Vector([0.0, 1.0, 0.0])
+    if ti.static(kind == "plane"):
+        p0 = ti.Vector([coll[c, 0], coll[c, 1], coll[c, 2]]) + vc * time
+        n = ti.Vector([coll[c, 3], coll[c, 4], coll[c, 5]])
+        phi = (xi - p0).dot(n)
+    elif ti.static(kind == "sphere"):
+        d = xi - (ti.Vector([coll[c, 0], coll[c, 1], coll[c, 2]]) + vc * time)
+        r = d.norm()
+        phi = r - coll[c, 3]
+        if r > 0:
+            n = d / r
+    elif ti.static(kind == "box"):
+        R = ti.Matrix([[coll[c, 6 + 3 * i + j] for j in ti.static(range(3))] for i in ti.static(range(3))])
+        q = R.transpose() @ (xi - (ti.Vector([coll[c, 0], coll[c, 1], coll[c, 2]]) + vc * time))
+        h = ti.Vector([coll[c, 3], coll[c, 4], coll[c, 5]])
+        d = ti.abs(q) - h
+        dmax = ti.max(d[0], d[1], d[2])
+        outside = ti.max(d, 0.0)
+        on = outside.norm()
+        phi = on + ti.min(dmax, 0.0)
+        nl = ti.Vector([0.0, 0.0, 0.0])
+        if dmax > 0:
+            nl = outside * ti.math.sign(q) / on
+        else:
+            # inside: the face of least penetration
+            if d[0] >= d[1] and d[0] >= d[2]:
+                nl[0] = ti.math.sign(q[0])
+            elif d[1] >= d[2]:
+                nl[1] = ti.math.sign(q[1])
+            else:
+                nl[2] = ti.math.sign(q[2])
+        n = R @ nl
+    return phi, n, vc
+
+
+@ti.func
+def _coulomb(v, n, vc, mu):
+    """Coulomb friction against a collider moving at vc (Stomakhin et al. 2013, section 8)."""
+    vrel = v - vc
+    vn = vrel.dot(n)
+    out = v
+    if vn < 0:
+        vt = vrel - vn * n
+        vt_norm = vt.norm()
+        if vt_norm <= -mu * vn:
+            out = vc  # static friction: sticks
+        else:
+            out = vc + vt + mu * vn * vt / vt_norm
+    return out
+
+
+@ti.func
+def _coulomb_adjoint(v, n, vc, mu, g):
+    """(d out / d v)^T g and (d out / d mu) . g of ``_coulomb``."""
+    vrel = v - vc
+    vn = vrel.dot(n)
+    g_v = g
+    g_mu = 0.0
+    if vn < 0:
+        vt = vrel - vn * n
+        vt_norm = vt.norm()
+        if vt_norm <= -mu * vn:
+            g_v = ti.Vector([0.0, 0.0, 0.0])
+        else:
+            u = vt / vt_norm
+            ug = u.dot(g)
+            # out = vt + mu vn u:  d out = P_t dv + mu (u (n.dv) + vn/|vt| (I - u u^T) P_t dv)
+            wperp = g - ug * u
+            g_v = (g - g.dot(n) * n) + mu * (n * ug + (vn / vt_norm) * (wperp - wperp.dot(n) * n))
+            g_mu = vn * ug
+    return g_v, g_mu
+
+
+@functools.lru_cache(maxsize=None)
+def grid_kernels(kinds: tuple):
+    """The grid update and its adjoint, specialised to a tuple of collider kinds (compile-time)."""
+    for k in kinds:
+        if k not in ("plane", "sphere", "box"):
+            raise ValueError(f"unknown collider kind {k!r}")
+    n_coll = len(kinds)
+
+    @ti.func
+    def _colliders(v, xi, coll: ti.template(), friction: ti.template(), time, upto: ti.template()):
+        """Velocity after colliders 0 .. upto-1 (applied in order)."""
+        out = v
+        for c in ti.static(range(upto)):
+            phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time)
+            if phi < 0:
+                out = _coulomb(out, n, vc, friction[c])
+        return out
+
+    @ti.kernel
+    def grid_update(
+        grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
+        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, grid_v: ti.template(),
+    ):
+        res = ti.Vector(ti.static(grid_m.shape))
+        s = damping[0] ** dt
+        for I in ti.grouped(grid_m):
+            m = grid_m[I]
+            v = ti.Vector.zero(float, 3)
+            if m > 0:
+                v = _colliders((grid_mv[I] / m + dt * gravity) * s, origin + I * dx, coll, friction, time, n_coll)
+                for d in ti.static(range(3)):
+                    if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
+                        v[d] = 0.0
+            grid_v[I] = v
+
+    @ti.kernel
+    def grid_update_adjoint(
+        grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
+        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int,
+        g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_friction: VEC, g_damping: VEC,
+    ):
+        """Overwrites g_grid_mv, g_grid_m; accumulates g_friction, g_damping."""
+        res = ti.Vector(ti.static(grid_m.shape))
+        s = damping[0] ** dt
+        ds = dt * damping[0] ** (dt - 1.0)
+        for I in ti.grouped(grid_m):
+            m = grid_m[I]
+            gmv = ti.Vector.zero(float, 3)
+            gm = 0.0
+            if m > 0:
+                mv = grid_mv[I]
+                v0 = mv / m + dt * gravity
+                xi = origin + I * dx
+                v = _colliders(v0 * s, xi, coll, friction, time, n_coll)
+                g = g_grid_v[I]
+                for d in ti.static(range(3)):
+                    if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
+                        g[d] = 0.0
+                # reverse through the colliders, replaying each one's input (n_coll is small)
+                for cc in ti.static(range(n_coll)):
+                    c = ti.static(n_coll - 1 - cc)
+                    phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time)
+                    if phi < 0:
+                        vin = _colliders(v0 * s, xi, coll, friction, time, c)
+                        g, g_mu = _coulomb_adjoint(vin, n, vc, friction[c], g)
+                        g_friction[c] += g_mu
+                g_damping[0] += g.dot(v0) * ds
+                gv0 = g * s
+                gmv = gv0 / m
+                gm = -gv0.dot(mv) / (m * m)
+            g_grid_mv[I] = gmv
+            g_grid_m[I] = gm
+
+    return grid_update, grid_update_adjoint
+
+
+# --------------------------------------------------------------------------------------------
+# 4. grid to particle
+
+
+@ti.kernel
+def g2p(
+    S: ARR, grid_v: ti.template(), pins: ARR, dt: float, origin: ti.math.vec3, inv_dx: float, dx: float,
+    lo: ti.math.vec3, hi: ti.math.vec3, S_out: ARR,
+):
+    """Writes x, v and C of ``S_out`` (F was written by the constitutive kernel)."""
+    for p in range(S.shape[0]):
+        xp = vec3(S, p, X)
+        base, fx, w, dw = _frame(xp, origin, inv_dx)
+        nv = ti.Vector.zero(float, 3)
+        B = ti.Matrix.zero(float, 3, 3)
+        for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
+            dpos = (o - fx) * dx
+            wt = _weight(w, o)
+            gv = grid_v[base + o]
+            nv += wt * gv
+            B += wt * gv.outer_product(dpos)
+        if pins[p, 0] != 0:
+            nv = vec3(pins, p, 1)
+        put3(S_out, p, V, nv)
+        # quadratic B-splines: D^-1 = 4 / dx^2 (Jiang et al. 2015)
+        put33(S_out, p, C, 4.0 * inv_dx * inv_dx * B)
+        # the walls keep particles inside; the clamp is a guard that a CFL-respecting run never hits
+        put3(S_out, p, X, ti.min(ti.max(xp + dt * nv, lo), hi))
+
+
+@ti.kernel
+def g2p_adjoint_prepare(S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, lo: ti.math.vec3, hi: ti.math.vec3, R: ARR, G_in: ARR):
+    """Per-particle part of the g2p adjoint: the record ``R`` (x, dL/dv_new, dL/dB) for the scatter,
+    and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``."""
+    for p in range(S.shape[0]):
+        xp = vec3(S, p, X)
+        xn = xp + dt * vec3(S_out, p, V)
+        gxn = vec3(G_out, p, X)
+        for d in ti.static(range(3)):
+            if xn[d] < lo[d] or xn[d] > hi[d]:
+                gxn[d] = 0.0
+        gnv = ti.Vector.zero(float, 3)
+        if pins[p, 0] == 0:
+            gnv = vec3(G_out, p, V) + dt * gxn
+        put3(R, p, RX, xp)
+        put3(R, p, RGV, gnv)
+        put33(R, p, RGB, mat3(G_out, p, C))  # scaled by 4/dx^2 in the scatter
+        put3(G_in, p, X, gxn)
+
+
+@ti.func
+def _g2p_adjoint_particle(
+    p, R: ti.template(), grid_v: ti.template(), origin, inv_dx, dx, g_grid_v: ti.template(), G_in: ti.template(),
+    atomic: ti.template(),
+):
+    base, fx, w, dw = _frame(vec3(R, p, RX), origin, inv_dx)
+    gnv = vec3(R, p, RGV)
+    gB = 4.0 * inv_dx * inv_dx * mat3(R, p, RGB)
+    gx = ti.Vector.zero(float, 3)
+    for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
+        dpos = (o - fx) * dx
+        wt = _weight(w, o)
+        I = base + o
+        gv = grid_v[I]
+        contrib = wt * (gnv + gB @ dpos)
+        if ti.static(atomic):
+            g_grid_v[I] += contrib
+        else:
+            g_grid_v[I] = g_grid_v[I] + contrib
+        gx += _weight_grad(w, dw, o, inv_dx) * (gv.dot(gnv) + gv.dot(gB @ dpos)) - wt * (gB.transpose() @ gv)
+    add3(G_in, p, X, gx)
+
+
+@ti.kernel
+def g2p_adjoint_atomic(R: ARR, grid_v: ti.template(), origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
+    """Adjoint of g2p's transfer: scatters into g_grid_v, accumulates dL/dx into ``G_in``."""
+    for p in range(R.shape[0]):
+        _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, True)
+
+
+@ti.kernel
+def g2p_adjoint_colored(
+    R: ARR, bins: INT, colour: int, blocks_per_colour: int, grid_v: ti.template(), origin: ti.math.vec3,
+    inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR,
+):
+    n = R.shape[0]
+    for b in range(blocks_per_colour):
+        lo, hi = _colour_range(bins, n, colour, b)
+        for j in range(lo, hi):
+            _g2p_adjoint_particle(bins[j], R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, False)

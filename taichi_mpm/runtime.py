@@ -1,0 +1,112 @@
+"""The one place that decides Taichi's arch and precision, lazily.
+
+Nothing in dreamcloth calls ``ti.init`` at import time.  The simulator asks for a runtime that
+matches the tensors it is given (``cuda`` tensors -> ``ti.cuda``, ``float64`` -> ``default_fp=f64``)
+and this module initialises Taichi on first use, or re-initialises it when the request changes.
+A re-initialisation invalidates every Taichi field, so objects that cache fields key them by
+:func:`generation`.
+
+Another library in the same process (the renderer) may have initialised Taichi first; if its
+arch and precision already match, it is used as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+# Taichi asks the network for a newer version (a 5 s timeout on machines without internet) and
+# prints a banner unless told not to; both must be set before ``import taichi``.
+os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
+os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+
+import taichi as ti  # noqa: E402
+from taichi.lang import impl as _ti_impl  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Which Taichi backend runs the kernels and at what floating-point precision."""
+
+    arch: str  # "cpu" | "cuda"
+    precision: str  # "f32" | "f64"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.precision == "f64" else torch.float32
+
+    @property
+    def ti_dtype(self):
+        return ti.f64 if self.precision == "f64" else ti.f32
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device("cuda" if self.arch == "cuda" else "cpu")
+
+
+_current: RuntimeConfig | None = None
+_generation = 0
+
+
+def _initialised() -> bool:
+    return _ti_impl.get_runtime().prog is not None
+
+
+def _live_config() -> RuntimeConfig | None:
+    """The config Taichi is running with now, whoever initialised it."""
+    if not _initialised():
+        return None
+    cfg = _ti_impl.current_cfg()
+    arch = "cuda" if cfg.arch == ti.cuda else ("cpu" if cfg.arch in (ti.x64, ti.arm64) else str(cfg.arch))
+    precision = "f64" if cfg.default_fp == ti.f64 else "f32"
+    return RuntimeConfig(arch, precision)
+
+
+def config_for(device: torch.device | str, dtype: torch.dtype) -> RuntimeConfig:
+    """The runtime config that tensors on ``device`` with ``dtype`` need."""
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device}: dreamcloth's Taichi kernels run on cpu or cuda")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"unsupported dtype {dtype}: use torch.float32 or torch.float64")
+    return RuntimeConfig("cuda" if device.type == "cuda" else "cpu", "f64" if dtype == torch.float64 else "f32")
+
+
+def ensure(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> RuntimeConfig:
+    """Make sure Taichi runs on the arch and precision that ``device``/``dtype`` tensors need.
+
+    Initialises Taichi on first use; re-initialises (invalidating fields, see :func:`generation`)
+    only when the request differs from what is running.
+    """
+    global _current, _generation
+    want = config_for(device, dtype)
+    live = _live_config()
+    if live == want:
+        _current = want
+        return want
+    if live is not None:
+        ti.reset()
+    arch = ti.cuda if want.arch == "cuda" else ti.cpu
+    ti.init(
+        arch=arch,
+        default_fp=want.ti_dtype,
+        offline_cache=True,
+        # Kernel argument checks are cheap; debug mode (bounds checks) is for tests that ask for it.
+        check_out_of_bound=False,
+        log_level=ti.WARN,
+    )
+    _current = want
+    _generation += 1
+    return want
+
+
+def generation() -> int:
+    """Increases every time this module (re-)initialises Taichi; cached fields are keyed by it."""
+    return _generation
+
+
+def current() -> RuntimeConfig | None:
+    """What Taichi is running with now (``None`` before the first kernel)."""
+    return _live_config()

@@ -1,0 +1,168 @@
+"""The public rollout: ``simulate(model, state, params, config, num_frames) -> Trajectory``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from . import cfl as _cfl
+from .config import SimConfig
+from .model import Model, Params, State
+from .solver import Engine, StepParams, pack_material, raise_nonfinite, run_segment
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """A rollout sampled at the output frames (frame 0 is the initial state).
+
+    Attributes:
+        x: ``[T, N, 3]`` positions.
+        F: ``[T, N, 3, 3]`` deformation gradients.
+        final: full state after the last substep (v and C included), differentiable like the rest.
+        dt: substep length; ``substeps``: substeps simulated in total.
+    """
+
+    x: torch.Tensor
+    F: torch.Tensor
+    final: State
+    dt: float
+    substeps: int
+
+
+def lame(young_modulus: torch.Tensor, poisson_ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lame parameters (mu, lambda) from Young's modulus and Poisson's ratio."""
+    mu = young_modulus / (2 * (1 + poisson_ratio))
+    lam = young_modulus * poisson_ratio / ((1 + poisson_ratio) * (1 - 2 * poisson_ratio))
+    return mu, lam
+
+
+def _per_particle(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    if t.dim() == 0 or t.numel() == 1:
+        return t.reshape(()).expand(n).contiguous()
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape [{n}], got {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def validate_params(params: Params) -> None:
+    """Physical ranges: E > 0, 0 <= nu < 0.5, density > 0, 0 < damping <= 1, friction >= 0 (all finite)."""
+    checks = (
+        ("young_modulus", params.young_modulus, lambda t: t > 0, "> 0"),
+        ("poisson_ratio", params.poisson_ratio, lambda t: (t >= 0) & (t < 0.5), "in [0, 0.5)"),
+        ("density", params.density, lambda t: t > 0, "> 0"),
+        ("damping", params.damping, lambda t: (t > 0) & (t <= 1), "in (0, 1] (fraction of velocity kept per second)"),
+        ("friction", params.friction, lambda t: t >= 0, ">= 0"),
+    )
+    for name, t, ok, rule in checks:
+        _check_finite(name, t)
+        if not bool(ok(t.detach()).all()):
+            bad = t.detach().reshape(-1)[~ok(t.detach()).reshape(-1)][0].item()
+            raise ValueError(f"{name} must be {rule}, got {bad:g}")
+
+
+def simulate(
+    model: Model,
+    state: State,
+    params: Params,
+    config: SimConfig,
+    num_frames: int,
+    bounds: _cfl.SolidBounds | None = None,
+) -> Trajectory:
+    """Roll the simulation out for ``num_frames`` output frames (``(num_frames - 1) * substeps_per_frame`` substeps).
+
+    Args:
+        model: static particle data (volumes, material groups, pins, colliders).
+        state: initial state; ``x [N,3]``, ``v [N,3]``, ``C [N,3,3]``, ``F [N,3,3]``.  Gradients reach
+            all four (initial positions and velocities included).
+        params: material values (scalars or ``[N]``); gradients reach each.
+        config: grid and time stepping.
+        num_frames: frames to output, frame 0 being ``state``.
+        bounds: parameter ranges of the run for the CFL check; defaults to the current values.
+
+    Raises:
+        ValueError: NaN/inf or out-of-range inputs, particles outside the domain, dt above the CFL bound.
+        SimulationError: the rollout produced NaN/inf (the message names the substep).
+
+    Tensors must share one device and dtype; they decide Taichi's arch and precision.
+    """
+    n = model.num_particles
+    dev, dtype = model.volume.device, model.volume.dtype
+    for name, t in (("x", state.x), ("v", state.v), ("C", state.C), ("F", state.F)):
+        if t.dtype != dtype or t.device != dev:
+            raise ValueError(f"state.{name} is {t.dtype} on {t.device}, the model is {dtype} on {dev}")
+        _check_finite(f"initial {name}", t)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    validate_params(params)
+    lo, hi = config.grid.inner_min, config.grid.inner_max
+    xd = state.x.detach()
+    lo_t = torch.tensor(lo, dtype=dtype, device=dev)
+    hi_t = torch.tensor(hi, dtype=dtype, device=dev)
+    outside = ((xd < lo_t) | (xd > hi_t)).any(dim=1)
+    if outside.any():
+        i = int(outside.nonzero()[0])
+        raise ValueError(
+            f"particle {i} at {tuple(round(float(a), 4) for a in xd[i])} starts outside the simulation domain "
+            f"{tuple(round(a, 4) for a in lo)} - {tuple(round(a, 4) for a in hi)}"
+        )
+
+    if bounds is None:
+        def rng(t):
+            t = t.detach()
+            return (float(t.min()), float(t.max()))
+
+        speed = float(state.v.detach().norm(dim=-1).max()) if n else 0.0
+        duration = (num_frames - 1) / config.fps
+        g = math.sqrt(sum(a * a for a in config.gravity))
+        coll = max([math.sqrt(sum(a * a for a in c.velocity)) for c in model.colliders], default=0.0)
+        bounds = _cfl.SolidBounds(rng(params.young_modulus), rng(params.poisson_ratio), rng(params.density),
+                                  max_speed=speed + g * duration + coll)
+    dt_max = _cfl.max_dt(config.grid.dx, bounds)
+    if config.dt > dt_max * (1 + 1e-9):
+        raise ValueError(
+            f"dt={config.dt:.4g} s is above the CFL bound {dt_max:.4g} s for these parameter ranges; "
+            f"use at least {_cfl.substeps_for(config.fps, dt_max)} substeps per frame"
+        )
+
+    mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
+    mass = _per_particle(params.density, n, "density") * model.volume
+    n_coll = len(model.colliders)
+    friction = params.friction.reshape(-1)
+    if n_coll == 0:
+        friction = friction.new_zeros(1) if friction.numel() == 1 else friction
+    elif friction.numel() == 1 and n_coll > 1:
+        friction = friction.expand(n_coll)
+    elif friction.numel() != n_coll:
+        raise ValueError(f"friction must be a scalar or have one value per collider ({n_coll}), got {friction.numel()}")
+    friction = friction.contiguous()
+    damping = params.damping.reshape(1).contiguous()
+    force = torch.zeros(n, 3, dtype=dtype, device=dev)
+    material = pack_material(mu, lam, model.volume, mass, force)
+
+    engine = Engine(model, config)
+    spf = config.substeps_per_frame
+    total = (num_frames - 1) * spf
+    seg = config.segment_length(total) if total else 1
+    cur = [state.x.contiguous(), state.v.contiguous(), state.C.contiguous(), state.F.contiguous()]
+    xs, Fs = [state.x.unsqueeze(0)], [state.F.unsqueeze(0)]
+    start = 0
+    while start < total:
+        count = min(seg, total - start)
+        record = [j for j in range(1, count + 1) if (start + j) % spf == 0]
+        x, v, C, F, fx, fF = run_segment(engine, start, count, record, cur, material, friction, damping)
+        if not (torch.isfinite(x).all() and torch.isfinite(F).all() and torch.isfinite(v).all()):
+            P = StepParams(material.detach(), friction.detach(), damping.detach())
+            raise_nonfinite(engine, cur, P, start, count)
+        cur = [x, v, C, F]
+        xs.append(fx)
+        Fs.append(fF)
+        start += count
+    final = State(*cur)
+    return Trajectory(x=torch.cat(xs), F=torch.cat(Fs), final=final, dt=config.dt, substeps=total)

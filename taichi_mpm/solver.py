@@ -1,0 +1,304 @@
+"""Sequencing the kernels: one substep forward, one substep backward, checkpointed segments.
+
+``Engine`` owns the grid fields and scratch buffers of one model/config and runs substeps.  The
+PyTorch bridge is :class:`_Segment`, one ``torch.autograd.Function`` per segment of K substeps:
+its forward keeps only the segment's start state; its backward re-simulates the segment (storing
+the K intermediate particle states), then walks back through it with the adjoint kernels.  Memory
+is O(N (T/K + K)) and the gradient is exact over the whole horizon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import taichi as ti
+import torch
+
+from . import kernels as K
+from . import runtime
+from .colliders import pack
+from .config import SimConfig
+from .errors import SimulationError
+from .model import Model
+
+
+def pack_state(x, v, C, F) -> torch.Tensor:
+    """``[N, 24]`` packed state (see kernels' data layout)."""
+    n = x.shape[0]
+    return torch.cat([x, v, C.reshape(n, 9), F.reshape(n, 9)], dim=1).contiguous()
+
+
+def unpack_state(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x [N,3], v [N,3], C [N,3,3], F [N,3,3]) as fresh tensors."""
+    n = S.shape[0]
+    return (
+        S[:, K.X : K.X + 3].clone(), S[:, K.V : K.V + 3].clone(),
+        S[:, K.C : K.C + 9].reshape(n, 3, 3).clone(), S[:, K.F : K.F + 9].reshape(n, 3, 3).clone(),
+    )
+
+
+def pack_material(mu, lam, vol, mass, force) -> torch.Tensor:
+    """``[N, 7]`` packed per-particle material: mu, lambda, rest volume, mass, force."""
+    return torch.cat([mu[:, None], lam[:, None], vol[:, None], mass[:, None], force], dim=1).contiguous()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepParams:
+    """What one substep reads besides the state: ``material [N, 7]`` (mu, lambda, volume, mass,
+    force), ``friction [max(C, 1)]`` and ``damping [1]``; torch tensors of the runtime dtype."""
+
+    material: torch.Tensor
+    friction: torch.Tensor
+    damping: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.material, self.friction, self.damping]
+
+
+class _Grid:
+    """Dense grid fields (and their adjoints) of one resolution, allocated once per Taichi runtime."""
+
+    def __init__(self, res: tuple[int, int, int], dtype):
+        fb = ti.FieldsBuilder()
+        self.mv = ti.Vector.field(3, dtype)
+        self.m = ti.field(dtype)
+        self.v = ti.Vector.field(3, dtype)
+        self.g_v = ti.Vector.field(3, dtype)
+        self.g_mv = ti.Vector.field(3, dtype)
+        self.g_m = ti.field(dtype)
+        fb.dense(ti.ijk, res).place(self.mv, self.m, self.v, self.g_v, self.g_mv, self.g_m)
+        self._tree = fb.finalize()
+
+
+_GRIDS: dict[tuple, _Grid] = {}
+
+
+def _grid_for(res: tuple[int, int, int], rt: runtime.RuntimeConfig) -> _Grid:
+    # Keyed by runtime generation: a ti.init invalidates every field.
+    key = (res, rt, runtime.generation())
+    if key not in _GRIDS:
+        for k in [k for k in _GRIDS if k[2] != runtime.generation()]:
+            del _GRIDS[k]
+        _GRIDS[key] = _Grid(res, rt.ti_dtype)
+    return _GRIDS[key]
+
+
+class Engine:
+    """Runs substeps of one model under one config, forward and adjoint, on packed ``[N, 24]`` states."""
+
+    def __init__(self, model: Model, config: SimConfig):
+        self.model = model
+        self.config = config
+        vol = model.volume
+        self.rt = runtime.ensure(vol.device, vol.dtype)
+        self.device, self.dtype = vol.device, vol.dtype
+        g = config.grid
+        self.grid = _grid_for(g.res, self.rt)
+        self.kinds, rows, _ = pack(model.colliders)
+        if rows.shape[0] == 0:
+            rows = np.zeros((1, rows.shape[1]))
+        self.coll = torch.tensor(rows, dtype=self.dtype, device=self.device).contiguous()
+        self.grid_update, self.grid_update_adjoint = K.grid_kernels(self.kinds)
+        self.origin = ti.Vector(list(g.origin))
+        self.gravity = ti.Vector(list(config.gravity))
+        # particles stay where their 3x3x3 stencil lies inside the grid (see kernels.g2p)
+        eps = 1e-6 * g.dx
+        self.lo = ti.Vector([o + g.dx for o in g.origin])
+        self.hi = ti.Vector([o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res)])
+        self.pins = torch.cat([model.pinned.to(self.dtype)[:, None], model.pin_velocity], dim=1).contiguous()
+        scatter = config.scatter
+        if scatter == "auto":
+            scatter = "atomic" if self.rt.arch == "cuda" else "colored"
+        self.colored = scatter == "colored"
+        n = model.num_particles
+        self.n = n
+        if self.colored:
+            nbh = [math.ceil(math.ceil(r / K.BLOCK) / 2) for r in g.res]
+            self.nbh = ti.Vector(nbh, dt=ti.i32)
+            self.blocks_per_colour = int(np.prod(nbh))
+            self.bins = torch.zeros(2 * n + 16 * self.blocks_per_colour + 1, dtype=torch.int32, device=self.device)
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    def _buf(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        t = self._scratch.get(name)
+        if t is None or tuple(t.shape) != tuple(shape):
+            t = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._scratch[name] = t
+        return t
+
+    # ------------------------------------------------------------------ forward
+
+    def _to_grid(self, S, S_out, P: StepParams, substep: int) -> None:
+        """Constitutive update (F into ``S_out``), p2g and the grid update (velocities in ``grid.v``)."""
+        g, cfg, G = self.config.grid, self.config, self.grid
+        W = self._buf("W", (self.n, K.W_DIM))
+        for grp in self.model.groups:
+            forward, _ = K.CONSTITUTIVE[grp.model]
+            forward(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, S_out, W)
+        G.mv.fill(0)
+        G.m.fill(0)
+        if self.colored:
+            K.bin_particles(W, self.origin, g.inv_dx, self.nbh, self.bins)
+            for colour in range(8):
+                K.p2g_colored(W, self.bins, colour, self.blocks_per_colour, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+        else:
+            K.p2g_atomic(W, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+        self.grid_update(
+            G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
+            g.boundary, G.v,
+        )
+
+    def step(self, S: torch.Tensor, P: StepParams, substep: int, S_out: torch.Tensor) -> None:
+        """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``)."""
+        self._to_grid(S, S_out, P, substep)
+        g = self.config.grid
+        K.g2p(S, self.grid.v, self.pins, self.config.dt, self.origin, g.inv_dx, g.dx, self.lo, self.hi, S_out)
+
+    def run(self, S: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int] = (),
+            tape: torch.Tensor | None = None):
+        """Advance ``count`` substeps from global substep ``start``.
+
+        Returns the packed end state (a fresh tensor) and copies of the packed states after each
+        local substep listed in ``record`` (1-based).  With ``tape [count + 1, N, 24]`` every
+        intermediate state is kept there instead of double-buffering.
+        """
+        bufs = (self._buf("S0", tuple(S.shape)), self._buf("S1", tuple(S.shape)))
+        rec = set(record)
+        frames = []
+        cur = S
+        if tape is not None:
+            tape[0].copy_(S)
+            cur = tape[0]
+        for j in range(count):
+            nxt = tape[j + 1] if tape is not None else bufs[j % 2]
+            self.step(cur, P, start + j, nxt)
+            cur = nxt
+            if (j + 1) in rec:
+                frames.append(cur.clone())
+        return cur.clone(), frames
+
+    # ------------------------------------------------------------------ adjoint
+
+    def step_adjoint(self, S, S_next, G_next, P: StepParams, GP: StepParams, substep: int, G_out) -> None:
+        """Adjoint of :meth:`step`: ``G_next = dL/dS_next`` -> ``G_out = dL/dS`` (overwritten).
+
+        Parameter gradients accumulate into ``GP``.
+        """
+        g, cfg, Gr = self.config.grid, self.config, self.grid
+        scratch = self._buf("S_scratch", tuple(S.shape))
+        self._to_grid(S, scratch, P, substep)  # recompute this substep's grid
+        W = self._buf("W", (self.n, K.W_DIM))
+        R = self._buf("R", (self.n, K.R_DIM))
+        G_W = self._buf("G_W", (self.n, K.W_DIM))
+        K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, self.lo, self.hi, R, G_out)
+        Gr.g_v.fill(0)
+        if self.colored:
+            for colour in range(8):
+                K.g2p_adjoint_colored(R, self.bins, colour, self.blocks_per_colour, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+        else:
+            K.g2p_adjoint_atomic(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+        self.grid_update_adjoint(
+            Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
+            g.boundary, Gr.g_v, Gr.g_mv, Gr.g_m, GP.friction, GP.damping,
+        )
+        K.p2g_adjoint(W, self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
+        for grp in self.model.groups:
+            _, adjoint = K.CONSTITUTIVE[grp.model]
+            adjoint(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, G_next, G_W, G_out, GP.material)
+
+    def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
+                         G_end: torch.Tensor, G_frames: torch.Tensor | None):
+        """Gradients of a segment: ``(dL/dS0, GP)``.
+
+        ``G_end [N, 24]`` is dL/d(end state); ``G_frames [k, N, 24]`` dL/d(recorded states).
+        """
+        with torch.no_grad():
+            tape = self._buf("tape", (count + 1,) + tuple(S0.shape))
+            P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
+            self.run(S0.detach(), P, start, count, tape=tape)
+            GP = StepParams(*[torch.zeros_like(t) for t in P.tensors()])
+            G = [G_end.contiguous().clone(), torch.empty_like(G_end)]
+            rec_index = {r: i for i, r in enumerate(record)}
+            for j in range(count - 1, -1, -1):
+                if (j + 1) in rec_index:
+                    G[0] += G_frames[rec_index[j + 1]]
+                self.step_adjoint(tape[j], tape[j + 1], G[0], P, GP, start + j, G[1])
+                G.reverse()
+            return G[0], GP
+
+
+class _Segment(torch.autograd.Function):
+    """``count`` substeps from ``start``: (x, v, C, F, material, friction, damping) -> (end state, recorded frames)."""
+
+    @staticmethod
+    def forward(ctx, engine: Engine, start: int, count: int, record: tuple, x, v, C, F, material, friction, damping):
+        # Taichi looks at ``.grad`` of tensors that require grad: hand it plain data.
+        S0 = pack_state(x.detach(), v.detach(), C.detach(), F.detach())
+        P = StepParams(material.detach().contiguous(), friction.detach().contiguous(), damping.detach().contiguous())
+        S_end, frames = engine.run(S0, P, start, count, record)
+        ctx.engine, ctx.start, ctx.count, ctx.record = engine, start, count, record
+        ctx.save_for_backward(x, v, C, F, material, friction, damping)
+        n = x.shape[0]
+        if frames:
+            stacked = torch.stack(frames)
+            frames_x = stacked[:, :, K.X : K.X + 3].clone()
+            frames_F = stacked[:, :, K.F : K.F + 9].reshape(len(frames), n, 3, 3).clone()
+        else:
+            frames_x, frames_F = x.new_zeros((0, n, 3)), x.new_zeros((0, n, 3, 3))
+        return (*unpack_state(S_end), frames_x, frames_F)
+
+    @staticmethod
+    def backward(ctx, gx, gv, gC, gF, gfx, gfF):
+        x, v, C, F, material, friction, damping = ctx.saved_tensors
+        engine = ctx.engine
+        n, k = x.shape[0], len(ctx.record)
+
+        def z(g, ref):
+            return torch.zeros_like(ref) if g is None else g
+
+        G_end = pack_state(z(gx, x), z(gv, v), z(gC, C), z(gF, F))
+        G_frames = None
+        if k:
+            G_frames = torch.zeros(k, n, K.STATE_DIM, dtype=x.dtype, device=x.device)
+            if gfx is not None:
+                G_frames[:, :, K.X : K.X + 3] = gfx
+            if gfF is not None:
+                G_frames[:, :, K.F : K.F + 9] = gfF.reshape(k, n, 9)
+        S0 = pack_state(x.detach(), v.detach(), C.detach(), F.detach())
+        P = StepParams(material, friction, damping)
+        G0, GP = engine.backward_segment(S0, P, ctx.start, ctx.count, ctx.record, G_end, G_frames)
+        return (None, None, None, None, *unpack_state(G0), GP.material, GP.friction, GP.damping)
+
+
+def run_segment(engine: Engine, start: int, count: int, record: Sequence[int], state: Sequence[torch.Tensor],
+                material, friction, damping):
+    """Differentiable segment (see :class:`_Segment`): returns ``(x, v, C, F, frames_x, frames_F)``."""
+    return _Segment.apply(engine, start, count, tuple(record), *state, material, friction, damping)
+
+
+def locate_nonfinite(engine: Engine, state, P: StepParams, start: int, count: int) -> int | None:
+    """Re-run a segment substep by substep; the first global substep whose result is not finite."""
+    with torch.no_grad():
+        cur = pack_state(*[t.detach() for t in state])
+        for j in range(count):
+            cur, _ = engine.run(cur, P, start + j, 1)
+            if not torch.isfinite(cur).all():
+                return start + j + 1
+    return None
+
+
+def raise_nonfinite(engine, state, P, start, count):
+    sub = locate_nonfinite(engine, state, P, start, count)
+    spf = engine.config.substeps_per_frame
+    if sub is None:
+        sub = start + count
+    frame = (sub + spf - 1) // spf
+    raise SimulationError(
+        f"simulation produced NaN/inf at substep {sub} (during frame {frame}); "
+        f"dt={engine.config.dt:.3g} s may be above the stability limit for these parameters",
+        substep=sub,
+        frame=frame,
+    )
