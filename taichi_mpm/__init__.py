@@ -3,7 +3,7 @@
     from dreamcloth.taichi_mpm import GridSpec, SimConfig, Model, State, Params, Plane, simulate
 """
 
-from .cfl import SolidBounds, max_dt, substeps_for
+from .cfl import SolidBounds, max_dt, stable_config, substeps_for
 from .colliders import Box, Plane, Sphere
 from .config import GridSpec, SimConfig
 from .errors import SimulationError
@@ -12,5 +12,5 @@ from .simulate import Trajectory, lame, simulate
 
 __all__ = [
     "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "SolidBounds",
-    "Sphere", "State", "Trajectory", "lame", "max_dt", "simulate", "substeps_for",
+    "Sphere", "State", "Trajectory", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
 ]

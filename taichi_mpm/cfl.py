@@ -41,3 +41,10 @@ def substeps_for(fps: float, dt_max: float) -> int:
     if dt_max <= 0 or not math.isfinite(dt_max):
         raise ValueError(f"invalid CFL time step {dt_max}")
     return max(1, math.ceil(1.0 / (fps * dt_max) - 1e-9))
+
+
+def stable_config(grid, fps: float, bounds: SolidBounds, **kwargs):
+    """A :class:`SimConfig` with the fewest substeps per frame that the CFL bound allows."""
+    from .config import SimConfig
+
+    return SimConfig(grid=grid, fps=fps, substeps_per_frame=substeps_for(fps, max_dt(grid.dx, bounds)), **kwargs)

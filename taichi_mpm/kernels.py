@@ -414,43 +414,68 @@ def grid_kernels(kinds: tuple):
                         v[d] = 0.0
             grid_v[I] = v
 
+    @ti.func
+    def _node_adjoint(I, res, grid_mv: ti.template(), grid_m: ti.template(), coll: ti.template(), friction: ti.template(),
+                      s, ds, dt, time, gravity, origin, dx, boundary, g_grid_v: ti.template(), g_grid_mv: ti.template(),
+                      g_grid_m: ti.template()):
+        """Writes the node's dL/dmv and dL/dm; returns its contributions to dL/d(damping, friction_c...)."""
+        acc = ti.Vector.zero(float, n_coll + 1)
+        m = grid_m[I]
+        gmv = ti.Vector.zero(float, 3)
+        gm = 0.0
+        if m > 0:
+            mv = grid_mv[I]
+            v0 = mv / m + dt * gravity
+            xi = origin + I * dx
+            v = _colliders(v0 * s, xi, coll, friction, time, n_coll)
+            g = g_grid_v[I]
+            for d in ti.static(range(3)):
+                if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
+                    g[d] = 0.0
+            # reverse through the colliders, replaying each one's input (n_coll is small)
+            for cc in ti.static(range(n_coll)):
+                c = ti.static(n_coll - 1 - cc)
+                phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time)
+                if phi < 0:
+                    vin = _colliders(v0 * s, xi, coll, friction, time, c)
+                    g, g_mu = _coulomb_adjoint(vin, n, vc, friction[c], g)
+                    acc[1 + c] += g_mu
+            acc[0] += g.dot(v0) * ds
+            gv0 = g * s
+            gmv = gv0 / m
+            gm = -gv0.dot(mv) / (m * m)
+        g_grid_mv[I] = gmv
+        g_grid_m[I] = gm
+        return acc
+
     @ti.kernel
     def grid_update_adjoint(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int,
-        g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_friction: VEC, g_damping: VEC,
+        g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
+        deterministic: ti.template(),
     ):
-        """Overwrites g_grid_mv, g_grid_m; accumulates g_friction, g_damping."""
+        """Overwrites g_grid_mv, g_grid_m.  Parameter gradients (damping, then each collider's
+        friction) go into ``g_params [rows, 1 + C]``: ``deterministic`` writes each grid slab's sum
+        into its own row (``rows == res[0]``) in a fixed order, so that the result is the same on
+        every run (float atomics are not); otherwise they are atomic adds into row 0 (GPUs)."""
         res = ti.Vector(ti.static(grid_m.shape))
         s = damping[0] ** dt
         ds = dt * damping[0] ** (dt - 1.0)
-        for I in ti.grouped(grid_m):
-            m = grid_m[I]
-            gmv = ti.Vector.zero(float, 3)
-            gm = 0.0
-            if m > 0:
-                mv = grid_mv[I]
-                v0 = mv / m + dt * gravity
-                xi = origin + I * dx
-                v = _colliders(v0 * s, xi, coll, friction, time, n_coll)
-                g = g_grid_v[I]
-                for d in ti.static(range(3)):
-                    if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
-                        g[d] = 0.0
-                # reverse through the colliders, replaying each one's input (n_coll is small)
-                for cc in ti.static(range(n_coll)):
-                    c = ti.static(n_coll - 1 - cc)
-                    phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time)
-                    if phi < 0:
-                        vin = _colliders(v0 * s, xi, coll, friction, time, c)
-                        g, g_mu = _coulomb_adjoint(vin, n, vc, friction[c], g)
-                        g_friction[c] += g_mu
-                g_damping[0] += g.dot(v0) * ds
-                gv0 = g * s
-                gmv = gv0 / m
-                gm = -gv0.dot(mv) / (m * m)
-            g_grid_mv[I] = gmv
-            g_grid_m[I] = gm
+        if ti.static(not deterministic):
+            for I in ti.grouped(grid_m):
+                acc = _node_adjoint(I, res, grid_mv, grid_m, coll, friction, s, ds, dt, time, gravity, origin, dx,
+                                    boundary, g_grid_v, g_grid_mv, g_grid_m)
+                for c in ti.static(range(n_coll + 1)):
+                    g_params[0, c] += acc[c]
+        else:
+            for i in range(res[0]):
+                acc = ti.Vector.zero(float, n_coll + 1)
+                for j, k in ti.ndrange(res[1], res[2]):
+                    acc += _node_adjoint(ti.Vector([i, j, k]), res, grid_mv, grid_m, coll, friction, s, ds, dt, time,
+                                         gravity, origin, dx, boundary, g_grid_v, g_grid_mv, g_grid_m)
+                for c in ti.static(range(n_coll + 1)):
+                    g_params[i, c] += acc[c]
 
     return grid_update, grid_update_adjoint
 

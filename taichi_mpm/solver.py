@@ -182,10 +182,11 @@ class Engine:
 
     # ------------------------------------------------------------------ adjoint
 
-    def step_adjoint(self, S, S_next, G_next, P: StepParams, GP: StepParams, substep: int, G_out) -> None:
+    def step_adjoint(self, S, S_next, G_next, P: StepParams, GP: StepParams, substep: int, G_out, g_params) -> None:
         """Adjoint of :meth:`step`: ``G_next = dL/dS_next`` -> ``G_out = dL/dS`` (overwritten).
 
-        Parameter gradients accumulate into ``GP``.
+        Per-particle parameter gradients accumulate into ``GP.material``; damping and friction
+        gradients into ``g_params [rows, 1 + C]`` (see ``grid_update_adjoint``).
         """
         g, cfg, Gr = self.config.grid, self.config, self.grid
         scratch = self._buf("S_scratch", tuple(S.shape))
@@ -202,7 +203,7 @@ class Engine:
             K.g2p_adjoint_atomic(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         self.grid_update_adjoint(
             Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, Gr.g_v, Gr.g_mv, Gr.g_m, GP.friction, GP.damping,
+            g.boundary, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
         )
         K.p2g_adjoint(W, self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
         for grp in self.model.groups:
@@ -220,13 +221,20 @@ class Engine:
             P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
             self.run(S0.detach(), P, start, count, tape=tape)
             GP = StepParams(*[torch.zeros_like(t) for t in P.tensors()])
+            # deterministic per-slab partial sums on CPUs; atomics on GPUs (see grid_update_adjoint)
+            rows = self.config.grid.res[0] if self.rt.arch == "cpu" else 1
+            g_params = torch.zeros(rows, 1 + len(self.kinds), dtype=self.dtype, device=self.device)
             G = [G_end.contiguous().clone(), torch.empty_like(G_end)]
             rec_index = {r: i for i, r in enumerate(record)}
             for j in range(count - 1, -1, -1):
                 if (j + 1) in rec_index:
                     G[0] += G_frames[rec_index[j + 1]]
-                self.step_adjoint(tape[j], tape[j + 1], G[0], P, GP, start + j, G[1])
+                self.step_adjoint(tape[j], tape[j + 1], G[0], P, GP, start + j, G[1], g_params)
                 G.reverse()
+            sums = g_params.sum(dim=0)
+            GP.damping.add_(sums[0:1])
+            if self.kinds:
+                GP.friction.add_(sums[1:])
             return G[0], GP
 
 
