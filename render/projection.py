@@ -143,6 +143,11 @@ class TileBins:
     tiles_x: int
     tiles_y: int
 
+    @property
+    def num_pairs(self) -> int:
+        """How many (tile, Gaussian) pairs there are, i.e. ``len(point_list)``."""
+        return int(self.point_list.shape[0])
+
 
 def bin_gaussians(projected: ProjectedGaussians, camera: Camera) -> TileBins:
     """Duplicate each visible Gaussian into every tile its rectangle touches and sort by (tile, depth)."""
@@ -159,7 +164,7 @@ def bin_gaussians(projected: ProjectedGaussians, camera: Camera) -> TileBins:
         total = int(counts.sum().item()) if ids.numel() else 0
         if total == 0:
             return TileBins(
-                point_list=torch.zeros(1, dtype=torch.int32, device=device),
+                point_list=torch.zeros(0, dtype=torch.int32, device=device),
                 ranges=torch.zeros(num_tiles, 2, dtype=torch.int32, device=device),
                 tiles_x=tiles_x,
                 tiles_y=tiles_y,
