@@ -379,15 +379,21 @@ class CompositeFunction(torch.autograd.Function):
     """Tile compositing as an autograd op: ``(mean2d, conic, opacity, features, background) -> (image, T_final)``.
 
     Shapes: ``mean2d [N, 2]``, ``conic [N, 3]``, ``opacity [N]``, ``features [N, 4]``, ``background [4]``
-    -> ``image [4, H, W]`` (background included) and ``T_final [H, W]``.
+    -> ``image [4, H, W]`` (background included) and ``T_final [H, W]``.  ``loop_order`` is ``"tile"``
+    (CPU kernels), ``"pixel"`` (GPU kernels) or ``"auto"`` (by the runtime's arch); tests force each.
     """
 
     @staticmethod
-    def forward(ctx, mean2d, conic, opacity, features, background, bins: TileBins, height: int, width: int):
+    def forward(
+        ctx, mean2d, conic, opacity, features, background, bins: TileBins, height: int, width: int,
+        loop_order: str = "auto",
+    ):
         dtype, device = mean2d.dtype, mean2d.device
         kernel_device = _runtime.ensure_runtime(device)
         tdt = _taichi_dtype(dtype)
-        by_tile = kernel_device.type == "cpu"
+        if loop_order not in ("auto", "tile", "pixel"):
+            raise ValueError(f"loop_order must be 'auto', 'tile' or 'pixel', got {loop_order!r}")
+        by_tile = loop_order == "tile" or (loop_order == "auto" and kernel_device.type == "cpu")
         point_list = bins.point_list.to(kernel_device)
         if bins.num_pairs == 0:
             # Nothing to draw; a dummy row keeps the kernels' arrays non-empty (no tile reads it).
@@ -456,6 +462,7 @@ class CompositeFunction(torch.autograd.Function):
             per_gaussian[:, _G_OPACITY],
             per_gaussian[:, _G_FEATURES:],
             g_background.to(dev),
+            None,
             None,
             None,
             None,
