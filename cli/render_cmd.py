@@ -148,6 +148,10 @@ def render_sheet_video(config: SheetVideoConfig, on_frame=None) -> Path:
     light = light / light.norm()
     background = torch.tensor([0.93, 0.94, 0.96])
     frames = []
+    if not torch.cuda.is_available():
+        # The tensors here are small; torch's spinning OpenMP workers would only slow Taichi down
+        # (DESIGN.md section 2), so this command keeps torch to one thread.
+        torch.set_num_threads(1)
     with torch.no_grad():
         for i in range(config.frames):
             phase = i / config.frames

@@ -70,6 +70,15 @@ def test_cloth_covariance_symmetric_psd_and_follows_deformation():
     assert torch.allclose(g2.covariances[:, 1, 1], g0.covariances[:, 1, 1])
 
 
+def test_in_plane_scale_widens_only_in_plane():
+    verts, faces = _grid(3)
+    g1 = cloth_gaussians(verts, faces, per_triangle=4, thickness=1e-3)
+    g2 = cloth_gaussians(verts, faces, per_triangle=4, thickness=1e-3, in_plane_scale=2.0)
+    assert torch.allclose(g2.covariances[:, :2, :2], 2 * g1.covariances[:, :2, :2])
+    assert torch.allclose(g2.covariances[:, 2, 2], g1.covariances[:, 2, 2])
+    assert torch.equal(g2.means, g1.means)
+
+
 def test_interpolate_per_vertex_values():
     verts, faces = _grid(3)
     g = cloth_gaussians(verts, faces, per_triangle=4)
@@ -126,6 +135,7 @@ def test_solid_gaussians_psd_and_gradcheck():
         (lambda: cloth_gaussians(torch.zeros(3, 3), torch.tensor([[0, 1, 3]])), "outside"),
         (lambda: cloth_gaussians(torch.zeros(3, 2), torch.tensor([[0, 1, 2]])), "vertices"),
         (lambda: cloth_gaussians(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), thickness=0.0), "thickness"),
+        (lambda: cloth_gaussians(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), in_plane_scale=0.0), "in_plane_scale"),
         (lambda: solid_gaussians(torch.zeros(2, 3), torch.zeros(3, 3, 3), 0.1), "F must"),
         (lambda: solid_gaussians(torch.zeros(2, 3), torch.zeros(2, 3, 3), -1.0), "positive"),
         (lambda: solid_gaussians(torch.zeros(2, 3), torch.zeros(2, 3, 3), torch.eye(2)), "sigma0"),
