@@ -17,6 +17,7 @@ the float64 reference on the same scene.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import statistics
 import tempfile
@@ -88,114 +89,140 @@ def _ensure_cold_runtime() -> str:
 
 def run(quick: bool = False) -> list[Measurement]:
     """Portable forward and forward+backward at two sizes, the dense reference at the smaller one."""
-    from dreamcloth.render import rasterize
-    from dreamcloth.render._portable import CompositeFunction
-    from dreamcloth.render._torch_ref import render_reference
-    from dreamcloth.render.projection import bin_gaussians, project_gaussians
-
     sizes = [(1_000, 64), (5_000, 128)] if quick else [(10_000, 128), (100_000, 256)]
     repeats = 3 if quick else 7
-    rows: list[Measurement] = []
-    default_threads = torch.get_num_threads()
-    threads = "torch threads 1"
     cache_note = _ensure_cold_runtime()
-
-    def portable_fb(scene, camera, weights):
-        def step():
-            out = rasterize(*scene, camera, backend="portable")
-            torch.autograd.grad(_loss(out, weights), scene)
-
-        return step
-
-    def portable_fwd(scene, camera):
-        def step():
-            with torch.no_grad():
-                rasterize(*scene, camera, backend="portable")
-
-        return step
-
+    rows: list[Measurement] = []
     for i, (n, size) in enumerate(sizes):
         label = f"{n // 1000}k/{size}^2"
         scene, camera = _scene(n, size)
         weights = _loss_weights(camera, torch.float32)
-        fb = portable_fb(scene, camera, weights)
-        with _torch_threads(1):
-            t0 = time.perf_counter()
-            fb()  # first call: Taichi compiles the float32 forward and backward kernels here
-            first = time.perf_counter() - t0
-            fwd_med, fwd_min = _time(portable_fwd(scene, camera), repeats)
-            fb_med, fb_min = _time(fb, repeats)
+        timing = _time_portable(scene, camera, weights, repeats)
+        note = "torch threads 1"
         if i == 0:
             rows.append(
-                Measurement(SECTION, "portable compile (first fwd+bwd - steady)", max(first - fb_med, 0.0), "s",
-                            note=cache_note)
+                Measurement(SECTION, "portable compile (first fwd+bwd - steady)", timing.compile, "s", note=cache_note)
             )
-        rows.append(Measurement(SECTION, f"portable forward {label}", fwd_med, "s", note=f"min {fwd_min:.4f}; {threads}"))
-        fb_row = dict(section=SECTION, name=f"portable fwd+bwd {label}", value=fb_med, unit="s")
         if i > 0:
-            rows.append(Measurement(**fb_row, note=f"min {fb_min:.4f}; {threads}"))
+            fwd_note, fb_note = f"{note}; {timing.fwd_note}", f"{note}; {timing.fb_note}"
+            rows.append(Measurement(SECTION, f"portable forward {label}", timing.fwd, "s", note=fwd_note))
+            rows.append(Measurement(SECTION, f"portable fwd+bwd {label}", timing.fb, "s", note=fb_note))
             continue
-
-        # Same size: the GPU loop order (pixel-major, atomics) run on this CPU, for comparison.
-        projected = project_gaussians(scene[0].detach(), scene[1].detach(), camera)
-        bins = bin_gaussians(projected, camera)
-        features = torch.cat([scene[2].detach(), projected.depth[:, None]], -1)
-        inputs = [projected.mean2d.detach(), projected.conic.detach(), scene[3].detach(), features]
-        inputs = [t.clone().requires_grad_() for t in inputs]
-
-        def composite(order):
-            def step():
-                image, final_t = CompositeFunction.apply(
-                    *inputs, torch.zeros(4), bins, camera.height, camera.width, order
-                )
-                torch.autograd.grad(image.sum() + final_t.sum(), inputs)
-
-            return step
-
-        with _torch_threads(1):
-            composite("pixel")()  # compile
-            tile_med, _ = _time(composite("tile"), repeats)
-            pixel_med, _ = _time(composite("pixel"), repeats)
-        default_med, default_min = _time(fb, repeats)
-
-        # The dense reference: same scene, same loss, default torch threading.
-        ref_fwd_t0 = time.perf_counter()
-        with torch.no_grad():
-            render_reference(*scene, camera)
-        ref_fwd = time.perf_counter() - ref_fwd_t0
-        ref_t0 = time.perf_counter()
-        ref_out = render_reference(*scene, camera)
-        ref_grads = torch.autograd.grad(_loss(ref_out, weights), scene)
-        ref_fb = time.perf_counter() - ref_t0
-
+        ref = _time_reference(scene, camera, weights)
         rows.append(
             Measurement(
-                SECTION, f"portable fwd+bwd {label}", fb_med, "s", ratio_to="dense reference", ratio=ref_fb / fb_med,
-                note=f"min {fb_min:.4f}; ratio = reference time / portable time; goal < 0.1 s and >= 20x; {threads}",
+                SECTION, f"portable forward {label}", timing.fwd, "s", ratio_to="dense reference",
+                ratio=ref.fwd / timing.fwd, note=f"{note}; {timing.fwd_note}; ratio = reference time / portable time",
             )
         )
-        rows[-2] = Measurement(
-            SECTION, f"portable forward {label}", fwd_med, "s", ratio_to="dense reference", ratio=ref_fwd / fwd_med,
-            note=f"min {fwd_min:.4f}; {threads}",
+        rows.append(
+            Measurement(
+                SECTION, f"portable fwd+bwd {label}", timing.fb, "s", ratio_to="dense reference",
+                ratio=ref.fb / timing.fb, note=f"{note}; {timing.fb_note}; goal < 0.1 s and >= 20x",
+            )
         )
+        default_threads = torch.get_num_threads()
+        default_med, default_min = _time(_portable_step(scene, camera, weights), repeats)
         rows.append(
             Measurement(
                 SECTION, f"portable fwd+bwd {label}, torch threads {default_threads}", default_med, "s",
-                ratio_to="torch threads 1", ratio=fb_med / default_med,
+                ratio_to="torch threads 1", ratio=timing.fb / default_med,
                 note=f"min {default_min:.4f}; ratio = threads-1 time / this time",
             )
         )
-        rows.append(Measurement(SECTION, f"dense reference forward {label}", ref_fwd, "s", note="one run"))
-        rows.append(Measurement(SECTION, f"dense reference fwd+bwd {label}", ref_fb, "s", note="one run"))
+        rows.append(Measurement(SECTION, f"dense reference forward {label}", ref.fwd, "s", note="one run"))
+        rows.append(Measurement(SECTION, f"dense reference fwd+bwd {label}", ref.fb, "s", note="one run"))
+        tile, pixel = _time_loop_orders(scene, camera, repeats)
         rows.append(
             Measurement(
-                SECTION, f"compositing fwd+bwd {label}, tile-major (CPU kernels)", tile_med, "s",
-                ratio_to="pixel-major (GPU kernels) on this CPU", ratio=pixel_med / tile_med,
+                SECTION, f"compositing fwd+bwd {label}, tile-major (CPU kernels)", tile, "s",
+                ratio_to="pixel-major (GPU kernels) on this CPU", ratio=pixel / tile,
                 note="ratio = pixel-major time / tile-major time",
             )
         )
-        rows.extend(_accuracy(scene, camera, weights, ref_out, ref_grads, label))
+        rows.extend(_accuracy(scene, camera, weights, ref.output, ref.grads, label))
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _PortableTiming:
+    compile: float
+    fwd: float
+    fwd_note: str
+    fb: float
+    fb_note: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReferenceTiming:
+    fwd: float
+    fb: float
+    output: object
+    grads: tuple
+
+
+def _portable_step(scene, camera, weights, backward: bool = True):
+    from dreamcloth.render import rasterize
+
+    def step():
+        if backward:
+            out = rasterize(*scene, camera, backend="portable")
+            torch.autograd.grad(_loss(out, weights), scene)
+        else:
+            with torch.no_grad():
+                rasterize(*scene, camera, backend="portable")
+
+    return step
+
+
+def _time_portable(scene, camera, weights, repeats: int) -> _PortableTiming:
+    fb = _portable_step(scene, camera, weights)
+    with _torch_threads(1):
+        t0 = time.perf_counter()
+        fb()  # first call: Taichi compiles the float32 forward and backward kernels here
+        first = time.perf_counter() - t0
+        fwd_med, fwd_min = _time(_portable_step(scene, camera, weights, backward=False), repeats)
+        fb_med, fb_min = _time(fb, repeats)
+    return _PortableTiming(max(first - fb_med, 0.0), fwd_med, f"min {fwd_min:.4f}", fb_med, f"min {fb_min:.4f}")
+
+
+def _time_reference(scene, camera, weights) -> _ReferenceTiming:
+    """The dense reference once, same scene and loss, default torch threading."""
+    from dreamcloth.render._torch_ref import render_reference
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        render_reference(*scene, camera)
+    fwd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = render_reference(*scene, camera)
+    grads = torch.autograd.grad(_loss(out, weights), scene)
+    return _ReferenceTiming(fwd, time.perf_counter() - t0, out, grads)
+
+
+def _time_loop_orders(scene, camera, repeats: int) -> tuple[float, float]:
+    """Compositing alone, tile-major (the CPU kernels) vs pixel-major (the GPU kernels), on this CPU."""
+    from dreamcloth.render._portable import CompositeFunction
+    from dreamcloth.render.projection import bin_gaussians, project_gaussians
+
+    projected = project_gaussians(scene[0].detach(), scene[1].detach(), camera)
+    bins = bin_gaussians(projected, camera)
+    features = torch.cat([scene[2].detach(), projected.depth[:, None]], -1)
+    inputs = [projected.mean2d.detach(), projected.conic.detach(), scene[3].detach(), features]
+    inputs = [t.clone().requires_grad_() for t in inputs]
+
+    def composite(order):
+        def step():
+            image, final_t = CompositeFunction.apply(*inputs, torch.zeros(4), bins, camera.height, camera.width, order)
+            torch.autograd.grad(image.sum() + final_t.sum(), inputs)
+
+        return step
+
+    with _torch_threads(1):
+        composite("pixel")()  # compile
+        tile, _ = _time(composite("tile"), repeats)
+        pixel, _ = _time(composite("pixel"), repeats)
+    return tile, pixel
 
 
 def _accuracy(scene, camera, weights, ref_out, ref_grads, label) -> list[Measurement]:
@@ -215,5 +242,6 @@ def _accuracy(scene, camera, weights, ref_out, ref_grads, label) -> list[Measure
     grads = torch.autograd.grad(_loss(out, weights), scene)
     for name, a, b in zip(("means", "covariances", "colors", "opacities"), grads, ref_grads):
         rel = ((a - b).norm() / b.norm()).item()
-        rows.append(Measurement(SECTION, f"VJP relative error {name} {label}", rel, "", note="|g - g_ref| / |g_ref|, float32"))
+        note = "|g - g_ref| / |g_ref|, float32"
+        rows.append(Measurement(SECTION, f"VJP relative error {name} {label}", rel, "", note=note))
     return rows

@@ -121,7 +121,8 @@ def render_reference(
     )
     outs = []
     for start in range(0, pix.shape[0], chunk):
-        args = (pix[start : start + chunk], pix_tile[start : start + chunk], mean2d, inv, opac, feats, rect_min, rect_max)
+        rows = slice(start, start + chunk)
+        args = (pix[rows], pix_tile[rows], mean2d, inv, opac, feats, rect_min, rect_max)
         if need_grad:
             outs.append(checkpoint(_composite_chunk, *args, use_reentrant=False))
         else:
