@@ -268,14 +268,21 @@ def test_float32_correct_when_another_library_initialised_taichi_in_float64(tmp_
         a = torch.randn(200, 3, 3, generator=g) * 0.04
         cov = a @ a.transpose(1, 2) + 1e-4 * torch.eye(3)
         colors, opac = torch.rand(200, 3, generator=g), torch.rand(200, generator=g)
-        out = rasterize(means, cov, colors, opac, camera, backend="portable")
-        ref = render_reference(means.double(), cov.double(), colors.double(), opac.double(), camera)
+        scene = [t.requires_grad_() for t in (means, cov, colors, opac)]
+        scene64 = [t.detach().double().requires_grad_() for t in scene]
+        out = rasterize(*scene, camera, backend="portable")
+        ref = render_reference(*scene64, camera)
         assert impl.get_runtime().prog is program, "ti.init was called again"
         assert out.color.dtype == torch.float32
-        print((out.color.double() - ref.color).abs().max().item())
+        w = torch.randn(out.color.shape, generator=g)
+        g32 = torch.autograd.grad((out.color * w).sum() + out.alpha.sum(), scene)
+        g64 = torch.autograd.grad((ref.color * w.double()).sum() + ref.alpha.sum(), scene64)
+        rel = max(((a.double() - b).norm() / b.norm()).item() for a, b in zip(g32, g64))
+        print((out.color.double() - ref.color).abs().max().item(), rel)
         """
     )
     env = dict(os.environ, TI_SKIP_VERSION_CHECK="ON", ENABLE_TAICHI_HEADER_PRINT="0")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
+    image_error, gradient_error = map(float, proc.stdout.strip().splitlines()[-1].split())
+    assert image_error < 1e-5 and gradient_error < 1e-4
