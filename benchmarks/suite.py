@@ -13,6 +13,7 @@ from .common import Measurement
 #: section name -> module (relative to ``dreamcloth.benchmarks``) with ``run(quick) -> list[Measurement]``
 SECTIONS: dict[str, str] = {
     "mpm": "bench_mpm",
+    "render": "bench_render",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import report_errors
+from .render_cmd import app as render_app
 
 app = typer.Typer(
     name="dreamcloth",
@@ -22,6 +23,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Recover the physical material of cloth and soft solids from video."""
+
+
+app.add_typer(render_app, name="render")
 
 
 @app.command()

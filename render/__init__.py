@@ -1,1 +1,48 @@
-"""Gaussians from the simulation and a differentiable rasterizer (portable Taichi and CUDA 3DGS)."""
+"""Gaussians from the simulation and a differentiable rasterizer (portable Taichi and CUDA 3DGS).
+
+Public surface:
+
+- ``Camera``: pinhole camera, and the one conversion to the 3DGS rasterizer's matrices;
+- ``cloth_gaussians`` / ``cloth_sampling`` / ``solid_gaussians``: Gaussians from simulation state;
+- ``rasterize`` -> ``RenderOutput`` (colour, alpha, depth), backends ``portable``, ``cuda``, ``auto``;
+- ``project_gaussians``: the EWA projection used by the portable backend (exposed for diagnostics);
+- ``write_video`` and friends (``video``): mp4/PNG output and comparison helpers.
+
+Taichi is imported lazily: importing this package never starts a Taichi runtime.
+"""
+
+from .camera import Camera, GaussianSplattingMatrices
+from .gaussians import (
+    ClothGaussians,
+    ClothSampling,
+    GaussianGeometry,
+    cloth_gaussians,
+    cloth_sampling,
+    solid_gaussians,
+)
+from .projection import ProjectedGaussians, project_gaussians
+from .rasterize import BACKENDS, RenderOutput, cuda_backend_available, rasterize
+from .video import difference, overlay, side_by_side, to_uint8_frames, write_png_frames, write_video
+
+__all__ = [
+    "BACKENDS",
+    "Camera",
+    "ClothGaussians",
+    "ClothSampling",
+    "GaussianGeometry",
+    "GaussianSplattingMatrices",
+    "ProjectedGaussians",
+    "RenderOutput",
+    "cloth_gaussians",
+    "cloth_sampling",
+    "cuda_backend_available",
+    "difference",
+    "overlay",
+    "project_gaussians",
+    "rasterize",
+    "side_by_side",
+    "solid_gaussians",
+    "to_uint8_frames",
+    "write_png_frames",
+    "write_video",
+]
