@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -64,10 +63,7 @@ def bench(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    # Taichi asks the network for a newer version (5 s timeout here) and prints a banner unless told not to.
-    os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
-    os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+    """Console-script entry point (environment defaults are set in ``dreamcloth.cli.__init__``)."""
     app()
 
 
