@@ -3,14 +3,19 @@
     from dreamcloth.taichi_mpm import GridSpec, SimConfig, Model, State, Params, Plane, simulate
 """
 
-from .cfl import SolidBounds, max_dt, stable_config, substeps_for
+from .builder import ModelBuilder, ObjectRange
+from .cfl import Bounds, max_dt, stable_config, substeps_for
+from .cloth import ClothGroup, grid_mesh
 from .colliders import Box, Plane, Sphere
 from .config import GridSpec, SimConfig
 from .errors import SimulationError
 from .model import MaterialGroup, Model, Params, State
+from .sampling import ParticleSet, load_mesh, sample_box, sample_mesh, sample_sphere
 from .simulate import Trajectory, lame, simulate
 
 __all__ = [
-    "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "SolidBounds",
+    "ClothGroup", "ModelBuilder", "ObjectRange", "grid_mesh",
+    "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "Bounds",
     "Sphere", "State", "Trajectory", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
+    "ParticleSet", "load_mesh", "sample_box", "sample_mesh", "sample_sphere",
 ]

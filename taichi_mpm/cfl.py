@@ -14,13 +14,21 @@ CFL_NUMBER = 0.4
 
 
 @dataclasses.dataclass(frozen=True)
-class SolidBounds:
-    """Ranges (low, high) of the volumetric material parameters a run may visit."""
+class Bounds:
+    """Ranges (low, high) of the material parameters a run may visit.
+
+    For cloth, young_modulus and the stiffnesses are membrane stiffnesses (N/m) and density is
+    areal (kg/m^2); the signal speed has the same form.  ``min_length`` is the shortest cloth
+    rest edge (the Lagrangian forces act over it), ``max_speed`` a bound on particle speeds.
+    """
 
     young_modulus: tuple[float, float]
     poisson_ratio: tuple[float, float]
     density: tuple[float, float]
-    max_speed: float = 0.0  # bound on particle speeds (initial velocity + free fall + colliders), m/s
+    max_speed: float = 0.0
+    shear_stiffness: tuple[float, float] | None = None
+    normal_stiffness: tuple[float, float] | None = None
+    min_length: float | None = None
 
 
 def p_wave_speed(young_modulus: float, poisson_ratio: float, density: float) -> float:
@@ -30,10 +38,14 @@ def p_wave_speed(young_modulus: float, poisson_ratio: float, density: float) -> 
     return math.sqrt(modulus / rho)
 
 
-def max_dt(dx: float, bounds: SolidBounds, cfl: float = CFL_NUMBER) -> float:
+def max_dt(dx: float, bounds: Bounds, cfl: float = CFL_NUMBER) -> float:
     """Largest stable dt for every parameter value inside ``bounds``."""
     c = p_wave_speed(bounds.young_modulus[1], bounds.poisson_ratio[1], bounds.density[0])
-    return cfl * dx / (c + bounds.max_speed)
+    for k in (bounds.shear_stiffness, bounds.normal_stiffness):
+        if k is not None:
+            c = max(c, math.sqrt(k[1] / bounds.density[0]))
+    length = min(dx, bounds.min_length) if bounds.min_length else dx
+    return cfl * length / (c + bounds.max_speed)
 
 
 def substeps_for(fps: float, dt_max: float) -> int:
@@ -43,7 +55,7 @@ def substeps_for(fps: float, dt_max: float) -> int:
     return max(1, math.ceil(1.0 / (fps * dt_max) - 1e-9))
 
 
-def stable_config(grid, fps: float, bounds: SolidBounds, **kwargs):
+def stable_config(grid, fps: float, bounds: Bounds, **kwargs):
     """A :class:`SimConfig` with the fewest substeps per frame that the CFL bound allows."""
     from .config import SimConfig
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from .cloth import ClothGroup
 from .colliders import Collider
 
 MATERIAL_MODELS = ("neo_hookean", "fixed_corotated")
@@ -31,16 +32,25 @@ class MaterialGroup:
 class Model:
     """What does not change during a simulation.
 
+    Particles are laid out object after object: solid groups, and for each cloth its vertex
+    particles then its element particles.
+
     Attributes:
-        volume: ``[N]`` rest volume of each particle (m^3).
-        groups: material groups covering ``[0, N)`` without overlap.
-        pinned: ``[N]`` int32, 1 where a particle's velocity is prescribed (``State``-independent).
+        volume: ``[N]`` rest measure in the stress: volume (m^3) of solid particles, rest area
+            (m^2) of cloth element particles, lumped area of cloth vertices.
+        mass_volume: ``[N]`` what the density multiplies to give each particle's mass: the volume
+            of solid particles, the lumped area of cloth vertices, 0 for cloth element particles.
+        groups: solid material groups.
+        cloth: cloth objects (see :class:`ClothGroup`).
+        pinned: ``[N]`` int32, 1 where a particle's velocity is prescribed.
         pin_velocity: ``[N, 3]`` prescribed velocity of pinned particles (zero: fixed in place).
         colliders: analytic colliders applied to grid velocities.
     """
 
     volume: torch.Tensor
+    mass_volume: torch.Tensor
     groups: tuple[MaterialGroup, ...]
+    cloth: tuple[ClothGroup, ...]
     pinned: torch.Tensor
     pin_velocity: torch.Tensor
     colliders: tuple[Collider, ...] = ()
@@ -56,27 +66,37 @@ class Model:
         pinned: torch.Tensor | None = None,
         pin_velocity: torch.Tensor | None = None,
         colliders: Sequence[Collider] = (),
+        cloth: Sequence[ClothGroup] = (),
+        mass_volume: torch.Tensor | None = None,
     ) -> "Model":
-        """Build a model; ``groups`` may be one model name for all particles."""
+        """Build a model; ``groups`` may be one model name for all particles (no cloth then)."""
         n = int(volume.shape[0])
         if n == 0:
             raise ValueError("a model needs at least one particle")
         if isinstance(groups, str):
             groups = (MaterialGroup(groups, 0, n),)
-        groups = tuple(sorted(groups, key=lambda g: g.start))
+        ranges = [(g.start, g.end, f"{g.model} group") for g in groups]
+        for c in cloth:
+            ranges.append((c.vertex_start, c.vertex_start + c.num_vertices, "cloth vertices"))
+            ranges.append((c.element_start, c.element_start + c.num_elements, "cloth elements"))
         cursor = 0
-        for g in groups:
-            if g.start != cursor:
-                raise ValueError(f"material groups must tile [0, {n}) without gaps or overlaps; gap at {cursor}")
-            cursor = g.end
+        for start, end, what in sorted(ranges):
+            if start != cursor:
+                raise ValueError(f"particle ranges must tile [0, {n}) without gaps or overlaps; {what} starts at {start}, expected {cursor}")
+            cursor = end
         if cursor != n:
-            raise ValueError(f"material groups cover [0, {cursor}) but there are {n} particles")
+            raise ValueError(f"particle ranges cover [0, {cursor}) but there are {n} particles")
         if not torch.all(volume > 0):
             raise ValueError("particle volumes must be positive")
+        if mass_volume is None:
+            mass_volume = volume
         pinned = torch.zeros(n, dtype=torch.int32, device=volume.device) if pinned is None else pinned.to(torch.int32)
         if pin_velocity is None:
             pin_velocity = torch.zeros(n, 3, dtype=volume.dtype, device=volume.device)
-        return Model(volume.contiguous(), groups, pinned.contiguous(), pin_velocity.to(volume.dtype).contiguous(), tuple(colliders))
+        return Model(
+            volume.contiguous(), mass_volume.contiguous(), tuple(groups), tuple(cloth), pinned.contiguous(),
+            pin_velocity.to(volume.dtype).contiguous(), tuple(colliders),
+        )
 
 
 @dataclasses.dataclass
@@ -90,8 +110,9 @@ class State:
     F: torch.Tensor
 
     @staticmethod
-    def at_rest(x: torch.Tensor, v: torch.Tensor | None = None) -> "State":
-        """Undeformed state (F = I, C = 0) at positions ``x`` with velocity ``v`` ([3] or [N,3]; default 0)."""
+    def at_rest(x: torch.Tensor, v: torch.Tensor | None = None, model: "Model | None" = None) -> "State":
+        """Undeformed state (C = 0, F = I; cloth element particles get their rest frame and sit at
+        their triangles' centroids when ``model`` is given) at ``x`` with velocity ``v`` ([3] or [N,3])."""
         n = x.shape[0]
         if v is None:
             v = torch.zeros_like(x)
@@ -99,6 +120,13 @@ class State:
             v = v.expand(n, 3)
         C = torch.zeros(n, 3, 3, dtype=x.dtype, device=x.device)
         F = torch.eye(3, dtype=x.dtype, device=x.device).expand(n, 3, 3)
+        if model is not None and model.cloth:
+            F = F.clone()
+            x = x.clone()
+            for c in model.cloth:
+                el = slice(c.element_start, c.element_start + c.num_elements)
+                F[el] = c.rest_frame.to(x.dtype)
+                x[el] = x[c.faces.long()].reshape(-1, 3, 3).mean(1)
         return State(x, v, C, F)
 
 
@@ -107,12 +135,16 @@ class Params:
     """Differentiable material values.  Each may be a scalar tensor (shared) or ``[N]`` (per particle).
 
     Attributes:
-        young_modulus: E in Pa.
+        young_modulus: E in Pa (for cloth: the membrane stiffness, N/m).
         poisson_ratio: nu in [0, 0.5).
-        density: kg/m^3.
+        density: kg/m^3 (for cloth: areal density, kg/m^2).
         damping: fraction of grid velocity kept per second of simulated time (applied per substep as
             ``damping ** dt``, so results do not depend on the substep count); 1 = undamped.
         friction: Coulomb friction coefficient of the colliders: a scalar for all of them or ``[C]``.
+        shear_stiffness: cloth shear stiffness gamma (N/m); only cloth element particles read it.
+        normal_stiffness: cloth normal (compression) stiffness k (N/m).
+        cloth_friction: friction c_F of the cloth's return mapping; ``None`` uses ``friction``
+            (which must then be a scalar).
     """
 
     young_modulus: torch.Tensor
@@ -120,12 +152,19 @@ class Params:
     density: torch.Tensor
     damping: torch.Tensor
     friction: torch.Tensor
+    shear_stiffness: torch.Tensor | None = None
+    normal_stiffness: torch.Tensor | None = None
+    cloth_friction: torch.Tensor | None = None
 
     @staticmethod
-    def create(young_modulus, poisson_ratio, density, damping=1.0, friction=0.5, dtype=torch.float32, device="cpu") -> "Params":
+    def create(young_modulus, poisson_ratio, density, damping=1.0, friction=0.5, shear_stiffness=None,
+               normal_stiffness=None, cloth_friction=None, dtype=torch.float32, device="cpu") -> "Params":
         """Tensors from numbers or tensors (tensors are kept as they are, so gradients reach them)."""
 
         def t(v):
-            return v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=dtype, device=device)
+            if v is None or isinstance(v, torch.Tensor):
+                return v
+            return torch.tensor(v, dtype=dtype, device=device)
 
-        return Params(t(young_modulus), t(poisson_ratio), t(density), t(damping), t(friction))
+        return Params(t(young_modulus), t(poisson_ratio), t(density), t(damping), t(friction), t(shear_stiffness),
+                      t(normal_stiffness), t(cloth_friction))

@@ -38,6 +38,19 @@ def lame(young_modulus: torch.Tensor, poisson_ratio: torch.Tensor) -> tuple[torc
     return mu, lam
 
 
+def min_rest_edge(model: Model) -> float | None:
+    """Shortest rest edge of the model's cloth meshes (None without cloth)."""
+    if not model.cloth:
+        return None
+    lengths = []
+    for c in model.cloth:
+        # Dm columns are the rest edges e1, e2 in the triangle frame; e1 - e2 is the third edge
+        Dm = torch.linalg.inv(c.rest_inverse.reshape(-1, 2, 2).double())
+        e1, e2 = Dm[:, :, 0], Dm[:, :, 1]
+        lengths += [e1.norm(dim=1).min(), e2.norm(dim=1).min(), (e1 - e2).norm(dim=1).min()]
+    return float(torch.stack(lengths).min())
+
+
 def _per_particle(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
     if t.dim() == 0 or t.numel() == 1:
         return t.reshape(()).expand(n).contiguous()
@@ -59,8 +72,13 @@ def validate_params(params: Params) -> None:
         ("density", params.density, lambda t: t > 0, "> 0"),
         ("damping", params.damping, lambda t: (t > 0) & (t <= 1), "in (0, 1] (fraction of velocity kept per second)"),
         ("friction", params.friction, lambda t: t >= 0, ">= 0"),
+        ("shear_stiffness", params.shear_stiffness, lambda t: t >= 0, ">= 0"),
+        ("normal_stiffness", params.normal_stiffness, lambda t: t >= 0, ">= 0"),
+        ("cloth_friction", params.cloth_friction, lambda t: t >= 0, ">= 0"),
     )
     for name, t, ok, rule in checks:
+        if t is None:
+            continue
         _check_finite(name, t)
         if not bool(ok(t.detach()).all()):
             bad = t.detach().reshape(-1)[~ok(t.detach()).reshape(-1)][0].item()
@@ -73,7 +91,7 @@ def simulate(
     params: Params,
     config: SimConfig,
     num_frames: int,
-    bounds: _cfl.SolidBounds | None = None,
+    bounds: _cfl.Bounds | None = None,
 ) -> Trajectory:
     """Roll the simulation out for ``num_frames`` output frames (``(num_frames - 1) * substeps_per_frame`` substeps).
 
@@ -122,8 +140,14 @@ def simulate(
         duration = (num_frames - 1) / config.fps
         g = math.sqrt(sum(a * a for a in config.gravity))
         coll = max([math.sqrt(sum(a * a for a in c.velocity)) for c in model.colliders], default=0.0)
-        bounds = _cfl.SolidBounds(rng(params.young_modulus), rng(params.poisson_ratio), rng(params.density),
-                                  max_speed=speed + g * duration + coll)
+        cloth = bool(model.cloth)
+        bounds = _cfl.Bounds(
+            rng(params.young_modulus), rng(params.poisson_ratio), rng(params.density),
+            max_speed=speed + g * duration + coll,
+            shear_stiffness=rng(params.shear_stiffness) if cloth else None,
+            normal_stiffness=rng(params.normal_stiffness) if cloth else None,
+            min_length=min_rest_edge(model),
+        )
     dt_max = _cfl.max_dt(config.grid.dx, bounds)
     if config.dt > dt_max * (1 + 1e-9):
         raise ValueError(
@@ -132,7 +156,19 @@ def simulate(
         )
 
     mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
-    mass = _per_particle(params.density, n, "density") * model.volume
+    mass = _per_particle(params.density, n, "density") * model.mass_volume
+    shear = normal = cloth_friction = None
+    if model.cloth:
+        if params.shear_stiffness is None or params.normal_stiffness is None:
+            raise ValueError("a model with cloth needs shear_stiffness and normal_stiffness")
+        cf = params.cloth_friction
+        if cf is None:
+            if params.friction.numel() != 1:
+                raise ValueError("cloth_friction must be given when friction has one value per collider")
+            cf = params.friction
+        shear = _per_particle(params.shear_stiffness, n, "shear_stiffness")
+        normal = _per_particle(params.normal_stiffness, n, "normal_stiffness")
+        cloth_friction = _per_particle(cf, n, "cloth_friction")
     n_coll = len(model.colliders)
     friction = params.friction.reshape(-1)
     if n_coll == 0:
@@ -144,7 +180,7 @@ def simulate(
     friction = friction.contiguous()
     damping = params.damping.reshape(1).contiguous()
     force = torch.zeros(n, 3, dtype=dtype, device=dev)
-    material = pack_material(mu, lam, model.volume, mass, force)
+    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction)
 
     engine = Engine(model, config)
     spf = config.substeps_per_frame

@@ -17,6 +17,7 @@ import numpy as np
 import taichi as ti
 import torch
 
+from . import cloth as CL
 from . import kernels as K
 from . import runtime
 from .colliders import pack
@@ -40,15 +41,19 @@ def unpack_state(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     )
 
 
-def pack_material(mu, lam, vol, mass, force) -> torch.Tensor:
-    """``[N, 7]`` packed per-particle material: mu, lambda, rest volume, mass, force."""
-    return torch.cat([mu[:, None], lam[:, None], vol[:, None], mass[:, None], force], dim=1).contiguous()
+def pack_material(mu, lam, vol, mass, force, shear=None, normal=None, cloth_friction=None) -> torch.Tensor:
+    """``[N, 10]`` packed per-particle material: mu, lambda, rest volume, mass, force, and the cloth
+    elements' shear stiffness, normal stiffness and friction (zeros where not given)."""
+    z = torch.zeros_like(mu)
+    cols = [mu, lam, vol, mass]
+    extra = [t if t is not None else z for t in (shear, normal, cloth_friction)]
+    return torch.cat([c[:, None] for c in cols] + [force] + [e[:, None] for e in extra], dim=1).contiguous()
 
 
 @dataclasses.dataclass(frozen=True)
 class StepParams:
-    """What one substep reads besides the state: ``material [N, 7]`` (mu, lambda, volume, mass,
-    force), ``friction [max(C, 1)]`` and ``damping [1]``; torch tensors of the runtime dtype."""
+    """What one substep reads besides the state: ``material [N, 10]`` (see ``pack_material``),
+    ``friction [max(C, 1)]`` and ``damping [1]``; torch tensors of the runtime dtype."""
 
     material: torch.Tensor
     friction: torch.Tensor
@@ -138,6 +143,12 @@ class Engine:
         for grp in self.model.groups:
             forward, _ = K.CONSTITUTIVE[grp.model]
             forward(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, S_out, W)
+        for i, c in enumerate(self.model.cloth):
+            EX = self._buf(f"EX{i}", (c.num_elements, 9))
+            EF = self._buf(f"EF{i}", (c.num_elements, 9))
+            CL.gather_vertices(S, c.faces, EX)
+            CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
+            CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
         G.mv.fill(0)
         G.m.fill(0)
         if self.colored:
@@ -156,6 +167,8 @@ class Engine:
         self._to_grid(S, S_out, P, substep)
         g = self.config.grid
         K.g2p(S, self.grid.v, self.pins, self.config.dt, self.origin, g.inv_dx, g.dx, self.lo, self.hi, S_out)
+        for c in self.model.cloth:
+            CL.sync_centroids(c.faces, c.element_start, S_out)
 
     def run(self, S: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int] = (),
             tape: torch.Tensor | None = None):
@@ -189,6 +202,10 @@ class Engine:
         gradients into ``g_params [rows, 1 + C]`` (see ``grid_update_adjoint``).
         """
         g, cfg, Gr = self.config.grid, self.config, self.grid
+        for c in self.model.cloth:
+            # element particles were moved to their vertices' centroid after g2p
+            CL.sync_centroids_adjoint(c.faces, c.incidence, c.offsets, c.vertex_start, c.element_start, G_next)
+            CL._zero_element_x(c.element_start, c.num_elements, G_next)
         scratch = self._buf("S_scratch", tuple(S.shape))
         self._to_grid(S, scratch, P, substep)  # recompute this substep's grid
         W = self._buf("W", (self.n, K.W_DIM))
@@ -209,6 +226,34 @@ class Engine:
         for grp in self.model.groups:
             _, adjoint = K.CONSTITUTIVE[grp.model]
             adjoint(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, G_next, G_W, G_out, GP.material)
+        for i, c in enumerate(self.model.cloth):
+            self._cloth_adjoint(i, c, S, P, GP, G_next, G_W, G_out)
+
+    def _cloth_adjoint(self, i, c, S, P: StepParams, GP: StepParams, G_next, G_W, G_out) -> None:
+        g, cfg = self.config.grid, self.config
+        G_EF = self._buf(f"G_EF{i}", (c.num_elements, 9))
+        CL.cloth_vertices_adjoint(S, P.material, c.incidence, c.offsets, cfg.dt, c.vertex_start, G_next, G_W, G_out, GP.material, G_EF)
+
+        # The element kernel is differentiated by Taichi's autodiff, which reads and writes the
+        # ``.grad`` of torch tensors that require grad: these scratch leaves only carry those
+        # adjoint buffers (they are not part of any autograd graph).
+        def leaf(t, grad=None):
+            t = t.detach().clone().requires_grad_(True)
+            t.grad = torch.zeros_like(t) if grad is None else grad
+            return t
+
+        EX = leaf(self._scratch[f"EX{i}"])
+        S_in = leaf(S)
+        M = leaf(P.material, GP.material)  # parameter gradients accumulate in place
+        S_out = leaf(S, G_next)
+        W = leaf(self._scratch["W"], G_W)
+        EF = leaf(self._scratch[f"EF{i}"], G_EF)
+        CL.cloth_elements.grad(EX, S_in, M, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
+        el = slice(c.element_start, c.element_start + c.num_elements)
+        G_out[el, K.V : K.V + 3] = 0.0  # element particles are massless: their velocity is unused
+        G_out[el, K.C : K.C + 9] = S_in.grad[el, K.C : K.C + 9]
+        G_out[el, K.F : K.F + 9] = S_in.grad[el, K.F : K.F + 9]
+        CL.gather_vertices_adjoint(EX.grad, c.incidence, c.offsets, c.vertex_start, G_out)
 
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
                          G_end: torch.Tensor, G_frames: torch.Tensor | None):

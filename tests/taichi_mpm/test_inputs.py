@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dreamcloth.taichi_mpm import GridSpec, Model, Params, Plane, SimConfig, SimulationError, SolidBounds, State, simulate
+from dreamcloth.taichi_mpm import GridSpec, Model, Params, Plane, SimConfig, SimulationError, Bounds, State, simulate
 
 from .scenes import F64, lattice
 
@@ -60,7 +60,7 @@ def test_dt_above_cfl_bound():
 def test_blow_up_is_reported_with_its_substep():
     model, state, cfg = _scene(substeps=2)
     # bounds that understate the stiffness let a far too large dt through; the rollout explodes
-    lying = SolidBounds((1e3, 1e3), (0.3, 0.3), (1e3, 1e3))
+    lying = Bounds((1e3, 1e3), (0.3, 0.3), (1e3, 1e3))
     with pytest.raises(SimulationError, match=r"NaN/inf at substep \d+ \(during frame \d+\)") as info:
         simulate(model, state, Params.create(1e9, 0.3, 1e3, dtype=F64), cfg, 40, bounds=lying)
     assert info.value.substep is not None and info.value.substep >= 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamcloth.taichi_mpm import GridSpec, Model, Params, Plane, SimConfig, SolidBounds, State, simulate, stable_config
+from dreamcloth.taichi_mpm import GridSpec, Model, Params, Plane, SimConfig, Bounds, State, simulate, stable_config
 from dreamcloth.taichi_mpm.sampling import sample_box
 from dreamcloth.taichi_mpm.solver import Engine, StepParams, pack_material, pack_state
 
@@ -17,7 +17,7 @@ G = 9.81
 
 def _stable(grid, fps, E, rho, speed, **kw):
     """Config and CFL bounds for a run at fixed E, nu = 0.3, density, bounded particle speed."""
-    bounds = SolidBounds((E, E), (0.3, 0.3), (rho, rho), max_speed=speed)
+    bounds = Bounds((E, E), (0.3, 0.3), (rho, rho), max_speed=speed)
     return stable_config(grid, fps, bounds, **kw), bounds
 
 
