@@ -92,6 +92,8 @@ def simulate(
     config: SimConfig,
     num_frames: int,
     bounds: _cfl.Bounds | None = None,
+    control: torch.Tensor | None = None,
+    control_stride: int = 1,
 ) -> Trajectory:
     """Roll the simulation out for ``num_frames`` output frames (``(num_frames - 1) * substeps_per_frame`` substeps).
 
@@ -103,6 +105,10 @@ def simulate(
         config: grid and time stepping.
         num_frames: frames to output, frame 0 being ``state``.
         bounds: parameter ranges of the run for the CFL check; defaults to the current values.
+        control: ``[K, N, 3, 3]`` per-particle deformation-gradient controls: before substep
+            ``k * control_stride`` (k < K) every particle's F becomes ``control[k] @ F`` (shape
+            morphing actuation, Xu et al. 2024).  Differentiable like everything else.
+        control_stride: substeps between controls.
 
     Raises:
         ValueError: NaN/inf or out-of-range inputs, particles outside the domain, dt above the CFL bound.
@@ -188,9 +194,21 @@ def simulate(
     seg = config.segment_length(total) if total else 1
     cur = [state.x.contiguous(), state.v.contiguous(), state.C.contiguous(), state.F.contiguous()]
     xs, Fs = [state.x.unsqueeze(0)], [state.F.unsqueeze(0)]
+    ctrl_at: dict[int, int] = {}
+    if control is not None:
+        if control.dim() != 4 or tuple(control.shape[1:]) != (n, 3, 3):
+            raise ValueError(f"control must have shape [K, {n}, 3, 3], got {tuple(control.shape)}")
+        if control_stride < 1:
+            raise ValueError(f"control_stride must be >= 1, got {control_stride}")
+        _check_finite("control", control)
+        ctrl_at = {k * control_stride: k for k in range(control.shape[0]) if k * control_stride < total}
     start = 0
     while start < total:
-        count = min(seg, total - start)
+        if start in ctrl_at:
+            # applied between segments with plain torch ops, so autograd differentiates it directly
+            cur[3] = (control[ctrl_at[start]] @ cur[3]).contiguous()
+        nxt_ctrl = min([c for c in ctrl_at if c > start], default=total)
+        count = min(seg, total - start, nxt_ctrl - start)
         record = [j for j in range(1, count + 1) if (start + j) % spf == 0]
         x, v, C, F, fx, fF = run_segment(engine, start, count, record, cur, material, friction, damping)
         if not (torch.isfinite(x).all() and torch.isfinite(F).all() and torch.isfinite(v).all()):
