@@ -6,15 +6,15 @@
 from .builder import ModelBuilder, ObjectRange
 from .cfl import Bounds, max_dt, stable_config, substeps_for
 from .cloth import ClothGroup, grid_mesh
-from .colliders import Box, Plane, Sphere
+from .colliders import Box, MeshCollider, Plane, Sphere, euler_xyz
 from .config import GridSpec, SimConfig
 from .errors import SimulationError
 from .model import MaterialGroup, Model, Params, State
 from .sampling import ParticleSet, load_mesh, sample_box, sample_mesh, sample_sphere
-from .simulate import Trajectory, lame, simulate
+from .simulate import Trajectory, lame, min_rest_edge, simulate
 
 __all__ = [
-    "ClothGroup", "ModelBuilder", "ObjectRange", "grid_mesh",
+    "ClothGroup", "MeshCollider", "ModelBuilder", "ObjectRange", "euler_xyz", "grid_mesh", "min_rest_edge",
     "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "Bounds",
     "Sphere", "State", "Trajectory", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
     "ParticleSet", "load_mesh", "sample_box", "sample_mesh", "sample_sphere",

@@ -55,6 +55,7 @@ RX, RGV, RGB = 0, 3, 6
 R_DIM = 15
 
 ARR = ti.types.ndarray(ndim=2)
+SDF = ti.types.ndarray(ndim=4)  # a mesh collider's field [X, Y, Z, 7]: phi, normal, velocity
 VEC = ti.types.ndarray(ndim=1)
 INT = ti.types.ndarray(dtype=ti.i32, ndim=1)
 
@@ -303,12 +304,18 @@ def p2g_adjoint(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_m
 
 
 @ti.func
-def _collider_frame(kind: ti.template(), coll: ti.template(), c: ti.template(), xi, time):
-    """Signed distance, outward unit normal and velocity of collider ``c`` at point ``xi``."""
+def _collider_frame(kind: ti.template(), coll: ti.template(), c: ti.template(), xi, time, I, sdf: ti.template()):
+    """Signed distance, outward unit normal and velocity of collider ``c`` at node ``I`` (position ``xi``).
+
+    Analytic kinds are evaluated at ``xi``; a mesh collider is read from its sampled grid field ``sdf``."""
     vc = ti.Vector([coll[c, 15], coll[c, 16], coll[c, 17]])
     phi = 1.0
     n = ti.Vector([0.0, 1.0, 0.0])
-    if ti.static(kind == "plane"):
+    if ti.static(kind == "mesh"):
+        phi = sdf[I[0], I[1], I[2], 0]
+        n = ti.Vector([sdf[I[0], I[1], I[2], 1], sdf[I[0], I[1], I[2], 2], sdf[I[0], I[1], I[2], 3]])
+        vc = ti.Vector([sdf[I[0], I[1], I[2], 4], sdf[I[0], I[1], I[2], 5], sdf[I[0], I[1], I[2], 6]])
+    elif ti.static(kind == "plane"):
         p0 = ti.Vector([coll[c, 0], coll[c, 1], coll[c, 2]]) + vc * time
         n = ti.Vector([coll[c, 3], coll[c, 4], coll[c, 5]])
         phi = (xi - p0).dot(n)
@@ -384,16 +391,16 @@ def _coulomb_adjoint(v, n, vc, mu, g):
 def grid_kernels(kinds: tuple):
     """The grid update and its adjoint, specialised to a tuple of collider kinds (compile-time)."""
     for k in kinds:
-        if k not in ("plane", "sphere", "box"):
+        if k not in ("plane", "sphere", "box", "mesh"):
             raise ValueError(f"unknown collider kind {k!r}")
     n_coll = len(kinds)
 
     @ti.func
-    def _colliders(v, xi, coll: ti.template(), friction: ti.template(), time, upto: ti.template()):
+    def _colliders(v, xi, coll: ti.template(), friction: ti.template(), time, I, sdf: ti.template(), upto: ti.template()):
         """Velocity after colliders 0 .. upto-1 (applied in order)."""
         out = v
         for c in ti.static(range(upto)):
-            phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time)
+            phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time, I, sdf)
             if phi < 0:
                 out = _coulomb(out, n, vc, friction[c])
         return out
@@ -401,7 +408,7 @@ def grid_kernels(kinds: tuple):
     @ti.kernel
     def grid_update(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
-        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, grid_v: ti.template(),
+        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF, grid_v: ti.template(),
     ):
         res = ti.Vector(ti.static(grid_m.shape))
         s = damping[0] ** dt
@@ -409,7 +416,7 @@ def grid_kernels(kinds: tuple):
             m = grid_m[I]
             v = ti.Vector.zero(float, 3)
             if m > 0:
-                v = _colliders((grid_mv[I] / m + dt * gravity) * s, origin + I * dx, coll, friction, time, n_coll)
+                v = _colliders((grid_mv[I] / m + dt * gravity) * s, origin + I * dx, coll, friction, time, I, sdf, n_coll)
                 for d in ti.static(range(3)):
                     if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
                         v[d] = 0.0
@@ -417,8 +424,8 @@ def grid_kernels(kinds: tuple):
 
     @ti.func
     def _node_adjoint(I, res, grid_mv: ti.template(), grid_m: ti.template(), coll: ti.template(), friction: ti.template(),
-                      s, ds, dt, time, gravity, origin, dx, boundary, g_grid_v: ti.template(), g_grid_mv: ti.template(),
-                      g_grid_m: ti.template()):
+                      s, ds, dt, time, gravity, origin, dx, boundary, sdf: ti.template(), g_grid_v: ti.template(),
+                      g_grid_mv: ti.template(), g_grid_m: ti.template()):
         """Writes the node's dL/dmv and dL/dm; returns its contributions to dL/d(damping, friction_c...)."""
         acc = ti.Vector.zero(float, n_coll + 1)
         m = grid_m[I]
@@ -428,7 +435,7 @@ def grid_kernels(kinds: tuple):
             mv = grid_mv[I]
             v0 = mv / m + dt * gravity
             xi = origin + I * dx
-            v = _colliders(v0 * s, xi, coll, friction, time, n_coll)
+            v = _colliders(v0 * s, xi, coll, friction, time, I, sdf, n_coll)
             g = g_grid_v[I]
             for d in ti.static(range(3)):
                 if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
@@ -436,9 +443,9 @@ def grid_kernels(kinds: tuple):
             # reverse through the colliders, replaying each one's input (n_coll is small)
             for cc in ti.static(range(n_coll)):
                 c = ti.static(n_coll - 1 - cc)
-                phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time)
+                phi, n, vc = _collider_frame(kinds[c], coll, c, xi, time, I, sdf)
                 if phi < 0:
-                    vin = _colliders(v0 * s, xi, coll, friction, time, c)
+                    vin = _colliders(v0 * s, xi, coll, friction, time, I, sdf, c)
                     g, g_mu = _coulomb_adjoint(vin, n, vc, friction[c], g)
                     acc[1 + c] += g_mu
             acc[0] += g.dot(v0) * ds
@@ -452,7 +459,7 @@ def grid_kernels(kinds: tuple):
     @ti.kernel
     def grid_update_adjoint(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
-        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int,
+        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF,
         g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
         deterministic: ti.template(),
     ):
@@ -466,7 +473,7 @@ def grid_kernels(kinds: tuple):
         if ti.static(not deterministic):
             for I in ti.grouped(grid_m):
                 acc = _node_adjoint(I, res, grid_mv, grid_m, coll, friction, s, ds, dt, time, gravity, origin, dx,
-                                    boundary, g_grid_v, g_grid_mv, g_grid_m)
+                                    boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[0, c] += acc[c]
         else:
@@ -474,7 +481,7 @@ def grid_kernels(kinds: tuple):
                 acc = ti.Vector.zero(float, n_coll + 1)
                 for j, k in ti.ndrange(res[1], res[2]):
                     acc += _node_adjoint(ti.Vector([i, j, k]), res, grid_mv, grid_m, coll, friction, s, ds, dt, time,
-                                         gravity, origin, dx, boundary, g_grid_v, g_grid_mv, g_grid_m)
+                                         gravity, origin, dx, boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[i, c] += acc[c]
 

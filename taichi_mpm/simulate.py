@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 
@@ -94,6 +95,7 @@ def simulate(
     bounds: _cfl.Bounds | None = None,
     control: torch.Tensor | None = None,
     control_stride: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Trajectory:
     """Roll the simulation out for ``num_frames`` output frames (``(num_frames - 1) * substeps_per_frame`` substeps).
 
@@ -109,6 +111,7 @@ def simulate(
             ``k * control_stride`` (k < K) every particle's F becomes ``control[k] @ F`` (shape
             morphing actuation, Xu et al. 2024).  Differentiable like everything else.
         control_stride: substeps between controls.
+        progress: called as ``progress(substeps_done, total)`` after every segment.
 
     Raises:
         ValueError: NaN/inf or out-of-range inputs, particles outside the domain, dt above the CFL bound.
@@ -218,5 +221,7 @@ def simulate(
         xs.append(fx)
         Fs.append(fF)
         start += count
+        if progress is not None:
+            progress(start, total)
     final = State(*cur)
     return Trajectory(x=torch.cat(xs), F=torch.cat(Fs), final=final, dt=config.dt, substeps=total)

@@ -107,6 +107,9 @@ class Engine:
             rows = np.zeros((1, rows.shape[1]))
         self.coll = torch.tensor(rows, dtype=self.dtype, device=self.device).contiguous()
         self.grid_update, self.grid_update_adjoint = K.grid_kernels(self.kinds)
+        self.mesh_collider = next((c for c in model.colliders if c.kind == "mesh"), None)
+        self._sdf_frame = None
+        self.sdf = torch.zeros((1, 1, 1, 7), dtype=self.dtype, device=self.device)
         self.origin = ti.Vector(list(g.origin))
         self.gravity = ti.Vector(list(config.gravity))
         # particles stay where their 3x3x3 stencil lies inside the grid (see kernels.g2p)
@@ -157,10 +160,21 @@ class Engine:
                 K.p2g_colored(W, self.bins, colour, self.blocks_per_colour, self.origin, g.inv_dx, g.dx, G.mv, G.m)
         else:
             K.p2g_atomic(W, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+        self._update_sdf(substep)
         self.grid_update(
             G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, G.v,
+            g.boundary, self.sdf, G.v,
         )
+
+    def _update_sdf(self, substep: int) -> None:
+        """Load the mesh collider's field for the animation frame of this substep (cached per frame)."""
+        if self.mesh_collider is None:
+            return
+        frame = min(self.mesh_collider.frame_at(substep * self.config.dt), len(self.mesh_collider.frames) - 1)
+        if frame != self._sdf_frame:
+            field = self.mesh_collider.field(self.config.grid, frame)
+            self.sdf = torch.as_tensor(field, dtype=self.dtype, device=self.device).contiguous()
+            self._sdf_frame = frame
 
     def step(self, S: torch.Tensor, P: StepParams, substep: int, S_out: torch.Tensor) -> None:
         """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``)."""
@@ -220,7 +234,7 @@ class Engine:
             K.g2p_adjoint_atomic(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         self.grid_update_adjoint(
             Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
+            g.boundary, self.sdf, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
         )
         K.p2g_adjoint(W, self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
         for grp in self.model.groups:

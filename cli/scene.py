@@ -1,0 +1,451 @@
+"""Scene files (TOML): parsing, validation with errors that name the key, the value and the file.
+
+    [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid
+    [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b]
+    [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
+                 size, center, rotation_deg, color, pinned (vertex ids or "corners:2"), velocity,
+                 [object.material] model + values, [object.fit] parameter = [low, high] (or true)
+    [[collider]] kind = "plane"|"sphere"|"box"|"mesh", geometry, friction, velocity, motion
+
+Units are SI.  Cloth stiffnesses are membrane stiffnesses (N/m) and cloth density is areal (kg/m^2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+#: the material parameters dreamcloth can fit, in a fixed order
+PARAMETERS = ("young_modulus", "poisson_ratio", "density", "damping", "friction", "shear_stiffness", "normal_stiffness")
+CLOTH_ONLY = ("shear_stiffness", "normal_stiffness")
+
+#: default fit ranges (issue "Cloth"; damping per DESIGN.md section 2: fraction kept per second)
+DEFAULT_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "cloth": {
+        "young_modulus": (10.0, 500.0),
+        "poisson_ratio": (0.1, 0.49),
+        "density": (0.1, 5.0),
+        "damping": (0.05, 1.0),
+        "friction": (0.0, 1.0),
+        "shear_stiffness": (100.0, 1000.0),
+        "normal_stiffness": (100.0, 1000.0),
+    },
+    "solid": {
+        "young_modulus": (1e3, 1e6),
+        "poisson_ratio": (0.1, 0.45),
+        "density": (100.0, 3000.0),
+        "damping": (0.05, 1.0),
+        "friction": (0.0, 1.0),
+    },
+}
+
+#: physically admissible values (a value outside is an error, not a clamp)
+LIMITS: dict[str, tuple[float, float, bool, bool]] = {  # low, high, low inclusive, high inclusive
+    "young_modulus": (0.0, math.inf, False, False),
+    "poisson_ratio": (0.0, 0.5, True, False),
+    "density": (0.0, math.inf, False, False),
+    "damping": (0.0, 1.0, False, True),
+    "friction": (0.0, math.inf, True, False),
+    "shear_stiffness": (0.0, math.inf, True, False),
+    "normal_stiffness": (0.0, math.inf, True, False),
+}
+
+#: stiffness-like and density parameters are fitted in log space; bounded ones in squashed boxes
+LOG_SPACE = ("young_modulus", "density", "shear_stiffness", "normal_stiffness")
+
+
+class SceneError(ValueError):
+    """A scene file problem; the message names the file and the key."""
+
+
+def _fmt(v) -> str:
+    return repr(v) if not isinstance(v, float) else f"{v:g}"
+
+
+class _Reader:
+    """Reads one TOML table, remembering which keys were used, for exact error messages."""
+
+    def __init__(self, table: dict, where: str, file: Path):
+        if not isinstance(table, dict):
+            raise SceneError(f"{file}: [{where}] must be a table")
+        self.table, self.where, self.file = table, where, file
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.where}.{k}" if self.where else k
+
+    def err(self, k: str, msg: str) -> SceneError:
+        return SceneError(f"{self.file}: {self.key(k)} {msg}")
+
+    def get(self, k: str, default: Any = dataclasses.MISSING) -> Any:
+        self.used.add(k)
+        if k in self.table:
+            return self.table[k]
+        if default is dataclasses.MISSING:
+            raise self.err(k, "is missing")
+        return default
+
+    def number(self, k: str, default=dataclasses.MISSING, low=-math.inf, high=math.inf, integer=False, low_open=False) -> float:
+        v = self.get(k, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.err(k, f"must be a number, got {_fmt(v)}")
+        if integer and int(v) != v:
+            raise self.err(k, f"must be an integer, got {_fmt(v)}")
+        if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
+            rng = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+            raise self.err(k, f"= {_fmt(v)} is out of range {rng}")
+        return int(v) if integer else float(v)
+
+    def vector(self, k: str, n: int = 3, default=dataclasses.MISSING) -> tuple[float, ...]:
+        v = self.get(k, default)
+        if not isinstance(v, (list, tuple)) or len(v) != n or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
+            raise self.err(k, f"must be a list of {n} numbers, got {_fmt(v)}")
+        if not all(math.isfinite(a) for a in v):
+            raise self.err(k, f"must be finite, got {_fmt(v)}")
+        return tuple(float(a) for a in v)
+
+    def string(self, k: str, default=dataclasses.MISSING, choices: tuple[str, ...] | None = None) -> str:
+        v = self.get(k, default)
+        if not isinstance(v, str):
+            raise self.err(k, f"must be a string, got {_fmt(v)}")
+        if choices is not None and v not in choices:
+            raise self.err(k, f"= {v!r} is not one of {', '.join(choices)}")
+        return v
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.err(unknown[0], "is not a known key" + (f" (known: {', '.join(sorted(self.used))})" if self.used else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneSettings:
+    fps: float
+    frames: int
+    substeps: int  # 0: from the CFL bound of the run's parameter ranges
+    gravity: tuple[float, float, float]
+    domain: tuple[tuple[float, float, float], tuple[float, float, float]]
+    grid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+    width: int
+    height: int
+    fov_y_deg: float
+    eye: tuple[float, float, float]
+    look_at: tuple[float, float, float]
+    up: tuple[float, float, float]
+    background: tuple[float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectSpec:
+    name: str
+    kind: str  # "cloth" | "solid"
+    mesh: str
+    size: tuple[float, ...]
+    center: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    color: tuple[float, float, float]
+    pinned: tuple[int, ...] | str
+    pin_velocity: tuple[float, float, float]
+    velocity: tuple[float, float, float]
+    model: str
+    values: dict[str, float]
+    fit: dict[str, tuple[float, float]]
+    spacing: float  # solids: particle spacing in units of dx (0.5 = 8 per cell)
+    scale: float  # mesh files
+    texture: str = "checker"  # "checker": 3-D checkerboard of color and a darker shade; "plain"
+
+
+@dataclasses.dataclass(frozen=True)
+class ColliderSpec:
+    kind: str
+    params: dict[str, Any]
+    friction: float | None  # None: the first object's friction (and fitted with it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    path: Path
+    settings: SceneSettings
+    camera: CameraSpec
+    objects: tuple[ObjectSpec, ...]
+    colliders: tuple[ColliderSpec, ...]
+
+    @property
+    def fit_parameters(self) -> list[tuple[int, str]]:
+        """(object index, parameter) pairs to fit, in a stable order."""
+        return [(i, p) for i, o in enumerate(self.objects) for p in PARAMETERS if p in o.fit]
+
+    def with_values(self, values: dict[tuple[int, str], float]) -> "Scene":
+        """A copy with material values replaced."""
+        objs = list(self.objects)
+        for (i, name), v in values.items():
+            vals = dict(objs[i].values)
+            vals[name] = float(v)
+            objs[i] = dataclasses.replace(objs[i], values=vals)
+        return dataclasses.replace(self, objects=tuple(objs))
+
+
+_GRID_MESH = re.compile(r"^grid:(\d+)x(\d+)$")
+_CORNERS = re.compile(r"^corners:([1-4])$")
+
+
+def _check_value(r: _Reader, name: str, v) -> float:
+    lo, hi, lo_in, hi_in = LIMITS[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise r.err(name, f"must be a finite number, got {_fmt(v)}")
+    ok = (v > lo or (lo_in and v == lo)) and (v < hi or (hi_in and v == hi))
+    if not ok:
+        rng = ("[" if lo_in else "(") + f"{lo:g}, {hi:g}" + ("]" if hi_in else ")")
+        raise r.err(name, f"= {_fmt(v)} is out of range {rng}")
+    return float(v)
+
+
+def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
+    r = _Reader(t, f"object[{idx}]", file)
+    name = r.string("name", f"object{idx}")
+    kind = r.string("kind", choices=("cloth", "solid"))
+    mesh = r.string("mesh")
+    if kind == "cloth":
+        if not (_GRID_MESH.match(mesh) or Path(mesh).suffix.lower() in (".obj", ".ply", ".stl", ".off", ".glb")):
+            raise r.err("mesh", f"= {mesh!r}: cloth needs 'grid:NxM' or a mesh file")
+        m = _GRID_MESH.match(mesh)
+        if m and (int(m.group(1)) < 2 or int(m.group(2)) < 2):
+            raise r.err("mesh", f"= {mesh!r}: a cloth grid needs at least 2x2 vertices")
+        default_size = (1.0, 1.0)
+    else:
+        if mesh not in ("box", "sphere") and Path(mesh).suffix.lower() not in (".obj", ".ply", ".stl", ".off", ".glb"):
+            raise r.err("mesh", f"= {mesh!r}: a solid needs 'box', 'sphere' or a mesh file")
+        default_size = (0.1,) if mesh == "sphere" else (0.1, 0.1, 0.1)
+    raw_size = r.get("size", list(default_size))
+    if isinstance(raw_size, (int, float)) and not isinstance(raw_size, bool):
+        raw_size = [raw_size]
+    want = {"box": 3, "sphere": 1}.get(mesh, 2 if _GRID_MESH.match(mesh) else 1)
+    if not isinstance(raw_size, list) or len(raw_size) != want:
+        raise r.err("size", f"must have {want} value(s) for mesh {mesh!r}, got {_fmt(raw_size)}")
+    size = tuple(float(a) for a in raw_size)
+    if any(not (a > 0 and math.isfinite(a)) for a in size):
+        raise r.err("size", f"must be positive, got {_fmt(raw_size)}")
+    center = r.vector("center", default=[0.0, 0.0, 0.0])
+    rotation = r.vector("rotation_deg", default=[0.0, 0.0, 0.0])
+    color = r.vector("color", default=[0.8, 0.3, 0.2])
+    if any(not 0 <= c <= 1 for c in color):
+        raise r.err("color", f"components must lie in [0, 1], got {_fmt(list(color))}")
+    pinned_raw = r.get("pinned", [])
+    if isinstance(pinned_raw, str):
+        if not _CORNERS.match(pinned_raw):
+            raise r.err("pinned", f"= {pinned_raw!r}: use a list of vertex ids or 'corners:N' (N in 1..4)")
+        if not _GRID_MESH.match(mesh):
+            raise r.err("pinned", f"= {pinned_raw!r}: 'corners:N' needs a grid:NxM cloth")
+        pinned: tuple[int, ...] | str = pinned_raw
+    elif isinstance(pinned_raw, list) and all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in pinned_raw):
+        pinned = tuple(pinned_raw)
+    else:
+        raise r.err("pinned", f"must be a list of vertex ids or 'corners:N', got {_fmt(pinned_raw)}")
+    if pinned and kind != "cloth":
+        raise r.err("pinned", "is only supported for cloth")
+    pin_velocity = r.vector("pin_velocity", default=[0.0, 0.0, 0.0])
+    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0])
+    spacing = r.number("particle_spacing", 0.5, low=0.1, high=2.0)
+    scale = r.number("scale", 1.0, low=0.0, low_open=True)
+    texture = r.string("texture", "checker", choices=("checker", "plain"))
+
+    mr = _Reader(r.get("material", {}), f"object[{idx}].material", file)
+    models = ("cloth",) if kind == "cloth" else ("neo_hookean", "fixed_corotated")
+    model = mr.string("model", models[0], choices=models)
+    defaults = {
+        "cloth": dict(young_modulus=100.0, poisson_ratio=0.3, density=1.0, damping=0.6, friction=0.3,
+                      shear_stiffness=200.0, normal_stiffness=200.0),
+        "solid": dict(young_modulus=5e4, poisson_ratio=0.3, density=1000.0, damping=0.9, friction=0.5),
+    }[kind]
+    values = {p: _check_value(mr, p, mr.get(p, d)) for p, d in defaults.items()}
+    mr.finish()
+
+    fr = _Reader(r.get("fit", {}), f"object[{idx}].fit", file)
+    fit: dict[str, tuple[float, float]] = {}
+    for p in list(fr.table):
+        if p not in defaults:
+            raise fr.err(p, f"is not a parameter of a {kind} (fittable: {', '.join(defaults)})")
+        v = fr.get(p)
+        if v is True:
+            fit[p] = DEFAULT_RANGES[kind][p]
+        elif v is False:
+            continue
+        elif isinstance(v, list) and len(v) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
+            lo, hi = float(v[0]), float(v[1])
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise fr.err(p, f"range must be finite, got {_fmt(v)}")
+            if lo > hi:
+                raise fr.err(p, f"range [{lo:g}, {hi:g}] has low > high")
+            _check_value(fr, p, lo)
+            _check_value(fr, p, hi)
+            if p in LOG_SPACE and lo <= 0:
+                raise fr.err(p, f"range must be positive (fitted in log space), got {_fmt(v)}")
+            fit[p] = (lo, hi)
+        else:
+            raise fr.err(p, f"must be [low, high] or true, got {_fmt(v)}")
+    fr.finish()
+    r.finish()
+    return ObjectSpec(name, kind, mesh, size, center, rotation, color, pinned, pin_velocity, velocity, model, values,
+                      fit, spacing, scale, texture)
+
+
+def _collider(t: dict, idx: int, file: Path) -> ColliderSpec:
+    r = _Reader(t, f"collider[{idx}]", file)
+    kind = r.string("kind", choices=("plane", "sphere", "box", "mesh"))
+    friction = r.get("friction", None)
+    if friction is not None:
+        friction = _check_value(r, "friction", friction)
+    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0])
+    p: dict[str, Any] = {"velocity": velocity}
+    if kind == "plane":
+        p["point"] = r.vector("point")
+        p["normal"] = r.vector("normal", default=[0.0, 1.0, 0.0])
+        if math.sqrt(sum(a * a for a in p["normal"])) < 1e-12:
+            raise r.err("normal", "must be non-zero")
+    elif kind == "sphere":
+        p["center"] = r.vector("center")
+        p["radius"] = r.number("radius", low=0.0, low_open=True)
+    elif kind == "box":
+        p["center"] = r.vector("center")
+        p["half_size"] = r.vector("half_size")
+        if min(p["half_size"]) <= 0:
+            raise r.err("half_size", f"must be positive, got {_fmt(list(p['half_size']))}")
+        p["rotation_deg"] = r.vector("rotation_deg", default=[0.0, 0.0, 0.0])
+    else:
+        path = r.get("path", None)
+        motion = r.get("motion", None)
+        if (path is None) == (motion is None):
+            raise r.err("path", "give exactly one of 'path' (a static mesh) or 'motion' (a glob of per-frame OBJ files)")
+        base = file.parent
+        if path is not None:
+            files = [base / str(path)]
+        else:
+            files = sorted(base.glob(str(motion)))
+            if not files:
+                raise r.err("motion", f"= {motion!r} matches no files next to the scene")
+        for f in files:
+            if not f.is_file():
+                raise r.err("path", f"= {str(f)!r} does not exist")
+        p["files"] = tuple(str(f) for f in files)
+        p["scale"] = r.number("scale", 1.0, low=0.0, low_open=True)
+        p["offset"] = r.vector("offset", default=[0.0, 0.0, 0.0])
+    r.finish()
+    return ColliderSpec(kind, p, friction)
+
+
+def load_scene(path: str | Path) -> Scene:
+    """Parse and validate a scene file; every problem is a ``SceneError`` naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scene file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SceneError(f"{path}: not valid TOML ({exc})") from None
+    root = _Reader(data, "", path)
+
+    sr = _Reader(root.get("scene"), "scene", path)
+    domain = sr.get("domain", [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    if not (isinstance(domain, list) and len(domain) == 2):
+        raise sr.err("domain", f"must be [[x0, y0, z0], [x1, y1, z1]], got {_fmt(domain)}")
+    lo = _Reader({"min": domain[0]}, "scene.domain", path).vector("min")
+    hi = _Reader({"max": domain[1]}, "scene.domain", path).vector("max")
+    if any(h <= l for l, h in zip(lo, hi)):
+        raise sr.err("domain", f"max {list(hi)} must exceed min {list(lo)} on every axis")
+    settings = SceneSettings(
+        fps=sr.number("fps", 24.0, low=0.0, high=1000.0, low_open=True),
+        frames=sr.number("frames", 24, low=2, high=100000, integer=True),
+        substeps=sr.number("substeps", 0, low=0, high=100000, integer=True),
+        gravity=sr.vector("gravity", default=[0.0, -9.81, 0.0]),
+        domain=(lo, hi),
+        grid=sr.number("grid", 32, low=8, high=512, integer=True),
+    )
+    sr.finish()
+
+    cr = _Reader(root.get("camera"), "camera", path)
+    camera = CameraSpec(
+        width=cr.number("width", 128, low=16, high=4096, integer=True),
+        height=cr.number("height", 96, low=16, high=4096, integer=True),
+        fov_y_deg=cr.number("fov_y_deg", 40.0, low=1.0, high=170.0),
+        eye=cr.vector("eye"),
+        look_at=cr.vector("look_at"),
+        up=cr.vector("up", default=[0.0, 1.0, 0.0]),
+        background=cr.vector("background", default=[1.0, 1.0, 1.0]),
+    )
+    if any(not 0 <= c <= 1 for c in camera.background):
+        raise cr.err("background", f"components must lie in [0, 1], got {list(camera.background)}")
+    if math.dist(camera.eye, camera.look_at) < 1e-9:
+        raise cr.err("look_at", "must differ from eye")
+    cr.finish()
+
+    objects_raw = root.get("object", [])
+    if not isinstance(objects_raw, list) or not objects_raw:
+        raise SceneError(f"{path}: the scene needs at least one [[object]]")
+    objects = tuple(_object(t, i, path) for i, t in enumerate(objects_raw))
+    names = [o.name for o in objects]
+    if len(set(names)) != len(names):
+        raise SceneError(f"{path}: object names must be unique, got {names}")
+    colliders = tuple(_collider(t, i, path) for i, t in enumerate(root.get("collider", [])))
+    if sum(c.kind == "mesh" for c in colliders) > 1:
+        raise SceneError(f"{path}: at most one mesh collider is supported")
+    root.finish()
+    return Scene(path, settings, camera, objects, colliders)
+
+
+def to_toml(scene: Scene) -> str:
+    """The scene as TOML (values as currently set), e.g. to record what a simulation used."""
+
+    def v(x):
+        if isinstance(x, (list, tuple)):
+            return "[" + ", ".join(v(a) for a in x) + "]"
+        if isinstance(x, bool):
+            return "true" if x else "false"
+        if isinstance(x, (int, float)):
+            return repr(x) if isinstance(x, int) else f"{x:.10g}"
+        return '"' + str(x).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    s = scene.settings
+    c = scene.camera
+    lines = [
+        "[scene]",
+        f"fps = {v(s.fps)}", f"frames = {v(s.frames)}", f"substeps = {v(s.substeps)}", f"gravity = {v(s.gravity)}",
+        f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", "",
+        "[camera]",
+        f"width = {v(c.width)}", f"height = {v(c.height)}", f"fov_y_deg = {v(c.fov_y_deg)}", f"eye = {v(c.eye)}",
+        f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", "",
+    ]
+    for o in scene.objects:
+        lines += [
+            "[[object]]", f"name = {v(o.name)}", f"kind = {v(o.kind)}", f"mesh = {v(o.mesh)}", f"size = {v(o.size)}",
+            f"center = {v(o.center)}", f"rotation_deg = {v(o.rotation_deg)}", f"color = {v(o.color)}",
+            f"pinned = {v(o.pinned if isinstance(o.pinned, str) else list(o.pinned))}", f"pin_velocity = {v(o.pin_velocity)}",
+            f"velocity = {v(o.velocity)}", f"particle_spacing = {v(o.spacing)}", f"scale = {v(o.scale)}",
+            f"texture = {v(o.texture)}",
+            "[object.material]", f"model = {v(o.model)}",
+        ]
+        lines += [f"{k} = {v(val)}" for k, val in o.values.items()]
+        if o.fit:
+            lines.append("[object.fit]")
+            lines += [f"{k} = {v(list(r))}" for k, r in o.fit.items()]
+        lines.append("")
+    for col in scene.colliders:
+        lines += ["[[collider]]", f"kind = {v(col.kind)}"]
+        if col.friction is not None:
+            lines.append(f"friction = {v(col.friction)}")
+        for k, val in col.params.items():
+            if k == "files":
+                lines.append(f"path = {v(val[0])}" if len(val) == 1 else f"# motion: {len(val)} files")
+                if len(val) > 1:
+                    lines.append(f"motion = {v(str(Path(val[0]).parent / '*' ) + Path(val[0]).suffix)}")
+            else:
+                lines.append(f"{k} = {v(val)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""From a scene file to a simulator model, its parameters and a renderer.
+
+This is where the application composes the libraries: ``taichi_mpm`` for the physics and
+``render`` for the pictures; neither knows about the other or about scene files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamcloth import render as R
+from dreamcloth import taichi_mpm as M
+from dreamcloth.taichi_mpm.sampling import load_mesh, sample_box, sample_mesh, sample_sphere
+
+from .scene import CLOTH_ONLY, PARAMETERS, Scene
+
+# Gaussians per cloth triangle and their thickness (m): enough to close the surface at our resolutions
+CLOTH_GAUSSIANS_PER_TRIANGLE = 4
+CLOTH_THICKNESS = 2e-3
+# cloth_gaussians' in-plane scale that closes gaps between neighbouring splats (render/gaussians.py)
+CLOTH_IN_PLANE_SCALE = 2.0
+
+
+def _corner_ids(nx: int, ny: int, count: int) -> list[int]:
+    """'corners:N' of a grid:NxM cloth: the two ends of the first row, then the far row."""
+    corners = [0, (nx - 1) * ny, nx * ny - 1, ny - 1]
+    return corners[:count]
+
+
+@dataclasses.dataclass
+class Simulation:
+    """A scene turned into simulator inputs.
+
+    Attributes:
+        scene: the parsed scene.
+        model / state0 / config / bounds: simulator inputs (``bounds`` are the fit ranges, used
+            for the CFL time step so that it does not change while parameters move).
+        ranges: where each object's particles are.
+        faces: local triangle indices per cloth object (by object index).
+    """
+
+    scene: Scene
+    model: M.Model
+    state0: M.State
+    config: M.SimConfig
+    bounds: M.Bounds
+    ranges: list[M.ObjectRange]
+    faces: dict[int, np.ndarray]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def has_cloth(self) -> bool:
+        return any(r.kind == "cloth" for r in self.ranges)
+
+    def values(self) -> dict[tuple[int, str], float]:
+        """The scene's material values, keyed by (object index, parameter)."""
+        return {(i, p): v for i, o in enumerate(self.scene.objects) for p, v in o.values.items()}
+
+    def params(self, overrides: dict[tuple[int, str], torch.Tensor] | None = None) -> M.Params:
+        """Simulator parameters from the scene's values, with ``overrides`` (tensors keep their gradients).
+
+        One object: scalars.  Several: per-particle tensors assembled from each object's values.
+        Damping acts on the shared grid: the first object's damping is used.  Colliders without a
+        friction of their own take the first object's friction (fitted with it).
+        """
+        overrides = overrides or {}
+        t = dict(dtype=self.dtype, device=self.device)
+
+        def value(i, p):
+            if (i, p) in overrides:
+                return overrides[(i, p)].to(**t).reshape(())
+            return torch.tensor(self.scene.objects[i].values.get(p, 0.0), **t)
+
+        def field(p):
+            if len(self.ranges) == 1:
+                return value(0, p)
+            parts = [value(i, p).expand(r.end - r.start) for i, r in enumerate(self.ranges)]
+            return torch.cat(parts)
+
+        friction0 = value(0, "friction")
+        coll = [friction0 if c.friction is None else torch.tensor(c.friction, **t) for c in self.scene.colliders]
+        friction = torch.stack(coll) if len(coll) > 1 else (coll[0].reshape(()) if coll else friction0)
+        cloth = self.has_cloth
+        return M.Params(
+            young_modulus=field("young_modulus"),
+            poisson_ratio=field("poisson_ratio"),
+            density=field("density"),
+            damping=value(0, "damping"),
+            friction=friction,
+            shear_stiffness=field("shear_stiffness") if cloth else None,
+            normal_stiffness=field("normal_stiffness") if cloth else None,
+            cloth_friction=field("friction") if cloth else None,
+        )
+
+
+def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None) -> M.Bounds:
+    """CFL ranges: each parameter's fit range (or its fixed value), over all objects."""
+    def span(p):
+        lo, hi = math.inf, -math.inf
+        for o in scene.objects:
+            if p in CLOTH_ONLY and o.kind != "cloth":
+                continue
+            a, b = o.fit.get(p, (o.values[p], o.values[p])) if p in o.values else (math.inf, -math.inf)
+            lo, hi = min(lo, a), max(hi, b)
+        return (lo, hi) if lo <= hi else None
+
+    s = scene.settings
+    g = math.sqrt(sum(a * a for a in s.gravity))
+    height = max(h - l for l, h in zip(*s.domain))
+    # energy bound on falling speed inside the domain, plus thrown objects and moving colliders
+    speed = math.sqrt(2 * g * height) + max(math.sqrt(sum(a * a for a in o.velocity)) for o in scene.objects)
+    speed += max([math.sqrt(sum(a * a for a in c.params.get("velocity", (0, 0, 0)))) for c in scene.colliders], default=0.0)
+    speed += max(math.sqrt(sum(a * a for a in o.pin_velocity)) for o in scene.objects)
+    return M.Bounds(span("young_modulus"), span("poisson_ratio"), span("density"), max_speed=speed,
+                    shear_stiffness=span("shear_stiffness"), normal_stiffness=span("normal_stiffness"), min_length=min_length)
+
+
+def _colliders(scene: Scene, grid: M.GridSpec) -> list:
+    out = []
+    for c in scene.colliders:
+        p = c.params
+        f = 0.5 if c.friction is None else c.friction  # the value used is set by Simulation.params
+        if c.kind == "plane":
+            out.append(M.Plane(p["point"], p["normal"], f, p["velocity"]))
+        elif c.kind == "sphere":
+            out.append(M.Sphere(p["center"], p["radius"], f, p["velocity"]))
+        elif c.kind == "box":
+            out.append(M.Box(p["center"], p["half_size"], p["rotation_deg"], f, p["velocity"]))
+        else:
+            out.append(M.MeshCollider.from_files(p["files"], scale=p["scale"], offset=p["offset"], friction=f, fps=scene.settings.fps))
+    return out
+
+
+def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", substeps: int | None = None) -> Simulation:
+    """Model, rest state, time step and CFL bounds of ``scene``."""
+    s = scene.settings
+    grid = M.GridSpec.from_domain(s.domain[0], s.domain[1], s.grid)
+    b = M.ModelBuilder(dtype, device)
+    faces: dict[int, np.ndarray] = {}
+    for i, o in enumerate(scene.objects):
+        if o.kind == "cloth":
+            if o.mesh.startswith("grid:"):
+                nx, ny = (int(a) for a in o.mesh[5:].split("x"))
+                verts, f = M.grid_mesh(nx, ny, o.size, o.center, o.rotation_deg)
+                pinned = _corner_ids(nx, ny, int(o.pinned[8:])) if isinstance(o.pinned, str) else list(o.pinned)
+            else:
+                mesh = load_mesh(scene.path.parent / o.mesh)
+                mesh.apply_scale(o.scale)
+                verts = np.asarray(mesh.vertices) @ M.euler_xyz(o.rotation_deg).T
+                verts = verts - verts.mean(0) + np.asarray(o.center)
+                f = np.asarray(mesh.faces)
+                pinned = list(o.pinned)
+            if pinned and max(pinned) >= len(verts):
+                raise ValueError(f"{scene.path}: object[{i}].pinned has vertex id {max(pinned)} but the mesh has {len(verts)} vertices")
+            b.add_cloth(o.name, verts, f, velocity=o.velocity, pinned=pinned, pin_velocity=o.pin_velocity)
+            faces[i] = np.asarray(f, dtype=np.int64)
+        else:
+            spacing = o.spacing * grid.dx
+            if o.mesh == "box":
+                ps = sample_box(o.size, o.center, spacing, o.rotation_deg)
+            elif o.mesh == "sphere":
+                ps = sample_sphere(o.size[0], o.center, spacing)
+            else:
+                ps = sample_mesh(scene.path.parent / o.mesh, spacing, center=o.center, scale=o.scale, rotation_deg=o.rotation_deg)
+            b.add_solid(o.name, ps, o.model, velocity=o.velocity)
+    model, state = b.build(_colliders(scene, grid))
+    lo, hi = grid.inner_min, grid.inner_max
+    for r in b.ranges:
+        xs = state.x[r.start : r.end]
+        if bool(((xs < torch.tensor(lo, dtype=dtype)) | (xs > torch.tensor(hi, dtype=dtype))).any()):
+            raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
+    bounds = _bounds(scene, grid, M.min_rest_edge(model))
+    if substeps is None:
+        substeps = s.substeps or M.substeps_for(s.fps, M.max_dt(grid.dx, bounds))
+    config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity)
+    return Simulation(scene, model, state, config, bounds, list(b.ranges), faces, dtype, torch.device(device))
+
+
+class SceneRenderer:
+    """Renders a simulation frame with the scene's camera: cloth as flat Gaussians on the deformed
+    triangles, solids as PhysGaussian particles (Sigma = F Sigma0 F^T)."""
+
+    def __init__(self, sim: Simulation, backend: str = "auto"):
+        c = sim.scene.camera
+        self.sim = sim
+        self.camera = R.Camera(eye=c.eye, look_at=c.look_at, up=c.up, fov_y_deg=c.fov_y_deg, width=c.width, height=c.height)
+        self.background = torch.tensor(c.background, dtype=sim.dtype, device=sim.device)
+        self.backend = backend
+        self._parts = []
+        for i, r in enumerate(sim.ranges):
+            o = sim.scene.objects[i]
+            if r.kind == "cloth":
+                sampling = R.cloth_sampling(torch.as_tensor(sim.faces[i]), CLOTH_GAUSSIANS_PER_TRIANGLE)
+                self._parts.append(("cloth", r, sampling))
+            else:
+                sigma = 0.5 * o.spacing * sim.config.grid.dx
+                self._parts.append(("solid", r, sigma))
+        self.default_colors = self._textures(sim)
+
+    def _textures(self, sim: Simulation) -> torch.Tensor:
+        """Per-Gaussian colours ``[G, 3]`` at rest: each object's colour, as a 3-D checkerboard of
+        the colour and a darker shade (8 cells across the object) when its texture is "checker"."""
+        means, _ = self.geometry(sim.state0.x, sim.state0.F)
+        colors = []
+        start = 0
+        for (kind, r, extra), o in zip(self._parts, sim.scene.objects):
+            n = extra.num_gaussians if kind == "cloth" else r.end - r.start
+            m = means[start : start + n]
+            start += n
+            base = torch.tensor(o.color, dtype=sim.dtype, device=sim.device)
+            c = base.expand(n, 3)
+            if o.texture == "checker":
+                cell = float((m.max(0).values - m.min(0).values).max()) / 8.0
+                parity = torch.floor((m - m.min(0).values) / cell + 1e-6).sum(dim=1) % 2
+                c = torch.where(parity[:, None] > 0, base, 0.55 * base)
+            colors.append(c)
+        return torch.cat(colors).contiguous()
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.default_colors.shape[0])
+
+    def geometry(self, x: torch.Tensor, F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian means ``[G, 3]`` and covariances ``[G, 3, 3]`` of one frame (``x [N,3]``, ``F [N,3,3]``)."""
+        means, covs = [], []
+        for kind, r, extra in self._parts:
+            if kind == "cloth":
+                verts = x[r.start : r.start + r.num_vertices]
+                g = R.cloth_gaussians(verts, extra.faces, thickness=CLOTH_THICKNESS, sampling=extra, in_plane_scale=CLOTH_IN_PLANE_SCALE)
+            else:
+                g = R.solid_gaussians(x[r.start : r.end], F[r.start : r.end], extra)
+            means.append(g.means)
+            covs.append(g.covariances)
+        return torch.cat(means), torch.cat(covs)
+
+    def render(self, x: torch.Tensor, F: torch.Tensor, colors: torch.Tensor | None = None, opacities: torch.Tensor | None = None) -> R.RenderOutput:
+        """One frame: colour ``[3,H,W]``, alpha ``[1,H,W]``, depth ``[1,H,W]``."""
+        means, covs = self.geometry(x, F)
+        if colors is None:
+            colors = self.default_colors
+        if opacities is None:
+            opacities = torch.full((means.shape[0],), 0.95, dtype=means.dtype, device=means.device)
+        return R.rasterize(means, covs, colors, opacities, self.camera, self.background, backend=self.backend)
