@@ -9,6 +9,7 @@ import typer
 
 from .errors import report_errors
 from .render_cmd import app as render_app
+from .fit_cmd import fit
 from .simulate_cmd import simulate
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ def _root() -> None:
 
 app.add_typer(render_app, name="render")
 app.command()(simulate)
+app.command()(fit)
 
 
 @app.command()

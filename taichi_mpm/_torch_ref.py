@@ -116,7 +116,7 @@ def step(model: Model, config: SimConfig, x, v, C, F, mu, lam, mass, force, fric
         wt_list.append(wt)
         dpos_list.append(dpos)
 
-    active = m > 0
+    active = m > 1e-20  # kernels.MASS_EPS
     safe_m = torch.where(active, m, torch.ones_like(m))
     gravity = torch.tensor(config.gravity, dtype=dtype)
     vg = (mv / safe_m[:, None] + dt * gravity) * damping.reshape(()) ** dt

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cloth import ClothGroup
+from .cloth import ELEMENT_MASS_FRACTION, ClothGroup
 from .colliders import Collider
 from .model import MaterialGroup, Model, State
 from .sampling import ParticleSet
@@ -86,10 +86,10 @@ class ModelBuilder:
             raise ValueError(f"cloth {name!r}: pinned vertex ids must be in [0, {nv}), got {pinned.tolist()}")
         pin[pinned] = 1
         va = group.vertex_areas.double().cpu().numpy()
-        self._append(vertices, velocity, va, va, pin, pin_velocity)
+        self._append(vertices, velocity, va, (1 - ELEMENT_MASS_FRACTION) * va, pin, pin_velocity)
         centroids = np.asarray(vertices, np.float64)[np.asarray(faces)].mean(axis=1)
         areas = group.areas.double().cpu().numpy()
-        self._append(centroids, velocity, areas, np.zeros(ne), np.zeros(ne), np.zeros(3))
+        self._append(centroids, velocity, areas, ELEMENT_MASS_FRACTION * areas, np.zeros(ne), np.zeros(3))
         self._cloth.append(group)
         r = ObjectRange(name, "cloth", v0, v0 + nv + ne, num_vertices=nv, cloth_index=len(self._cloth) - 1)
         self.ranges.append(r)

@@ -1,14 +1,17 @@
 """Codimensional cloth: the anisotropic elastoplastic model of Jiang, Gast and Teran 2017,
 "Anisotropic elastoplasticity for cloth, knit and hair frictional contact" (ACM TOG 36(4)).
 
-Particles.  Mesh vertices are Lagrangian particles that carry all the mass.  Every triangle
-carries an element particle (at its centroid, massless) whose deformation gradient has two
-in-plane columns from the deformed edges and a third column d3 advected by the grid:
+Particles.  Mesh vertices are Lagrangian particles.  Every triangle carries an element particle
+(at its centroid) whose deformation gradient has two in-plane columns from the deformed edges and
+a third column d3 advected by the grid:
 
     F = [ [x1 - x0, x2 - x0] Dm^-1 , d3 ],   d3 <- (I + dt C_e) d3
 
 with Dm the rest edges in the triangle's own 2-D frame, so that F = [t1 t2 n] (a rotation) at
-rest (paper, section 4).
+rest (paper, section 4).  The mass is shared: ELEMENT_MASS_FRACTION of each triangle's mass sits on
+its element particle, the rest is lumped onto its vertices.  Massless element particles were
+unstable here: the d3 stress they scatter reaches grid nodes that the vertices barely touch, whose
+tiny mass turned it into an unbounded velocity (a soft cloth folding over a sphere blew up).
 
 Energy on F = Q R (Q a rotation, R upper triangular; section 5):
 
@@ -40,6 +43,9 @@ import dataclasses
 import numpy as np
 import taichi as ti
 import torch
+
+#: share of each triangle's mass carried by its element particle (the rest goes to its vertices)
+ELEMENT_MASS_FRACTION = 0.5
 
 from .kernels import ARR, CFRIC, INT, LAM, MASS, MU, NORMAL, SHEAR, VOL, C, F, V, W_DIM, WA, WMASS, WMOM, WX, X, add3, mat3, put3, put33, vec3
 
@@ -151,7 +157,8 @@ def cloth_elements(
     EX: ARR, S: ARR, M: ARR, rest: ARR, dt: float, inv_dx: float, e0: int, S_out: ARR, W: ARR, EF: ARR,
 ):
     """Element particles ``e0 + e``: d3 advection, return mapping, stress; writes F', the scatter
-    record (centroid, no mass, affine matrix of the d3 stress) and the three vertex forces ``EF``."""
+    record (centroid, mass, momentum, affine matrix of the d3 stress plus APIC) and the three
+    vertex forces ``EF``."""
     for e in range(EX.shape[0]):
         p = e0 + e
         x0, x1, x2 = vec3(EX, e, 0), vec3(EX, e, 3), vec3(EX, e, 6)
@@ -177,11 +184,12 @@ def cloth_elements(
         put3(EF, e, 0, -(fa + fb))
         put3(EF, e, 3, fa)
         put3(EF, e, 6, fb)
+        mp = M[p, MASS]
         put3(W, p, WX, (x0 + x1 + x2) / 3.0)
-        W[p, WMASS] = 0.0
-        put3(W, p, WMOM, ti.Vector([0.0, 0.0, 0.0]))
+        W[p, WMASS] = mp
+        put3(W, p, WMOM, mp * vec3(S, p, V))
         p2 = ti.Vector([P[0, 2], P[1, 2], P[2, 2]])
-        put33(W, p, WA, -dt * 4.0 * inv_dx * inv_dx * area * p2.outer_product(d3n))
+        put33(W, p, WA, -dt * 4.0 * inv_dx * inv_dx * area * p2.outer_product(d3n) + mp * Cp)
 
 
 @ti.kernel

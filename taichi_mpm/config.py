@@ -78,8 +78,10 @@ class SimConfig:
     ``substeps_per_frame`` substeps of ``dt = 1 / (fps * substeps_per_frame)`` make one output
     frame.  ``segment_substeps`` is K, the number of substeps per checkpointed segment in the
     backward pass (memory O(N (T/K + K))); ``None`` picks about sqrt(T).
-    ``scatter`` chooses the particle-to-grid strategy: ``"colored"`` (no float atomics; the fast
-    choice on CPUs), ``"atomic"`` (the fast choice on GPUs) or ``"auto"``.
+    ``scatter`` chooses the particle-to-grid strategy: ``"colored"`` (parallel without float
+    atomics; CPUs, many particles), ``"serial"`` (one thread; CPUs, up to a few thousand particles,
+    where kernel launches cost more than the work), ``"atomic"`` (GPUs) or ``"auto"``.  The CPU
+    strategies are deterministic.
     """
 
     grid: GridSpec
@@ -97,8 +99,8 @@ class SimConfig:
         object.__setattr__(self, "gravity", _vec3(self.gravity, "gravity"))
         if self.segment_substeps is not None and self.segment_substeps < 1:
             raise ValueError(f"segment_substeps must be >= 1, got {self.segment_substeps}")
-        if self.scatter not in ("auto", "colored", "atomic"):
-            raise ValueError(f"scatter must be 'auto', 'colored' or 'atomic', got {self.scatter!r}")
+        if self.scatter not in ("auto", "colored", "serial", "atomic"):
+            raise ValueError(f"scatter must be 'auto', 'colored', 'serial' or 'atomic', got {self.scatter!r}")
 
     @property
     def dt(self) -> float:

@@ -59,6 +59,10 @@ SDF = ti.types.ndarray(ndim=4)  # a mesh collider's field [X, Y, Z, 7]: phi, nor
 VEC = ti.types.ndarray(ndim=1)
 INT = ti.types.ndarray(dtype=ti.i32, ndim=1)
 
+#: grid nodes lighter than this (kg) count as empty: a node at the far edge of one particle's
+#: stencil can get a weight of 1e-30, and its velocity's adjoint 1/m would overflow float32
+MASS_EPS = 1e-20
+
 #: side of the coloured scatter blocks, in cells; must be >= 3 (the stencil width)
 BLOCK = 4
 
@@ -257,6 +261,15 @@ def p2g_atomic(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, grid_mv: 
 
 
 @ti.kernel
+def p2g_serial(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
+    """One thread, no atomics, fixed order: deterministic, and for a few thousand particles cheaper
+    than binning plus eight coloured launches (launch overhead dominates there)."""
+    ti.loop_config(serialize=True)
+    for p in range(W.shape[0]):
+        _p2g_particle(p, W, origin, inv_dx, dx, grid_mv, grid_m, False)
+
+
+@ti.kernel
 def p2g_colored(
     W: ARR, bins: INT, colour: int, blocks_per_colour: int, origin: ti.math.vec3, inv_dx: float, dx: float,
     grid_mv: ti.template(), grid_m: ti.template(),
@@ -408,14 +421,16 @@ def grid_kernels(kinds: tuple):
     @ti.kernel
     def grid_update(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
-        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF, grid_v: ti.template(),
+        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF, lo: ti.math.ivec3,
+        hi: ti.math.ivec3, grid_v: ti.template(),
     ):
+        """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep."""
         res = ti.Vector(ti.static(grid_m.shape))
         s = damping[0] ** dt
-        for I in ti.grouped(grid_m):
+        for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
             m = grid_m[I]
             v = ti.Vector.zero(float, 3)
-            if m > 0:
+            if m > MASS_EPS:
                 v = _colliders((grid_mv[I] / m + dt * gravity) * s, origin + I * dx, coll, friction, time, I, sdf, n_coll)
                 for d in ti.static(range(3)):
                     if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
@@ -431,7 +446,7 @@ def grid_kernels(kinds: tuple):
         m = grid_m[I]
         gmv = ti.Vector.zero(float, 3)
         gm = 0.0
-        if m > 0:
+        if m > MASS_EPS:
             mv = grid_mv[I]
             v0 = mv / m + dt * gravity
             xi = origin + I * dx
@@ -451,7 +466,8 @@ def grid_kernels(kinds: tuple):
             acc[0] += g.dot(v0) * ds
             gv0 = g * s
             gmv = gv0 / m
-            gm = -gv0.dot(mv) / (m * m)
+            # -(gv0 . mv) / m^2 written without m^2, which underflows in float32
+            gm = -gv0.dot(mv / m) / m
         g_grid_mv[I] = gmv
         g_grid_m[I] = gm
         return acc
@@ -459,8 +475,8 @@ def grid_kernels(kinds: tuple):
     @ti.kernel
     def grid_update_adjoint(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
-        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF,
-        g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
+        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF, lo: ti.math.ivec3,
+        hi: ti.math.ivec3, g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
         deterministic: ti.template(),
     ):
         """Overwrites g_grid_mv, g_grid_m.  Parameter gradients (damping, then each collider's
@@ -471,21 +487,29 @@ def grid_kernels(kinds: tuple):
         s = damping[0] ** dt
         ds = dt * damping[0] ** (dt - 1.0)
         if ti.static(not deterministic):
-            for I in ti.grouped(grid_m):
+            for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
                 acc = _node_adjoint(I, res, grid_mv, grid_m, coll, friction, s, ds, dt, time, gravity, origin, dx,
                                     boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[0, c] += acc[c]
         else:
-            for i in range(res[0]):
+            for i in range(lo[0], hi[0]):
                 acc = ti.Vector.zero(float, n_coll + 1)
-                for j, k in ti.ndrange(res[1], res[2]):
+                for j, k in ti.ndrange((lo[1], hi[1]), (lo[2], hi[2])):
                     acc += _node_adjoint(ti.Vector([i, j, k]), res, grid_mv, grid_m, coll, friction, s, ds, dt, time,
                                          gravity, origin, dx, boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[i, c] += acc[c]
 
     return grid_update, grid_update_adjoint
+
+
+@ti.kernel
+def clear_region(a: ti.template(), b: ti.template(), lo: ti.math.ivec3, hi: ti.math.ivec3):
+    """Zero two grid fields inside ``[lo, hi)``; nodes outside are neither written nor read this substep."""
+    for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
+        a[I] = ti.zero(a[I])
+        b[I] = ti.zero(b[I])
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,6 +590,14 @@ def g2p_adjoint_atomic(R: ARR, grid_v: ti.template(), origin: ti.math.vec3, inv_
     """Adjoint of g2p's transfer: scatters into g_grid_v, accumulates dL/dx into ``G_in``."""
     for p in range(R.shape[0]):
         _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, True)
+
+
+@ti.kernel
+def g2p_adjoint_serial(R: ARR, grid_v: ti.template(), origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
+    """Serial variant of the g2p adjoint scatter (see ``p2g_serial``)."""
+    ti.loop_config(serialize=True)
+    for p in range(R.shape[0]):
+        _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, False)
 
 
 @ti.kernel

@@ -39,7 +39,8 @@ class Model:
         volume: ``[N]`` rest measure in the stress: volume (m^3) of solid particles, rest area
             (m^2) of cloth element particles, lumped area of cloth vertices.
         mass_volume: ``[N]`` what the density multiplies to give each particle's mass: the volume
-            of solid particles, the lumped area of cloth vertices, 0 for cloth element particles.
+            of solid particles; for cloth, each triangle's area split between its element
+            particle and (lumped) its vertices (``cloth.ELEMENT_MASS_FRACTION``).
         groups: solid material groups.
         cloth: cloth objects (see :class:`ClothGroup`).
         pinned: ``[N]`` int32, 1 where a particle's velocity is prescribed.

@@ -63,6 +63,11 @@ class StepParams:
         return [self.material, self.friction, self.damping]
 
 
+#: below this many particles the CPU scatter runs on one thread (see kernels.p2g_serial);
+#: measured crossover with the eight-launch coloured scatter on this 2-core machine
+SERIAL_SCATTER_MAX = 4000
+
+
 class _Grid:
     """Dense grid fields (and their adjoints) of one resolution, allocated once per Taichi runtime."""
 
@@ -117,12 +122,13 @@ class Engine:
         self.lo = ti.Vector([o + g.dx for o in g.origin])
         self.hi = ti.Vector([o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res)])
         self.pins = torch.cat([model.pinned.to(self.dtype)[:, None], model.pin_velocity], dim=1).contiguous()
-        scatter = config.scatter
-        if scatter == "auto":
-            scatter = "atomic" if self.rt.arch == "cuda" else "colored"
-        self.colored = scatter == "colored"
         n = model.num_particles
         self.n = n
+        scatter = config.scatter
+        if scatter == "auto":
+            scatter = "atomic" if self.rt.arch == "cuda" else ("serial" if n <= SERIAL_SCATTER_MAX else "colored")
+        self.scatter = scatter
+        self.colored = scatter == "colored"
         if self.colored:
             nbh = [math.ceil(math.ceil(r / K.BLOCK) / 2) for r in g.res]
             self.nbh = ti.Vector(nbh, dt=ti.i32)
@@ -152,19 +158,35 @@ class Engine:
             CL.gather_vertices(S, c.faces, EX)
             CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
             CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
-        G.mv.fill(0)
-        G.m.fill(0)
+        self._region(W)
+        K.clear_region(G.mv, G.m, self.region_lo, self.region_hi)
         if self.colored:
             K.bin_particles(W, self.origin, g.inv_dx, self.nbh, self.bins)
             for colour in range(8):
                 K.p2g_colored(W, self.bins, colour, self.blocks_per_colour, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+        elif self.scatter == "serial":
+            K.p2g_serial(W, self.origin, g.inv_dx, g.dx, G.mv, G.m)
         else:
             K.p2g_atomic(W, self.origin, g.inv_dx, g.dx, G.mv, G.m)
         self._update_sdf(substep)
         self.grid_update(
             G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, self.sdf, G.v,
+            g.boundary, self.sdf, self.region_lo, self.region_hi, G.v,
         )
+
+    def _region(self, W) -> None:
+        """The node box ``[lo, hi)`` covering every particle's 3x3x3 stencil this substep.
+
+        Grid passes run over this box only: most of a scene's grid is empty (a cloth in a room),
+        and stale values outside the box are never read.
+        """
+        g = self.config.grid
+        mn, mx = W[:, K.WX : K.WX + 3].aminmax(dim=0)
+        lo = torch.floor((mn - torch.tensor(g.origin, dtype=W.dtype, device=W.device)) / g.dx - 0.5).to(torch.int64)
+        hi = torch.floor((mx - torch.tensor(g.origin, dtype=W.dtype, device=W.device)) / g.dx - 0.5).to(torch.int64) + 3
+        lo, hi = lo.clamp(min=0).tolist(), [min(int(h), r) for h, r in zip(hi.tolist(), g.res)]
+        self.region_lo = ti.Vector(lo, dt=ti.i32)
+        self.region_hi = ti.Vector(hi, dt=ti.i32)
 
     def _update_sdf(self, substep: int) -> None:
         """Load the mesh collider's field for the animation frame of this substep (cached per frame)."""
@@ -226,15 +248,17 @@ class Engine:
         R = self._buf("R", (self.n, K.R_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
         K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, self.lo, self.hi, R, G_out)
-        Gr.g_v.fill(0)
+        K.clear_region(Gr.g_v, Gr.g_v, self.region_lo, self.region_hi)
         if self.colored:
             for colour in range(8):
                 K.g2p_adjoint_colored(R, self.bins, colour, self.blocks_per_colour, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+        elif self.scatter == "serial":
+            K.g2p_adjoint_serial(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         else:
             K.g2p_adjoint_atomic(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         self.grid_update_adjoint(
             Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, self.sdf, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
+            g.boundary, self.sdf, self.region_lo, self.region_hi, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
         )
         K.p2g_adjoint(W, self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
         for grp in self.model.groups:
@@ -264,7 +288,7 @@ class Engine:
         EF = leaf(self._scratch[f"EF{i}"], G_EF)
         CL.cloth_elements.grad(EX, S_in, M, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
         el = slice(c.element_start, c.element_start + c.num_elements)
-        G_out[el, K.V : K.V + 3] = 0.0  # element particles are massless: their velocity is unused
+        G_out[el, K.V : K.V + 3] = S_in.grad[el, K.V : K.V + 3]
         G_out[el, K.C : K.C + 9] = S_in.grad[el, K.C : K.C + 9]
         G_out[el, K.F : K.F + 9] = S_in.grad[el, K.F : K.F + 9]
         CL.gather_vertices_adjoint(EX.grad, c.incidence, c.offsets, c.vertex_start, G_out)

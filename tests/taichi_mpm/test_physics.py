@@ -39,6 +39,8 @@ def test_p2g_conserves_mass_and_momentum():
     P = StepParams(pack_material(torch.full((n,), 1e3, dtype=F64), torch.full((n,), 1e3, dtype=F64), vol, mass, force),
                    torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64))
     eng = Engine(model, cfg)
+    eng.grid.mv.fill(0)  # grid fields are shared between engines; only the particles' region is cleared
+    eng.grid.m.fill(0)
     eng.run(pack_state(st.x, st.v, st.C, st.F), P, 0, 1)
     grid_m = eng.grid.m.to_numpy()
     grid_mv = eng.grid.mv.to_numpy()

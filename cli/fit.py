@@ -1,0 +1,514 @@
+"""The fit pipeline: video in, material parameters out (DESIGN.md section 5).
+
+1. decode the video at the scene's frame rate and camera resolution; foreground masks;
+2. appearance: per-Gaussian colours and opacities fitted to frame 0 with the geometry fixed;
+3. optionally the initial velocity, on the first frames;
+4. material: Adam on the scene's ``fit`` parameters in squashed boxes (log-space boxes for
+   stiffnesses and densities), loss = L1 + D-SSIM + soft-IoU (+ lambda * SDS from a prior), with a
+   horizon that grows over the iterations; several starting points are probed and the next one
+   is taken when the first iterations stall;
+5. report: params.json (values, ranges, initial guesses, identifiability), fit.mp4, loss.png,
+   params.png, and checkpoint.pt after every iteration (``--resume`` continues from it).
+
+A rollout that produces NaN (or a loss/gradient that is not finite) halves dt and retries the
+iteration; nothing non-finite is ever written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dreamcloth import taichi_mpm as M
+
+from .errors import EXIT_RUN_FAILED, CliError
+from .losses import image_loss
+from .scene import LOG_SPACE, Scene
+from .simulation import SceneRenderer, Simulation, build
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Hyper-parameters of a fit (all stages)."""
+
+    iterations: int = 30
+    lr: float = 0.2  # Adam step in the normalised coordinates u (value = box(sigmoid(u)))
+    lr_final: float = 0.05  # cosine decay of the step to this fraction: the last iterations settle
+    appearance_steps: int = 80
+    appearance_lr: float = 0.05
+    fit_velocity: bool = False
+    velocity_frames: int = 4
+    velocity_steps: int = 15
+    velocity_lr: float = 0.05
+    horizon_start: int = 6  # frames seen by the first iterations
+    horizon_full_at: float = 0.5  # fraction of the iterations after which every frame is used
+    w_dssim: float = 0.2
+    w_mask: float = 1.0
+    w_sds: float = 0.0
+    starts: int = 4  # starting points probed before the material stage
+    stall_iterations: int = 5
+    stall_improvement: float = 0.02
+    max_dt_halvings: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.horizon_start < 2:
+            raise ValueError(f"horizon_start must be >= 2 frames, got {self.horizon_start}")
+        if self.starts < 1:
+            raise ValueError(f"starts must be >= 1, got {self.starts}")
+        if self.w_sds < 0:
+            raise ValueError(f"the prior weight must be >= 0, got {self.w_sds}")
+
+
+class ParamSpace:
+    """The fitted parameters as an unconstrained vector ``u``: value = lo + (hi - lo) sigmoid(u), or in
+    log space for stiffnesses and densities; u = 0 is the middle of the range (geometric middle in
+    log space)."""
+
+    def __init__(self, scene: Scene):
+        self.keys = scene.fit_parameters
+        self.ranges = [scene.objects[i].fit[p] for i, p in self.keys]
+        self.log = [p in LOG_SPACE for _, p in self.keys]
+        if not self.keys:
+            raise CliError(f"{scene.path}: no [object.fit] parameters: nothing to fit")
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def names(self, scene: Scene) -> list[str]:
+        multi = len(scene.objects) > 1
+        return [f"{scene.objects[i].name}.{p}" if multi else p for i, p in self.keys]
+
+    def values(self, u: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+        out = {}
+        s = torch.sigmoid(u)
+        for k, (key, (lo, hi), lg) in enumerate(zip(self.keys, self.ranges, self.log)):
+            if lg:
+                out[key] = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * s[k])
+            else:
+                out[key] = lo + (hi - lo) * s[k]
+        return out
+
+    def to_u(self, values: dict[tuple[int, str], float]) -> torch.Tensor:
+        u = []
+        for key, (lo, hi), lg in zip(self.keys, self.ranges, self.log):
+            v = float(values[key])
+            f = (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo)) if lg and hi > lo else ((v - lo) / (hi - lo) if hi > lo else 0.5)
+            f = min(max(f, 1e-6), 1 - 1e-6)
+            u.append(math.log(f / (1 - f)))
+        return torch.tensor(u, dtype=torch.float64)
+
+    def natural(self, u: torch.Tensor) -> torch.Tensor:
+        """Coordinates used for identifiability: log value (log-space parameters) or value / range width."""
+        vals = self.values(u)
+        out = []
+        for key, (lo, hi), lg in zip(self.keys, self.ranges, self.log):
+            out.append(torch.log(vals[key]) if lg else vals[key] / max(hi - lo, 1e-12))
+        return torch.stack(out)
+
+
+@dataclasses.dataclass
+class Target:
+    """The video to fit: ``frames [T, 3, H, W]`` and ``masks [T, 1, H, W]`` in [0, 1]."""
+
+    frames: torch.Tensor
+    masks: torch.Tensor
+    path: Path
+    digest: str
+
+
+def load_target(video: Path, scene: Scene, masks_video: Path | None = None, frames: int | None = None) -> Target:
+    """Decode, resample to the scene's fps and resize to the camera; masks from the background colour or a mask video."""
+    from .common import foreground_masks
+    from .video_io import read_video
+
+    need = frames or scene.settings.frames
+    c = scene.camera
+    v = read_video(video, fps=scene.settings.fps, size=(c.height, c.width), min_frames=need)
+    fr = v.as_tensor()[:need]
+    if masks_video is not None:
+        mv = read_video(masks_video, fps=scene.settings.fps, size=(c.height, c.width), min_frames=need)
+        masks = (mv.as_tensor()[:need].mean(1, keepdim=True) > 0.5).float()
+    else:
+        masks = foreground_masks(fr, c.background)
+    if float(masks[0].mean()) < 1e-4:
+        raise CliError(f"{video}: frame 0 shows nothing but background ({c.background}); check the camera and the background colour")
+    digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()[:16]
+    return Target(fr, masks, Path(video), digest)
+
+
+@dataclasses.dataclass
+class Appearance:
+    """Per-Gaussian colour logits ``[G, 3]`` and opacity logits ``[G]``."""
+
+    color_logits: torch.Tensor
+    opacity_logits: torch.Tensor
+
+    def colors(self) -> torch.Tensor:
+        return torch.sigmoid(self.color_logits)
+
+    def opacities(self) -> torch.Tensor:
+        return torch.sigmoid(self.opacity_logits)
+
+
+def _check_visible(sim: Simulation, renderer: SceneRenderer) -> None:
+    with torch.no_grad():
+        out = renderer.render(sim.state0.x, sim.state0.F)
+    if float(out.alpha.sum()) < 1.0:
+        raise CliError(f"{sim.scene.path}: the camera sees nothing of the objects in frame 0 (check eye/look_at/fov)")
+
+
+def fit_appearance(sim: Simulation, renderer: SceneRenderer, target: Target, cfg: FitConfig, log: Callable[[str], None]) -> Appearance:
+    """Colours and opacities of the Gaussians from frame 0, geometry fixed at the scene's rest state."""
+    fg = target.masks[0, 0] > 0.5
+    mean = target.frames[0][:, fg].mean(dim=1).clamp(0.02, 0.98).to(sim.dtype)
+    g = renderer.num_gaussians
+    color = torch.log(mean / (1 - mean)).expand(g, 3).clone().requires_grad_(True)
+    opacity = torch.full((g,), 2.0, dtype=sim.dtype).requires_grad_(True)
+    opt = torch.optim.Adam([color, opacity], lr=cfg.appearance_lr * 10)
+    with torch.no_grad():
+        means, covs = renderer.geometry(sim.state0.x, sim.state0.F)
+    tgt, msk = target.frames[0:1].to(sim.dtype), target.masks[0:1].to(sim.dtype)
+    from dreamcloth.render import rasterize
+
+    for _ in range(cfg.appearance_steps):
+        out = rasterize(means, covs, torch.sigmoid(color), torch.sigmoid(opacity), renderer.camera, renderer.background, renderer.backend)
+        loss = image_loss(out.color[None], out.alpha[None], tgt, msk, cfg.w_dssim, cfg.w_mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    log(f"appearance: frame-0 loss {float(loss.detach()):.4f} after {cfg.appearance_steps} steps")
+    return Appearance(color.detach(), opacity.detach())
+
+
+class FitProblem:
+    """Everything one loss evaluation needs; ``loss(u, horizon)`` is differentiable in ``u`` (and v0)."""
+
+    def __init__(self, sim: Simulation, renderer: SceneRenderer, target: Target, space: ParamSpace, cfg: FitConfig,
+                 appearance: Appearance, prior=None):
+        self.sim, self.renderer, self.target, self.space, self.cfg = sim, renderer, target, space, cfg
+        self.appearance = appearance
+        self.prior = prior
+        self.v0 = torch.zeros(3, dtype=sim.dtype)
+
+    def with_substeps(self, substeps: int) -> None:
+        self.sim.config = dataclasses.replace(self.sim.config, substeps_per_frame=substeps)
+
+    def rollout(self, u: torch.Tensor, horizon: int, v0: torch.Tensor | None = None) -> M.Trajectory:
+        sim = self.sim
+        params = sim.params({k: v.to(sim.dtype) for k, v in self.space.values(u).items()})
+        v = sim.state0.v + (self.v0 if v0 is None else v0).to(sim.dtype)
+        state = M.State(sim.state0.x, v, sim.state0.C, sim.state0.F)
+        return M.simulate(sim.model, state, params, sim.config, horizon, bounds=sim.bounds)
+
+    def render(self, traj: M.Trajectory, frames) -> tuple[torch.Tensor, torch.Tensor]:
+        colors, alphas = [], []
+        c, o = self.appearance.colors(), self.appearance.opacities()
+        for t in frames:
+            out = self.renderer.render(traj.x[t], traj.F[t], c, o)
+            colors.append(out.color)
+            alphas.append(out.alpha)
+        return torch.stack(colors), torch.stack(alphas)
+
+    def loss(self, u: torch.Tensor, horizon: int, v0: torch.Tensor | None = None) -> torch.Tensor:
+        traj = self.rollout(u, horizon, v0)
+        frames = range(1, horizon)
+        color, alpha = self.render(traj, frames)
+        tgt = self.target.frames[1:horizon].to(color.dtype)
+        msk = self.target.masks[1:horizon].to(color.dtype)
+        loss = image_loss(color, alpha, tgt, msk, self.cfg.w_dssim, self.cfg.w_mask)
+        if self.prior is not None and self.cfg.w_sds > 0:
+            loss = loss + self.cfg.w_sds * self.prior(color)
+        return loss
+
+
+def horizon_at(it: int, cfg: FitConfig, frames: int) -> int:
+    """Frames used at iteration ``it``: ``horizon_start``, growing to every frame at ``horizon_full_at``
+    of the iterations (early frames pin the parameters down before long rollouts add local minima)."""
+    full_at = max(1, int(round(cfg.horizon_full_at * cfg.iterations)))
+    h = cfg.horizon_start + (frames - cfg.horizon_start) * min(1.0, it / full_at)
+    return int(min(frames, max(cfg.horizon_start, round(h))))
+
+
+def probe_starts(problem: FitProblem, cfg: FitConfig) -> list[torch.Tensor]:
+    """Candidate starting points ranked by their loss over every frame (forward only).
+
+    The middle of the box first, then stratified points (one per stratum of every axis, a Latin
+    hypercube with a fixed seed) in u in [-2, 2]."""
+    p = problem.space.size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    cands = [torch.zeros(p, dtype=torch.float64)]
+    m = cfg.starts - 1
+    if m > 0:
+        strata = torch.stack([torch.randperm(m, generator=gen) for _ in range(p)], 1).double()
+        pts = (strata + torch.rand(m, p, generator=gen, dtype=torch.float64)) / m
+        cands += list(-2 + 4 * pts)
+    h = problem.target.frames.shape[0]
+    scored = []
+    with torch.no_grad():
+        for c in cands:
+            try:
+                l = float(problem.loss(c, h))
+            except M.SimulationError:
+                l = math.inf
+            scored.append((l if math.isfinite(l) else math.inf, c))
+    order = sorted(range(len(scored)), key=lambda i: (scored[i][0], i))
+    return [scored[i][1] for i in order]
+
+
+def fit_velocity(problem: FitProblem, u: torch.Tensor, cfg: FitConfig, log) -> torch.Tensor:
+    """A global initial velocity from the first frames, materials at ``u``."""
+    v0 = torch.zeros(3, dtype=problem.sim.dtype, requires_grad=True)
+    opt = torch.optim.Adam([v0], lr=cfg.velocity_lr)
+    h = min(cfg.velocity_frames, problem.target.frames.shape[0])
+    for _ in range(cfg.velocity_steps):
+        loss = problem.loss(u, h, v0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    log(f"initial velocity: {[round(float(a), 4) for a in v0]} m/s (loss {float(loss):.4f})")
+    return v0.detach()
+
+
+@dataclasses.dataclass
+class FitState:
+    """Everything a checkpoint holds (enough to continue a fit exactly where it stopped)."""
+
+    iteration: int
+    u: torch.Tensor
+    adam: dict
+    candidates: list[torch.Tensor]
+    candidate: int
+    start_iteration: int
+    start_loss: float | None
+    best: dict | None
+    history: list[dict]
+    appearance: Appearance
+    v0: torch.Tensor
+    substeps: int
+    events: list[str]
+
+
+def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
+    """Atomic write: a killed process never leaves a half-written checkpoint."""
+    data = dict(meta, version=CHECKPOINT_VERSION, state=dataclasses.asdict(st) | {
+        "appearance": {"color_logits": st.appearance.color_logits, "opacity_logits": st.appearance.opacity_logits}})
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> tuple[FitState, dict]:
+    if not path.is_file():
+        raise CliError(f"--resume: no checkpoint at {path}")
+    data = torch.load(path, weights_only=False)
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise CliError(f"{path}: checkpoint version {data.get('version')} is not {CHECKPOINT_VERSION}")
+    s = data.pop("state")
+    app = s.pop("appearance")
+    st = FitState(**s, appearance=Appearance(app["color_logits"], app["opacity_logits"]))
+    return st, data
+
+
+@dataclasses.dataclass
+class FitResult:
+    values: dict[tuple[int, str], float]
+    initial: dict[tuple[int, str], float]
+    loss: float
+    history: list[dict]
+    state: FitState
+    problem: FitProblem
+
+
+def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch.float32, device="cpu",
+            resume: bool = False, prior=None, on_iteration: Callable[[dict], None] | None = None,
+            log: Callable[[str], None] = print, stop_after: int | None = None) -> FitResult:
+    """The appearance, velocity and material stages, checkpointing every iteration into ``out``.
+
+    ``stop_after`` ends the material stage after that many iterations (as a crash would), leaving
+    the checkpoint for ``resume``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    sim = build(scene, dtype, device)
+    renderer = SceneRenderer(sim)
+    _check_visible(sim, renderer)
+    space = ParamSpace(scene)
+    frames = target.frames.shape[0]
+    meta = {"scene": str(scene.path), "video_digest": target.digest, "config": dataclasses.asdict(cfg), "keys": space.keys}
+    if resume:
+        st, saved = load_checkpoint(ckpt)
+        if saved["video_digest"] != target.digest:
+            raise CliError(f"--resume: {ckpt} was made for another video")
+        if [tuple(k) for k in saved["keys"]] != space.keys or saved["config"] != dataclasses.asdict(cfg):
+            raise CliError(f"--resume: {ckpt} was made with other fit settings or parameters")
+        problem = FitProblem(sim, renderer, target, space, cfg, st.appearance, prior)
+        problem.with_substeps(st.substeps)
+        problem.v0 = st.v0
+        log(f"resuming at iteration {st.iteration} of {cfg.iterations}")
+    else:
+        appearance = fit_appearance(sim, renderer, target, cfg, log)
+        problem = FitProblem(sim, renderer, target, space, cfg, appearance, prior)
+        candidates = probe_starts(problem, cfg)
+        u0 = candidates[0]
+        if cfg.fit_velocity:
+            problem.v0 = fit_velocity(problem, u0, cfg, log)
+        st = FitState(0, u0.clone(), {}, candidates, 0, 0, None, None, [], appearance, problem.v0, sim.config.substeps_per_frame, [])
+        save_checkpoint(ckpt, st, meta)
+    initial = {k: float(v) for k, v in space.values(st.candidates[0]).items()}
+
+    u = st.u.clone().requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=cfg.lr)
+    if st.adam:
+        opt.load_state_dict(st.adam)
+
+    def set_lr(it):
+        frac = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(cfg.iterations - 1, 1)))
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * frac
+
+    t0 = time.perf_counter()
+    while st.iteration < cfg.iterations:
+        if stop_after is not None and st.iteration >= stop_after:
+            break
+        local = st.iteration - st.start_iteration
+        h = horizon_at(st.iteration, cfg, frames)
+        set_lr(st.iteration)
+        for attempt in range(cfg.max_dt_halvings + 1):
+            try:
+                loss = problem.loss(u, h)
+                opt.zero_grad()
+                loss.backward()
+                if torch.isfinite(loss) and torch.isfinite(u.grad).all():
+                    break
+                why = "a non-finite loss or gradient"
+            except M.SimulationError as exc:
+                why = str(exc)
+            if attempt == cfg.max_dt_halvings:
+                raise CliError(f"iteration {st.iteration}: {why}; still failing after halving dt {cfg.max_dt_halvings} times", EXIT_RUN_FAILED)
+            st.substeps *= 2
+            problem.with_substeps(st.substeps)
+            msg = f"iteration {st.iteration}: {why}; halving dt ({st.substeps} substeps per frame) and retrying"
+            st.events.append(msg)
+            log(msg)
+        opt.step()
+        with torch.no_grad():
+            u.clamp_(-12.0, 12.0)  # sigmoid saturates beyond: the value sits at the range's edge
+        lv = float(loss.detach())
+        vals = {k: float(v) for k, v in space.values(u.detach()).items()}
+        rec = {"iteration": st.iteration, "loss": lv, "horizon": h, "candidate": st.candidate,
+               "values": {f"{i}:{p}": v for (i, p), v in vals.items()}, "seconds": time.perf_counter() - t0}
+        st.history.append(rec)
+        if h == frames:
+            # the result: the last iterate whose full-horizon loss was measured (the step size has decayed by then)
+            st.best = {"loss": lv, "u": st.u.detach().clone()}
+        # multi-start: a start whose first iterations neither lower the loss nor see a gradient is
+        # stuck on a plateau (e.g. a range edge where nothing changes): take the next candidate
+        gnorm = float(u.grad.norm())
+        if local == 0:
+            st.start_loss = lv
+        elif (local + 1 == cfg.stall_iterations and st.candidate + 1 < len(st.candidates)
+              and lv > (1 - cfg.stall_improvement) * st.start_loss and gnorm < 1e-6 * max(lv, 1e-12)):
+            st.candidate += 1
+            st.start_iteration = st.iteration + 1
+            msg = f"iteration {st.iteration}: loss stalled at {lv:.4f}; restarting from starting point {st.candidate + 1}"
+            st.events.append(msg)
+            log(msg)
+            with torch.no_grad():
+                u.copy_(st.candidates[st.candidate])
+            opt = torch.optim.Adam([u], lr=cfg.lr)
+        st.iteration += 1
+        st.u = u.detach().clone()
+        st.adam = opt.state_dict()
+        save_checkpoint(ckpt, st, meta)
+        if on_iteration is not None:
+            on_iteration(rec)
+    final_u = st.best["u"] if st.best is not None else st.u
+    values = {k: float(v) for k, v in space.values(final_u).items()}
+    if not all(math.isfinite(v) for v in values.values()):  # never reached: u is finite by construction
+        raise CliError("the fit produced a non-finite parameter; nothing written", EXIT_RUN_FAILED)
+    final_loss = st.best["loss"] if st.best is not None else (st.history[-1]["loss"] if st.history else math.nan)
+    return FitResult(values, initial, final_loss, st.history, st, problem)
+
+
+# ------------------------------------------------------------------------------------------------
+# identifiability
+
+
+def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_step: float = 0.02) -> dict:
+    """Curvature of the full-horizon loss in natural coordinates (log value for stiffnesses and
+    densities, value / range width otherwise), from central differences of exact gradients.
+
+    For each parameter: ``independence`` = (1 / [H^-1]_ii) / H_ii in [0, 1]: near 1 it is
+    determined on its own; near 0 only in combination with others (its curvature comes from
+    correlations).  The eigenvector of the smallest eigenvalue names the combination the video
+    does not determine.
+    """
+    space = problem.space
+    frames = problem.target.frames.shape[0]
+    z0 = space.natural(u).detach()
+
+    def grad_z(z):
+        # u from natural coordinates, then the loss gradient w.r.t. z
+        zz = z.clone().requires_grad_(True)
+        uu = []
+        for k, ((lo, hi), lg) in enumerate(zip(space.ranges, space.log)):
+            f = (zz[k] - math.log(lo)) / (math.log(hi) - math.log(lo)) if lg else (zz[k] * (hi - lo) - lo) / (hi - lo)
+            f = f.clamp(1e-6, 1 - 1e-6)
+            uu.append(torch.log(f / (1 - f)))
+        loss = problem.loss(torch.stack(uu), frames)
+        (g,) = torch.autograd.grad(loss, zz)
+        return g.detach()
+
+    p = space.size
+    H = torch.zeros(p, p, dtype=torch.float64)
+    for j in range(p):
+        e = torch.zeros(p, dtype=torch.float64)
+        e[j] = rel_step
+        H[:, j] = (grad_z(z0 + e) - grad_z(z0 - e)) / (2 * rel_step)
+    H = 0.5 * (H + H.T)
+    evals, evecs = torch.linalg.eigh(H)
+    report = {"hessian": H.tolist(), "eigenvalues": evals.tolist(), "parameters": {}}
+    positive = evals.max() > 0
+    Hinv = torch.linalg.pinv(H) if positive else torch.zeros_like(H)
+    for i, n in enumerate(names):
+        hii = float(H[i, i])
+        marg = 1.0 / float(Hinv[i, i]) if float(Hinv[i, i]) > 0 else 0.0
+        indep = max(0.0, min(1.0, marg / hii)) if hii > 0 else 0.0
+        report["parameters"][n] = {"curvature": hii, "independence": indep, "identifiable": bool(hii > 0 and indep > 0.05)}
+    if p > 1 and positive:
+        ratio = float(evals[0] / evals[-1])
+        v = evecs[:, 0]
+        v = v / v.abs().max()
+        report["sloppiest"] = {"eigenvalue_ratio": ratio, "direction": {n: float(a) for n, a in zip(names, v)}}
+    return report
+
+
+def physics_notes(scene: Scene, space: ParamSpace) -> list[str]:
+    """What dimensional analysis says the video cannot tell apart, whatever the optimiser found."""
+    notes = []
+    for i, o in enumerate(scene.objects):
+        fitted = {p for j, p in space.keys if j == i}
+        stiff = fitted & {"young_modulus", "shear_stiffness", "normal_stiffness"}
+        if "density" in fitted and stiff:
+            notes.append(
+                f"{o.name}: under gravity every force on the object scales with either its density or its "
+                f"stiffnesses, so multiplying density and {', '.join(sorted(stiff))} by one factor gives the same "
+                "motion: only their ratios are determined by the video, not density itself."
+            )
+    return notes

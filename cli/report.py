@@ -1,0 +1,105 @@
+"""What a fit leaves for people: params.json, loss.png, params.png and fit.mp4."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def write_params_json(path: Path, scene, space, result, ident: dict | None, notes: list[str], extra: dict) -> dict:
+    """params.json: each value with its range, initial guess and identifiability; NaN is never written."""
+    names = space.names(scene)
+    params = []
+    for name, key, (lo, hi), lg in zip(names, space.keys, space.ranges, space.log):
+        v = result.values[key]
+        if not math.isfinite(v):
+            raise ValueError(f"refusing to write a non-finite value for {name}")
+        entry = {"name": name, "object": scene.objects[key[0]].name, "parameter": key[1], "value": v, "range": [lo, hi],
+                 "initial": result.initial[key], "space": "log" if lg else "linear"}
+        if ident is not None:
+            info = ident["parameters"][name]
+            entry["identifiable"] = info["identifiable"]
+            entry["independence"] = round(info["independence"], 4)
+        params.append(entry)
+    doc = {
+        "parameters": params,
+        "loss": _finite(result.loss),
+        "iterations": len(result.history),
+        "identifiability": ident,
+        "notes": notes,
+        "events": result.state.events,
+        **extra,
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return doc
+
+
+def plot_curves(out: Path, scene, space, history: list[dict], truth: dict[str, float] | None = None) -> None:
+    """loss.png (loss and horizon over iterations) and params.png (each parameter over iterations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [h["iteration"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.semilogy(it, [h["loss"] for h in history], "o-", ms=3, label="loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (L1 + D-SSIM + mask)")
+    ax2 = ax.twinx()
+    ax2.step(it, [h["horizon"] for h in history], where="post", color="0.6", lw=1)
+    ax2.set_ylabel("horizon (frames)", color="0.4")
+    for h0, h1 in zip(history[:-1], history[1:]):
+        if h1["candidate"] != h0["candidate"]:
+            ax.axvline(h1["iteration"], color="r", ls=":", lw=1)
+    ax.set_title("fit loss (red: restart from the next starting point)")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png")
+    plt.close(fig)
+
+    names = space.names(scene)
+    n = len(names)
+    fig, axes = plt.subplots(n, 1, figsize=(6, 2.2 * n), dpi=120, squeeze=False)
+    for k, (name, key, (lo, hi), lg) in enumerate(zip(names, space.keys, space.ranges, space.log)):
+        a = axes[k, 0]
+        vals = [h["values"][f"{key[0]}:{key[1]}"] for h in history]
+        a.plot(it, vals, "o-", ms=3)
+        a.axhspan(lo, hi, color="0.93", zorder=0)
+        if truth and name in truth:
+            a.axhline(truth[name], color="g", ls="--", lw=1, label="truth")
+            a.legend(loc="best", fontsize=7)
+        if lg:
+            a.set_yscale("log")
+        a.set_ylabel(name, fontsize=8)
+        a.set_ylim(lo * (0.9 if lg else 1) - (0 if lg else 0.02 * (hi - lo)), hi * (1.1 if lg else 1) + (0 if lg else 0.02 * (hi - lo)))
+    axes[-1, 0].set_xlabel("iteration (grey band: the fit range)")
+    fig.tight_layout()
+    fig.savefig(out / "params.png")
+    plt.close(fig)
+
+
+def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float) -> dict:
+    """fit.mp4: the video | the fit | their difference (x4), for every frame; returns per-frame metrics."""
+    from dreamcloth.render import difference, side_by_side, write_video
+
+    from .losses import mask_iou, psnr
+
+    frames = problem.target.frames.shape[0]
+    with torch.no_grad():
+        traj = problem.rollout(u, frames)
+        color, alpha = problem.render(traj, range(frames))
+    color = color.clamp(0, 1).float().cpu()
+    target = problem.target.frames.float()
+    diff = difference(target, color, gain=4.0)
+    write_video(side_by_side([target, color, diff]), out / "fit.mp4", fps=fps)
+    ious = [mask_iou(alpha[t].cpu(), problem.target.masks[t]) for t in range(frames)]
+    psnrs = [psnr(color[t], target[t]) for t in range(frames)]
+    return {"mask_iou": ious, "psnr": psnrs}
