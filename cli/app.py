@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import report_errors
+from .prior_cmd import prior_app
 
 app = typer.Typer(
     name="dreamcloth",
@@ -17,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+app.add_typer(prior_app, name="prior")
 
 
 @app.callback()

@@ -55,29 +55,44 @@ def sample_clips(
     conditioning: Conditioning | None = None,
     config: SampleConfig = SampleConfig(),
     device: torch.device | str | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    num_frames: int | None = None,
 ) -> torch.Tensor:
     """Draw ``batch`` clips [batch, T, 3, H, W] in [0, 1] from ``model``.
 
     conditioning: frames [1 or batch, T, 3, H, W] in [0, 1] with a given mask; those frames are
-    returned unchanged.  Frame count and size come from the model's config, or from the
-    conditioning when present.
+    returned unchanged.  init, strength: video-to-video by SDEdit (Meng et al. 2022) - start from
+    ``init`` [1 or batch, T, 3, H, W] noised to the ``strength`` fraction of the sampling schedule
+    instead of from pure noise (strength 1 = ignore ``init``).  Frame count and size come from the
+    conditioning or ``init`` when present, else from ``num_frames`` and the model's config.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     if conditioning is not None:
         conditioning = conditioning.expand(batch).to(device)
         frames, (h, w) = conditioning.frames.shape[1], conditioning.frames.shape[-2:]
+    elif init is not None:
+        frames, (h, w) = init.shape[1], init.shape[-2:]
     else:
-        frames, (h, w) = model.config.num_frames, tuple(model.config.sample_size)
+        frames, (h, w) = num_frames or model.config.num_frames, tuple(model.config.sample_size)
     sched = make_sampler(train_scheduler, config.sampler)
     sched.set_timesteps(config.steps, device=device)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     x = torch.randn(batch, frames, 3, h, w, generator=gen).to(device, dtype)
+    timesteps = sched.timesteps
+    if init is not None and strength < 1.0:
+        skip = min(int(round(len(timesteps) * (1.0 - strength))), len(timesteps) - 1)
+        timesteps = timesteps[skip:]
+        start = (init.to(device, dtype).expand(batch, -1, -1, -1, -1) * 2 - 1)
+        x = sched.add_noise(start, x, timesteps[:1].expand(batch))
     cond_frames = given = None
     if conditioning is not None and conditioning.any_given:
         cond_frames = (conditioning.frames * 2 - 1).to(dtype)
         given = conditioning.given
-    for t in sched.timesteps:
+    for t in timesteps:
         tt = t.reshape(1).expand(batch).to(device)
         eps = model(x, tt, cond_frames, given)
         if given is not None and config.guidance_scale != 1.0:

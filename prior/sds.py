@@ -167,6 +167,28 @@ class VideoPrior(abc.ABC):
                 eps = eps_u + scale * (eps - eps_u)
         return eps - noise.float()
 
+    @torch.no_grad()
+    def denoising_error(
+        self,
+        clip: torch.Tensor,
+        noise_levels: torch.Tensor,
+        noise: torch.Tensor,
+        conditioning: Conditioning | None = None,
+    ) -> torch.Tensor:
+        """Mean squared noise-prediction error per clip: [B] (lower = the prior finds the clip likelier).
+
+        clip: [B, T, 3, H, W] in [0, 1]; noise_levels: [B] fractions; noise: model-space shape.
+        Pass the same noise and levels to compare clips (common random numbers).  This is the
+        (unweighted) denoising score-matching loss, a bound on the clip's negative log-likelihood.
+        """
+        z = self.encode(clip.to(self.runtime.device)).float()
+        t = self.timesteps_for(noise_levels.to(torch.float32))
+        r = self.noise_residual(z, noise.to(z.device, torch.float32), t, self.prepare_condition(conditioning, z.shape[0]))
+        mask = self.frame_weights(conditioning, r)
+        if mask is not None:
+            r = r * mask
+        return r.square().flatten(1).mean(dim=1)
+
     def sds(
         self,
         clip: torch.Tensor,
