@@ -135,8 +135,11 @@ def train_cmd(
         progress=progress,
     )
     last = result.losses.get(result.final_step)
+    if not result.is_main_process:  # under accelerate launch, report once
+        return
     typer.echo(
-        f"trained {result.num_parameters / 1e6:.2f}M-parameter prior on {len(files)} video(s): "
+        f"trained {result.num_parameters / 1e6:.2f}M-parameter prior on {len(files)} video(s) "
+        f"in {result.num_processes} process(es): "
         f"steps {result.start_step}->{result.final_step}"
         + (f", final loss {last:.4f}" if last is not None else "")
         + f"; model in {result.model_dir}"

@@ -90,6 +90,8 @@ class TrainResult:
     start_step: int
     final_step: int
     num_parameters: int
+    num_processes: int
+    is_main_process: bool = True
 
 
 SampleCallback = Callable[[int, dict[str, torch.Tensor]], None]
@@ -164,6 +166,9 @@ def train(
     out = Path(output_dir)
     ckpt_dir = out / "checkpoints"
     accelerator = Accelerator(
+        # Without a GPU, say so: only then does accelerate join torchrun's processes with gloo (MULTI_CPU)
+        # instead of running each as an independent single process.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accumulation,
         log_with="tensorboard",
@@ -208,7 +213,7 @@ def train(
             raise ValueError(f"--resume: no checkpoint under {ckpt_dir}")
         accelerator.load_state(str(latest))
         start_step = int(latest.name.split("_")[1])
-    elif accelerator.is_main_process and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ValueError(f"{out} already has checkpoints; pass --resume to continue or choose a new output folder")
 
     if accelerator.is_main_process:
@@ -264,7 +269,9 @@ def train(
             save_builtin_model(final, scheduler, model_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(model_dir, losses, start_step, step, num_parameters)
+    return TrainResult(
+        model_dir, losses, start_step, step, num_parameters, accelerator.num_processes, accelerator.is_main_process
+    )
 
 
 def _checkpoint(accelerator, ckpt_dir: Path, step: int, keep: int) -> None:
