@@ -11,7 +11,9 @@ import importlib
 from .common import Measurement
 
 #: section name -> module (relative to ``dreamcloth.benchmarks``) with ``run(quick) -> list[Measurement]``
-SECTIONS: dict[str, str] = {}
+SECTIONS: dict[str, str] = {
+    "prior": "bench_prior",
+}
 
 
 def run_section(name: str, quick: bool = False) -> list[Measurement]:
