@@ -84,18 +84,16 @@ class _LatentPrior(VideoPrior):
 
     def __init__(self, vae, runtime: Runtime, config: SDSConfig, resolution: tuple[int, int]):
         super().__init__(runtime, config)
-        self.vae = runtime.place(vae)
+        # VAEs stay in fp32 and outside autocast: SD's VAE overflows in fp16 (its pipelines upcast it),
+        # Wan's pipelines keep theirs in fp32, and the encoder is the one piece we back-propagate through.
+        self.vae = runtime.place(vae, dtype=torch.float32)
         self.resolution = tuple(resolution)
-
-    def _vae_dtype(self):
-        return next(self.vae.parameters()).dtype
 
     def _encode_frames(self, clip: torch.Tensor) -> torch.Tensor:
         """Per-frame 2-D VAE: [B, T, 3, H, W] in [0, 1] -> [B, T, C, h, w] (posterior mean, unscaled)."""
         x = _resize_frames(clip, self.resolution)
         b, t = x.shape[:2]
-        with self.runtime.autocast():
-            z = self.vae.encode((x * 2 - 1).flatten(0, 1).to(self._vae_dtype())).latent_dist.mode()
+        z = self.vae.encode((x * 2 - 1).flatten(0, 1).float()).latent_dist.mode()
         return z.float().reshape(b, t, *z.shape[1:])
 
 
@@ -219,8 +217,8 @@ class SVDPrior(_LatentPrior):
         # The pipeline's noise augmentation of the conditioning image (fixed seed: SDS steps stay comparable).
         gen = torch.Generator().manual_seed(0)
         image = image * 2 - 1 + self.noise_aug_strength * torch.randn(image.shape, generator=gen).to(image.device)
-        with torch.no_grad(), self.runtime.autocast():
-            image_latent = self.vae.encode(image.to(self._vae_dtype())).latent_dist.mode().float()
+        with torch.no_grad():
+            image_latent = self.vae.encode(image.float()).latent_dist.mode().float()
         t = c.frames.shape[1]
         cond_latents = _batch(image_latent[:, None].expand(-1, t, -1, -1, -1), batch)
         embeds = _batch(self.image_embeds, batch)
@@ -321,8 +319,7 @@ class WanPrior(_LatentPrior):
         """[B, T, 3, H, W] in [0, 1] -> normalised latents [B, C, F, h, w] (F = (T' - 1) / 4 + 1)."""
         x = _resize_frames(self._resample_time(clip), self.resolution)
         x = (x * 2 - 1).permute(0, 2, 1, 3, 4)  # [B, 3, T', H, W]
-        with self.runtime.autocast():
-            z = self.vae.encode(x.to(self._vae_dtype())).latent_dist.mode().float()
+        z = self.vae.encode(x.float()).latent_dist.mode().float()
         return (z - self._mean.to(z.device)) / self._std.to(z.device)
 
     def encode(self, clip):
@@ -423,7 +420,7 @@ def load_pretrained_prior(
     load = dict(local_files_only=True, torch_dtype=rt.weight_dtype)
     if kind == "unet3d":
         unet = UNet3DConditionModel.from_pretrained(path, subfolder="unet", **load)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **load)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True, torch_dtype=torch.float32)
         # Training schedule of the checkpoint (its scheduler/ may be a DDIM or DPM sampler config).
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
         if scheduler.config.prediction_type != "epsilon":
@@ -431,7 +428,7 @@ def load_pretrained_prior(
         return UNet3DPrior(unet, vae, scheduler, rt, config, embeddings.get("prompt_embeds"), embeddings.get("negative_prompt_embeds"), resolution)
     if kind == "svd":
         unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", **load)
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", **load)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", local_files_only=True, torch_dtype=torch.float32)
         scheduler = EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
         if scheduler.config.prediction_type != "v_prediction":
             raise ValueError(f"{path}: SVD prior expects v-prediction, got {scheduler.config.prediction_type}")
@@ -439,7 +436,6 @@ def load_pretrained_prior(
         return SVDPrior(unet, vae, scheduler, rt, config, embeddings.get("image_embeds"), resolution=resolution, **extra)
     if kind == "wan":
         transformer = WanTransformer3DModel.from_pretrained(path, subfolder="transformer", **load)
-        # Wan's VAE is kept in fp32 by its pipelines (its causal convolutions are precision-sensitive).
         vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", local_files_only=True, torch_dtype=torch.float32)
         shift = embeddings.get("flow_shift")
         sched_cfg = path / "scheduler" / "scheduler_config.json"

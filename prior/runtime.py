@@ -81,11 +81,12 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
-    def place(self, model: nn.Module) -> nn.Module:
-        """Freeze ``model`` and put it where it runs (offloaded or moved, in ``weight_dtype``)."""
+    def place(self, model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+        """Freeze ``model`` and put it where it runs (offloaded or moved, in ``dtype`` or ``weight_dtype``)."""
         freeze(model)
-        if any(p.dtype != self.weight_dtype for p in model.parameters()):
-            model.to(dtype=self.weight_dtype)
+        dtype = dtype or self.weight_dtype
+        if any(p.dtype != dtype for p in model.parameters()):
+            model.to(dtype=dtype)
         if self.offload:
             from accelerate import cpu_offload
 

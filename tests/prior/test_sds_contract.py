@@ -21,6 +21,7 @@ from dreamcloth.prior import (
     training_scheduler,
 )
 from dreamcloth.prior.pretrained import SVDPrior, UNet3DPrior, WanPrior, detect_kind, load_pretrained_prior
+from dreamcloth.prior.runtime import Runtime
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
@@ -263,3 +264,18 @@ def test_wan_noise_residual_matches_diffusers_flow_step(model_dirs):
 def test_wan_frame_count_is_4k_plus_1(model_dirs):
     prior = load("wan", model_dirs)
     assert [prior.frames_for(t) for t in (1, 2, 5, 8, 9, 16, 17)] == [1, 5, 5, 9, 9, 17, 17]
+
+
+def test_bf16_autocast_priors_give_finite_pixel_gradients(tmp_path, model_dirs):
+    from dreamcloth.prior import RuntimeConfig
+
+    builtin = tiny_builtin(tmp_path)
+    bf16 = BuiltinPrior(builtin.model, builtin.scheduler, Runtime.resolve(RuntimeConfig(device="cpu", precision="bf16")))
+    unet3d = load_pretrained_prior(
+        model_dirs["unet3d"], runtime=RuntimeConfig(device="cpu", precision="bf16"), prompt_embeds=torch.randn(1, 5, 8)
+    )
+    for prior in (bf16, unet3d):
+        clip = torch.rand(1, 4, 3, 16, 16, requires_grad=True)
+        prior.sds(clip, generator=torch.Generator().manual_seed(0)).loss.backward()
+        assert torch.isfinite(clip.grad).all() and clip.grad.abs().sum() > 0
+    assert unet3d.vae.dtype == torch.float32  # the differentiated encoder stays fp32
