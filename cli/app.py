@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import report_errors
-from .render_cmd import app as render_app
 from .fit_cmd import fit
+from .prior_cmd import prior_app
+from .render_cmd import app as render_app
 from .simulate_cmd import simulate
 
 app = typer.Typer(
@@ -21,12 +22,14 @@ app = typer.Typer(
 )
 
 
+
 @app.callback()
 def _root() -> None:
     """Recover the physical material of cloth and soft solids from video."""
 
 
 app.add_typer(render_app, name="render")
+app.add_typer(prior_app, name="prior")
 app.command()(simulate)
 app.command()(fit)
 
