@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import report_errors
-from .fit_cmd import fit
+from .fit_cmd import fit, predict
 from .prior_cmd import prior_app
 from .render_cmd import app as render_app
+from .scene_cmd import scene_app
 from .simulate_cmd import simulate
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ app.add_typer(render_app, name="render")
 app.add_typer(prior_app, name="prior")
 app.command()(simulate)
 app.command()(fit)
+app.command()(predict)
+app.add_typer(scene_app, name="scene")
 
 
 @app.command()

@@ -35,6 +35,12 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def _simulation_error():
+    from dreamcloth.taichi_mpm.errors import SimulationError
+
+    return SimulationError
+
+
 def report_errors(func: F) -> F:
     """Decorator for Typer commands: expected failures become one line on stderr and an exit code.
 
@@ -49,6 +55,9 @@ def report_errors(func: F) -> F:
         except CliError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             raise typer.Exit(exc.code) from None
+        except _simulation_error() as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            raise typer.Exit(EXIT_RUN_FAILED) from None
         except (ValueError, OSError) as exc:
             prefix = "" if isinstance(exc, ValueError) else f"{type(exc).__name__}: "
             print(f"error: {prefix}{one_line(exc)}", file=sys.stderr)

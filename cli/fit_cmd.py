@@ -13,16 +13,34 @@ from .common import DEMO_SCENE, DEMO_TRUTH, DEMO_VIDEO, DeviceOption, progress_b
 from .errors import CliError, report_errors
 
 
-def _load_prior(spec: str | None, device):
-    """``--prior DIR``: a trained builtin prior or a diffusers model directory, as an SDS loss on clips."""
+def load_prior(spec: str | None, device, seed: int = 0):
+    """``--prior DIR``: a builtin prior trained by ``dreamcloth prior train`` (its ``model/`` folder) or a
+    diffusers video pipeline folder (``unet/`` or ``transformer/``), as a score-distillation loss on a
+    rendered clip ``[T, 3, H, W]``.  Noise levels and noise come from a seeded generator."""
     if spec is None:
         return None
-    from dreamcloth.prior import load_prior  # noqa: PLC0415 - the prior is optional and heavy
+    import itertools
 
-    prior = load_prior(spec, device=device)
+    import torch
 
-    def sds(clip):  # clip: [T, 3, H, W] in [0, 1] -> scalar surrogate loss
-        return prior.sds(clip[None]).loss
+    from dreamcloth.prior import BuiltinPrior, RuntimeConfig
+    from dreamcloth.prior.pretrained import load_pretrained_prior
+
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--prior {path}: no such folder")
+    runtime = RuntimeConfig(device=str(device))
+    if (path / "unet" / "config.json").is_file() or (path / "transformer" / "config.json").is_file():
+        prior = load_pretrained_prior(path, runtime=runtime)
+    elif (path / "config.json").is_file():
+        prior = BuiltinPrior.from_pretrained(path, runtime=runtime)
+    else:
+        raise ValueError(f"--prior {path}: neither a builtin prior (config.json) nor a diffusers pipeline (unet/ or transformer/)")
+    generator = torch.Generator().manual_seed(seed)
+    steps = itertools.count()
+
+    def sds(clip):
+        return prior.sds(clip[None].float(), step=next(steps), generator=generator).loss
 
     return sds
 
@@ -35,8 +53,8 @@ def _fit_config(iterations: int, lr: float, fit_velocity: bool, prior_weight: fl
 
 def do_fit(video: Path, scene_path: Path, out: Path, cfg, masks: Path | None = None, device: str = "cpu",
            resume: bool = False, prior: str | None = None, identify: bool = True, truth: dict | None = None,
-           frames: int | None = None, quiet: bool = False, stop_after: int | None = None) -> dict:
-    """The whole fit with reports; returns the params.json document."""
+           frames: int | None = None, quiet: bool = False, stop_after: int | None = None, result_out: list | None = None) -> dict:
+    """The whole fit with reports; returns the params.json document (and appends the FitResult to ``result_out``)."""
     import torch
     from rich.console import Console
 
@@ -60,7 +78,7 @@ def do_fit(video: Path, scene_path: Path, out: Path, cfg, masks: Path | None = N
             vals = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, rec["values"].values()))
             bar.update(task, completed=rec["iteration"] + 1, status=f"loss {rec['loss']:.4f} h={rec['horizon']} {vals}")
 
-        result = Fm.run_fit(scene, target, out, cfg, torch.float32, dev, resume=resume, prior=_load_prior(prior, dev),
+        result = Fm.run_fit(scene, target, out, cfg, torch.float32, dev, resume=resume, prior=load_prior(prior, dev, cfg.seed),
                             on_iteration=on_iteration, log=lambda m: bar.console.print(m), stop_after=stop_after)
         if stop_after is not None and result.state.iteration < cfg.iterations:
             return {"stopped_at": result.state.iteration}
@@ -83,6 +101,8 @@ def do_fit(video: Path, scene_path: Path, out: Path, cfg, masks: Path | None = N
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     console.print(f"wrote {out}/params.json, fit.mp4 (video | fit | difference), loss.png, params.png, checkpoint.pt")
+    if result_out is not None:
+        result_out.append(result)
     return doc
 
 
@@ -146,3 +166,89 @@ def fit(
                                                        "prior": prior, "truth": truth}, indent=2))
     cfg = _fit_config(**cfg_args)
     do_fit(video, scene, out, cfg, masks, device, resume=resume is not None, prior=prior, identify=identify, truth=truth)
+
+
+def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: int, cfg, masks: Path | None = None,
+               device: str = "cpu", quiet: bool = False) -> dict:
+    """Fit on the first ``context`` frames, simulate ``horizon`` more, and score them against the video."""
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from dreamcloth.render import side_by_side, write_png_frames, write_video
+
+    from .common import foreground_masks
+    from .losses import mask_iou, psnr
+    from .scene import load_scene
+    from .video_io import read_video
+
+    if context < 3:
+        raise CliError(f"--context must be at least 3 frames, got {context}")
+    if horizon < 1:
+        raise CliError(f"--horizon must be at least 1 frame, got {horizon}")
+    scene = load_scene(scene_path)
+    results: list = []
+    doc = do_fit(video, scene_path, out, cfg, masks, device, frames=context, quiet=quiet, identify=False, result_out=results)
+    problem = results[0].problem
+    u = results[0].state.best["u"] if results[0].state.best is not None else results[0].state.u
+    total = context + horizon
+    with torch.no_grad(), torch_threads(1):
+        traj = problem.rollout(u, total)
+        color, alpha = problem.render(traj, range(total))
+    color = color.clamp(0, 1).float().cpu()
+    pred_masks = (alpha > 0.5).float().cpu()
+    write_video(color, out / "predicted.mp4", fps=scene.settings.fps)
+    write_png_frames(color[context:], out / "predicted_frames")
+    write_png_frames(pred_masks[context:, 0], out / "predicted_masks", prefix="mask")
+    c = scene.camera
+    full = read_video(video, fps=scene.settings.fps, size=(c.height, c.width))
+    frames = full.as_tensor()
+    if masks is not None:
+        mv = read_video(masks, fps=scene.settings.fps, size=(c.height, c.width))
+        true_masks = (mv.as_tensor().mean(1, keepdim=True) > 0.5).float()
+    else:
+        true_masks = foreground_masks(frames, c.background)
+    scores = []
+    for t in range(context, min(total, frames.shape[0], true_masks.shape[0])):
+        scores.append({"frame": t, "mask_iou": mask_iou(pred_masks[t], true_masks[t]), "psnr": psnr(color[t], frames[t])})
+    if scores:
+        n = len(scores)
+        write_video(side_by_side([frames[context : context + n], color[context : context + n]]), out / "prediction_vs_video.mp4", fps=scene.settings.fps)
+    report = {"context": context, "horizon": horizon, "frames_scored": len(scores), "per_frame": scores,
+              "last_frame": scores[-1] if scores else None,
+              "mean_mask_iou": float(np.mean([s["mask_iou"] for s in scores])) if scores else None,
+              "fit": {p["name"]: p["value"] for p in doc["parameters"]}}
+    (out / "prediction.json").write_text(json.dumps(report, indent=2))
+    console = Console(quiet=quiet)
+    if scores:
+        t = Table(title=f"prediction: frames {context}..{context + len(scores) - 1} (not seen by the fit)")
+        for col in ("frame", "mask IoU", "PSNR (dB)"):
+            t.add_column(col)
+        for s in scores:
+            t.add_row(str(s["frame"]), f"{s['mask_iou']:.3f}", f"{s['psnr']:.2f}")
+        console.print(t)
+    else:
+        console.print("the video has no frames after the context: nothing to score (predicted frames written)")
+    console.print(f"wrote {out}/predicted.mp4, predicted_frames/, predicted_masks/, prediction.json")
+    return report
+
+
+@report_errors
+def predict(
+    video: Annotated[Path, typer.Option("--video", help="Video whose first frames are fitted.")],
+    scene: Annotated[Path, typer.Option("--scene", help="Scene file with [object.fit] ranges.")],
+    context: Annotated[int, typer.Option(help="Frames the fit sees.")] = 11,
+    horizon: Annotated[int, typer.Option(help="Frames predicted after the context.")] = 11,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/predict"),
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Foreground mask video.")] = None,
+    iterations: Annotated[int, typer.Option(help="Material-stage iterations.")] = 30,
+    lr: Annotated[float, typer.Option(help="Adam step in normalised parameter space.")] = 0.2,
+    seed: int = 0,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Fit on the first --context frames, simulate --horizon more; mask IoU and PSNR on the frames the fit did not see."""
+    if not video.is_file():
+        raise FileNotFoundError(f"video {video} does not exist")
+    cfg = _fit_config(iterations, lr, False, 0.0, seed, min(6, context))
+    do_predict(video, scene, out, context, horizon, cfg, masks, device)

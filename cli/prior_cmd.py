@@ -234,3 +234,47 @@ def sample_cmd(
             typer.echo(msg)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {compare} and {out.with_suffix('.json')}")
+
+
+@prior_app.command("make-data")
+@report_errors
+def make_data_cmd(
+    scene: Annotated[Path, typer.Option("--scene", help="Scene file; its [object.fit] ranges are sampled.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the videos (read by `prior train --data`).")] = Path("prior_data"),
+    count: Annotated[int, typer.Option(help="Number of videos.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the parameter sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Write a training set: the scene simulated and rendered with parameters drawn from its fit ranges
+    (log-uniform for stiffnesses and densities, uniform otherwise); clip_NNNN.mp4 plus params.jsonl."""
+    import json
+    import math
+    import random
+
+    from dreamcloth.render import write_video
+
+    from .common import progress_bar, resolve_device
+    from .scene import LOG_SPACE, load_scene
+    from .simulate_cmd import simulate_and_render
+
+    if count < 1:
+        raise ValueError(f"--count must be >= 1, got {count}")
+    base = load_scene(scene)
+    keys = base.fit_parameters
+    if not keys:
+        raise ValueError(f"{scene}: no [object.fit] ranges to sample")
+    dev = resolve_device(device)
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with progress_bar() as bar, (out / "params.jsonl").open("w") as log:
+        task = bar.add_task("make-data", total=count, status="")
+        for i in range(count):
+            values = {}
+            for obj, p in keys:
+                lo, hi = base.objects[obj].fit[p]
+                values[(obj, p)] = math.exp(rng.uniform(math.log(lo), math.log(hi))) if p in LOG_SPACE else rng.uniform(lo, hi)
+            sim, _, video, _ = simulate_and_render(base.with_values(values), dev)
+            path = write_video(video, out / f"clip_{i:04d}.mp4", fps=base.settings.fps)
+            log.write(json.dumps({"file": path.name, **{f"{base.objects[o].name}.{p}": v for (o, p), v in values.items()}}) + "\n")
+            log.flush()
+            bar.update(task, advance=1, status=", ".join(f"{p}={v:.3g}" for (_, p), v in values.items()))

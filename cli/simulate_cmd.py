@@ -12,17 +12,47 @@ from .common import DEMO_SCENE, DeviceOption, OutOption, SceneOption, progress_b
 from .errors import report_errors
 
 
+def simulate_and_render(scene, device, bar=None):
+    """Simulate ``scene`` (a parsed Scene) with its values and render every frame.
+
+    Returns ``(sim, traj, video [T,H,W,3] float in [0,1], masks [T,H,W] 0/1)``.
+    """
+    import torch
+
+    from dreamcloth import taichi_mpm as M
+
+    from .simulation import SceneRenderer, build
+
+    sim = build(scene, torch.float32, device)
+    renderer = SceneRenderer(sim)
+    n_frames = scene.settings.frames
+    total = (n_frames - 1) * sim.config.substeps_per_frame
+    with torch_threads(1), torch.no_grad():
+        task = bar.add_task("simulate", total=total, status=f"{sim.model.num_particles} particles, {sim.config.substeps_per_frame} substeps/frame") if bar else None
+        traj = M.simulate(sim.model, sim.state0, sim.params(), sim.config, n_frames, bounds=sim.bounds,
+                          progress=(lambda done, _: bar.update(task, completed=done)) if bar else None)
+        rtask = bar.add_task("render", total=n_frames, status="") if bar else None
+        colors, alphas = [], []
+        for t in range(n_frames):
+            o = renderer.render(traj.x[t], traj.F[t])
+            colors.append(o.color.permute(1, 2, 0).cpu())
+            alphas.append(o.alpha[0].cpu())
+            if bar:
+                bar.update(rtask, advance=1)
+    video = torch.stack(colors).clamp(0, 1).numpy()
+    masks = (torch.stack(alphas) > 0.5).float().numpy()
+    return sim, traj, video, masks
+
+
 def run_simulation(scene_path: Path, out: Path, device: str = "cpu", frames: int | None = None, quiet: bool = False,
                    mesh_format: str = "obj") -> dict:
     """Simulate and render ``scene_path`` into ``out``; returns a summary (also written as summary.json)."""
     import torch
 
-    from dreamcloth import taichi_mpm as M
     from dreamcloth.render import write_png_frames, write_video
 
     from . import scene as S
     from .export import export_frames
-    from .simulation import SceneRenderer, build
 
     dev = resolve_device(device)
     scene = S.load_scene(scene_path)
@@ -32,25 +62,11 @@ def run_simulation(scene_path: Path, out: Path, device: str = "cpu", frames: int
         scene = S.Scene(scene.path, type(scene.settings)(**{**scene.settings.__dict__, "frames": frames}), scene.camera,
                         scene.objects, scene.colliders)
     out.mkdir(parents=True, exist_ok=True)
-    sim = build(scene, torch.float32, dev)
-    renderer = SceneRenderer(sim)
-    n_frames = scene.settings.frames
-    total = (n_frames - 1) * sim.config.substeps_per_frame
-    with progress_bar() as bar, torch_threads(1), torch.no_grad():
+    with progress_bar() as bar:
         if quiet:
             bar.stop()
-        task = bar.add_task("simulate", total=total, status=f"{sim.model.num_particles} particles, {sim.config.substeps_per_frame} substeps/frame")
-        traj = M.simulate(sim.model, sim.state0, sim.params(), sim.config, n_frames, bounds=sim.bounds,
-                          progress=lambda done, _: bar.update(task, completed=done))
-        rtask = bar.add_task("render", total=n_frames, status="")
-        colors, alphas = [], []
-        for t in range(n_frames):
-            o = renderer.render(traj.x[t], traj.F[t])
-            colors.append(o.color.permute(1, 2, 0).cpu())
-            alphas.append(o.alpha[0].cpu())
-            bar.update(rtask, advance=1)
-        video = torch.stack(colors).clamp(0, 1).numpy()
-        masks = (torch.stack(alphas) > 0.5).float().numpy()
+        sim, traj, video, masks = simulate_and_render(scene, dev, bar)
+        n_frames = scene.settings.frames
         write_video(video, out / "video.mp4", fps=scene.settings.fps)
         write_png_frames(video, out / "frames")
         write_png_frames(masks, out / "masks", prefix="mask")

@@ -1,0 +1,47 @@
+"""``dreamcloth scene check FILE``: validate a scene and print what it will simulate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import report_errors
+
+scene_app = typer.Typer(help="Scene files.", no_args_is_help=True)
+
+
+@scene_app.command("check")
+@report_errors
+def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> None:
+    """Validate a scene file (unknown keys, ranges, geometry inside the domain) and summarise it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .scene import load_scene
+    from .simulation import build
+
+    scene = load_scene(file)
+    sim = build(scene)
+    s, g = scene.settings, sim.config.grid
+    console = Console()
+    console.print(f"[bold]{file}[/]: valid")
+    console.print(f"{s.frames} frames at {s.fps:g} fps, {sim.config.substeps_per_frame} substeps per frame "
+                  f"(dt {sim.config.dt:.3g} s{'' if s.substeps else ', from the CFL bound of the fit ranges'}); "
+                  f"grid {g.res[0]}x{g.res[1]}x{g.res[2]}, dx {g.dx:.4g} m; gravity {list(s.gravity)}")
+    t = Table(title="objects")
+    for c in ("name", "kind", "mesh", "particles", "material", "fit"):
+        t.add_column(c)
+    for o, r in zip(scene.objects, sim.ranges):
+        n = f"{r.num_vertices} vertices + {r.end - r.start - r.num_vertices} elements" if r.kind == "cloth" else str(r.end - r.start)
+        mat = ", ".join(f"{k}={v:g}" for k, v in o.values.items() if k not in o.fit)
+        fit = ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in o.fit.items()) or "-"
+        t.add_row(o.name, o.kind, o.mesh, n, f"{o.model}: {mat}", fit)
+    console.print(t)
+    for c in scene.colliders:
+        geo = ", ".join(f"{k}={v}" for k, v in c.params.items() if k != "files")
+        if "files" in c.params:
+            geo += f", {len(c.params['files'])} mesh file(s)"
+        friction = "that of the first object" if c.friction is None else f"{c.friction:g}"
+        console.print(f"collider {c.kind}: {geo}; friction {friction}")
