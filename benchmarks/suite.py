@@ -13,8 +13,11 @@ from .common import Measurement
 #: section name -> module (relative to ``dreamcloth.benchmarks``) with ``run(quick) -> list[Measurement]``
 SECTIONS: dict[str, str] = {
     "mpm": "bench_mpm",
+    "cloth": "bench_cloth",
+    "fit": "bench_fit",
     "render": "bench_render",
     "prior": "bench_prior",
+    "accuracy": "accuracy",
 }
 
 

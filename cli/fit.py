@@ -44,6 +44,7 @@ class FitConfig:
     iterations: int = 30
     lr: float = 0.2  # Adam step in the normalised coordinates u (value = box(sigmoid(u)))
     lr_final: float = 0.05  # cosine decay of the step to this fraction: the last iterations settle
+    polish_iterations: int | None = None  # L-BFGS iterations at the end (None: a third, at most 8)
     appearance_steps: int = 80
     appearance_lr: float = 0.05
     fit_velocity: bool = False
@@ -51,7 +52,7 @@ class FitConfig:
     velocity_steps: int = 15
     velocity_lr: float = 0.05
     horizon_start: int = 6  # frames seen by the first iterations
-    horizon_full_at: float = 0.5  # fraction of the iterations after which every frame is used
+    horizon_full_at: float = 0.25  # fraction of the iterations after which every frame is used
     w_dssim: float = 0.2
     w_mask: float = 1.0
     w_sds: float = 0.0
@@ -237,10 +238,10 @@ class FitProblem:
         return loss
 
 
-def horizon_at(it: int, cfg: FitConfig, frames: int) -> int:
+def horizon_at(it: int, cfg: FitConfig, frames: int, iterations: int | None = None) -> int:
     """Frames used at iteration ``it``: ``horizon_start``, growing to every frame at ``horizon_full_at``
-    of the iterations (early frames pin the parameters down before long rollouts add local minima)."""
-    full_at = max(1, int(round(cfg.horizon_full_at * cfg.iterations)))
+    of the (Adam) iterations (early frames pin the parameters down before long rollouts add local minima)."""
+    full_at = max(1, int(round(cfg.horizon_full_at * (iterations or cfg.iterations))))
     h = cfg.horizon_start + (frames - cfg.horizon_start) * min(1.0, it / full_at)
     return int(min(frames, max(cfg.horizon_start, round(h))))
 
@@ -373,32 +374,63 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     initial = {k: float(v) for k, v in space.values(st.candidates[0]).items()}
 
     u = st.u.clone().requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=cfg.lr)
+    n_polish = cfg.polish_iterations if cfg.polish_iterations is not None else min(8, cfg.iterations // 3)
+    adam_iterations = cfg.iterations - n_polish
+
+    def make_optimizer(polish: bool):
+        if polish:
+            # quasi-Newton polish at the full horizon: the loss is deterministic and smooth near the
+            # optimum, where Adam's normalised, decaying steps crawl along shallow valleys
+            return torch.optim.LBFGS([u], lr=1.0, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
+        return torch.optim.Adam([u], lr=cfg.lr)
+
+    opt = make_optimizer(st.iteration >= adam_iterations)
     if st.adam:
         opt.load_state_dict(st.adam)
 
     def set_lr(it):
-        frac = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(cfg.iterations - 1, 1)))
+        frac = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(adam_iterations - 1, 1)))
         for g in opt.param_groups:
             g["lr"] = cfg.lr * frac
+
+    class _NonFinite(Exception):
+        pass
 
     t0 = time.perf_counter()
     while st.iteration < cfg.iterations:
         if stop_after is not None and st.iteration >= stop_after:
             break
+        polish = st.iteration >= adam_iterations
+        if polish and not isinstance(opt, torch.optim.LBFGS):
+            opt = make_optimizer(True)
         local = st.iteration - st.start_iteration
-        h = horizon_at(st.iteration, cfg, frames)
-        set_lr(st.iteration)
+        h = frames if polish else horizon_at(st.iteration, cfg, frames, adam_iterations)
+        if not polish:
+            set_lr(st.iteration)
+
+        def closure():
+            opt.zero_grad()
+            l = problem.loss(u, h)
+            l.backward()
+            if not (torch.isfinite(l) and torch.isfinite(u.grad).all()):
+                raise _NonFinite("a non-finite loss or gradient")
+            return l
+
         for attempt in range(cfg.max_dt_halvings + 1):
             try:
-                loss = problem.loss(u, h)
-                opt.zero_grad()
-                loss.backward()
-                if torch.isfinite(loss) and torch.isfinite(u.grad).all():
-                    break
-                why = "a non-finite loss or gradient"
-            except M.SimulationError as exc:
+                start = u.detach().clone()
+                if polish:
+                    loss = opt.step(closure)
+                else:
+                    loss = closure()
+                    opt.step()
+                break
+            except (M.SimulationError, _NonFinite) as exc:
                 why = str(exc)
+                with torch.no_grad():
+                    u.copy_(start)
+                if polish:
+                    opt = make_optimizer(True)  # its history was built with the other dt
             if attempt == cfg.max_dt_halvings:
                 raise CliError(f"iteration {st.iteration}: {why}; still failing after halving dt {cfg.max_dt_halvings} times", EXIT_RUN_FAILED)
             st.substeps *= 2
@@ -406,23 +438,23 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             msg = f"iteration {st.iteration}: {why}; halving dt ({st.substeps} substeps per frame) and retrying"
             st.events.append(msg)
             log(msg)
-        opt.step()
         with torch.no_grad():
             u.clamp_(-12.0, 12.0)  # sigmoid saturates beyond: the value sits at the range's edge
         lv = float(loss.detach())
         vals = {k: float(v) for k, v in space.values(u.detach()).items()}
         rec = {"iteration": st.iteration, "loss": lv, "horizon": h, "candidate": st.candidate,
+               "optimizer": "lbfgs" if polish else "adam",
                "values": {f"{i}:{p}": v for (i, p), v in vals.items()}, "seconds": time.perf_counter() - t0}
         st.history.append(rec)
         if h == frames:
-            # the result: the last iterate whose full-horizon loss was measured (the step size has decayed by then)
-            st.best = {"loss": lv, "u": st.u.detach().clone()}
+            # the result: the last iterate whose full-horizon loss was measured
+            st.best = {"loss": lv, "u": start}
         # multi-start: a start whose first iterations neither lower the loss nor see a gradient is
         # stuck on a plateau (e.g. a range edge where nothing changes): take the next candidate
-        gnorm = float(u.grad.norm())
+        gnorm = float(u.grad.norm()) if u.grad is not None else 0.0
         if local == 0:
             st.start_loss = lv
-        elif (local + 1 == cfg.stall_iterations and st.candidate + 1 < len(st.candidates)
+        elif (not polish and local + 1 == cfg.stall_iterations and st.candidate + 1 < len(st.candidates)
               and lv > (1 - cfg.stall_improvement) * st.start_loss and gnorm < 1e-6 * max(lv, 1e-12)):
             st.candidate += 1
             st.start_iteration = st.iteration + 1
@@ -431,7 +463,7 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             log(msg)
             with torch.no_grad():
                 u.copy_(st.candidates[st.candidate])
-            opt = torch.optim.Adam([u], lr=cfg.lr)
+            opt = make_optimizer(False)
         st.iteration += 1
         st.u = u.detach().clone()
         st.adam = opt.state_dict()

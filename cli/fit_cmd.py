@@ -79,7 +79,8 @@ def do_fit(video: Path, scene_path: Path, out: Path, cfg, masks: Path | None = N
             bar.update(task, completed=rec["iteration"] + 1, status=f"loss {rec['loss']:.4f} h={rec['horizon']} {vals}")
 
         result = Fm.run_fit(scene, target, out, cfg, torch.float32, dev, resume=resume, prior=load_prior(prior, dev, cfg.seed),
-                            on_iteration=on_iteration, log=lambda m: bar.console.print(m), stop_after=stop_after)
+                            on_iteration=on_iteration, log=(lambda m: None) if quiet else (lambda m: bar.console.print(m)),
+                            stop_after=stop_after)
         if stop_after is not None and result.state.iteration < cfg.iterations:
             return {"stopped_at": result.state.iteration}
         u = result.state.best["u"] if result.state.best is not None else result.state.u
@@ -197,7 +198,9 @@ def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: 
         traj = problem.rollout(u, total)
         color, alpha = problem.render(traj, range(total))
     color = color.clamp(0, 1).float().cpu()
-    pred_masks = (alpha > 0.5).float().cpu()
+    # the predicted silhouette is cut from the predicted image exactly as the video's are cut from
+    # the video (colour distance to the background), so the IoU compares like with like
+    pred_masks = foreground_masks(color, scene.camera.background) if masks is None else (alpha > 0.5).float().cpu()
     write_video(color, out / "predicted.mp4", fps=scene.settings.fps)
     write_png_frames(color[context:], out / "predicted_frames")
     write_png_frames(pred_masks[context:, 0], out / "predicted_masks", prefix="mask")

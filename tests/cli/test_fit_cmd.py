@@ -1,0 +1,87 @@
+"""The fit pipeline end to end on a tiny drape: outputs, no NaN, resume == uninterrupted, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dreamcloth.cli.app import app
+from dreamcloth.cli.fit import FitConfig
+from dreamcloth.cli.fit_cmd import do_fit
+from dreamcloth.cli.simulate_cmd import run_simulation
+
+from .scenes import DRAPE, write_drape
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fitdata")
+    truth = write_drape(folder, "truth.toml", E=60.0, damping=0.3, frames=10)
+    run_simulation(truth, folder / "sim", quiet=True)
+    scene = write_drape(folder, "fit.toml", E=100.0, damping=0.3, frames=10)  # placeholder E: the fit ignores it
+    return folder / "sim" / "video.mp4", scene, folder
+
+
+CFG = FitConfig(iterations=6, appearance_steps=30, horizon_start=6, starts=2)
+
+
+@pytest.mark.slow
+def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path):
+    video, scene, _ = tiny_video
+    full = do_fit(video, scene, tmp_path / "full", CFG, quiet=True, identify=True)
+    for name in ("params.json", "fit.mp4", "loss.png", "params.png", "checkpoint.pt"):
+        assert (tmp_path / "full" / name).is_file(), name
+    doc = json.loads((tmp_path / "full" / "params.json").read_text())
+    (p,) = doc["parameters"]
+    assert p["name"] == "young_modulus" and 20.0 <= p["value"] <= 400.0 and math.isfinite(p["value"])
+    assert "young_modulus" in doc["identifiability"]["parameters"]
+    assert doc["iterations"] == CFG.iterations
+    assert len(json.loads((tmp_path / "full" / "params.json").read_text())["parameters"]) == 1
+
+    # killed after 3 iterations, then resumed: the same result as the uninterrupted run
+    stopped = do_fit(video, scene, tmp_path / "split", CFG, quiet=True, identify=False, stop_after=3)
+    assert stopped == {"stopped_at": 3}
+    assert not (tmp_path / "split" / "params.json").exists()
+    resumed = do_fit(video, scene, tmp_path / "split", CFG, quiet=True, identify=False, resume=True)
+    a, b = full["parameters"][0]["value"], resumed["parameters"][0]["value"]
+    print(f"uninterrupted {a!r}, resumed {b!r}")
+    assert a == b
+    assert full["loss"] == resumed["loss"]
+
+
+def _run(args):
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_bad_inputs_are_one_line_errors(tiny_video, tmp_path):
+    video, scene, folder = tiny_video
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x01not a video" * 500)
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(video.read_bytes()[: len(video.read_bytes()) // 2])
+    short = write_drape(tmp_path, "long.toml", frames=40)
+    blind = write_drape(tmp_path, "blind.toml", text=DRAPE.format(E=60.0, damping=0.3, frames=10, extra_fit="").replace(
+        "look_at = [0.5, 0.45, 0.5]", "look_at = [0.5, 3.0, -5.0]"))
+    unknown = write_drape(tmp_path, "unknown.toml", text=DRAPE.format(E=60.0, damping=0.3, frames=10, extra_fit="").replace(
+        "[object.fit]", "[object.fit]\nstiffness = [1.0, 2.0]"))
+    inverted = write_drape(tmp_path, "inverted.toml", text=DRAPE.format(E=60.0, damping=0.3, frames=10, extra_fit="").replace(
+        "young_modulus = [20.0, 400.0]", "young_modulus = [400.0, 20.0]"))
+    cases = [
+        (["--video", str(junk), "--scene", str(scene)], "junk.mp4"),
+        (["--video", str(truncated), "--scene", str(scene)], "cut.mp4"),
+        (["--video", str(video), "--scene", str(short)], "40 are needed"),
+        (["--video", str(video), "--scene", str(blind)], "sees nothing"),
+        (["--video", str(video), "--scene", str(unknown)], "object[0].fit.stiffness is not a parameter"),
+        (["--video", str(video), "--scene", str(inverted)], "low > high"),
+        (["--video", str(tmp_path / "missing.mp4"), "--scene", str(scene)], "missing.mp4 does not exist"),
+        (["--video", str(video)], "give both --video and --scene"),
+    ]
+    for args, expected in cases:
+        code, out = _run(["fit", "--out", str(tmp_path / "o"), "--iterations", "1", *args])
+        errors = [l for l in out.splitlines() if l.startswith("error:")]
+        assert code != 0, (args, out)
+        assert len(errors) == 1 and expected in errors[0], (args, out)
+    assert not (tmp_path / "o" / "params.json").exists()

@@ -1,0 +1,70 @@
+"""Scene files: every mistake is one line naming the key, the value and the file; a non-zero exit."""
+
+import pytest
+from typer.testing import CliRunner
+
+from dreamcloth.cli.app import app
+from dreamcloth.cli.scene import SceneError, load_scene, to_toml
+
+from .scenes import DRAPE, write_drape
+
+
+def _text(**kw):
+    base = dict(E=60.0, damping=0.3, frames=10, extra_fit="")
+    base.update(kw)
+    return DRAPE.format(**base)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (("fov_y_deg = 40", "fov_y_deg = 40\nzoom = 2"), r"camera\.zoom is not a known key"),
+        (("[object.material]", "[object.material]\nyoungs_modulus = 3"), r"object\[0\]\.material\.youngs_modulus is not a known key"),
+        (("poisson_ratio = 0.3", "poisson_ratio = 0.7"), r"object\[0\]\.material\.poisson_ratio = 0\.7 is out of range \[0, 0\.5\)"),
+        (("young_modulus = [20.0, 400.0]", "young_modulus = [400.0, 20.0]"), r"object\[0\]\.fit\.young_modulus range \[400, 20\] has low > high"),
+        (("fps = 24", "fps = -3"), r"scene\.fps = -3 is out of range"),
+        (('kind = "sphere"', 'kind = "cylinder"'), r"collider\[0\]\.kind = 'cylinder' is not one of"),
+        (('mesh = "grid:8x8"', 'mesh = "grid:1x8"'), r"at least 2x2"),
+        (("damping = 0.3", "damping = nan"), r"damping must be a finite number"),
+    ],
+)
+def test_mistakes_name_key_value_and_file(tmp_path, edit, message):
+    old, new = edit
+    text = _text()
+    assert old in text
+    path = write_drape(tmp_path, text=text.replace(old, new, 1))
+    with pytest.raises(SceneError, match=message) as info:
+        load_scene(path)
+    assert str(path) in str(info.value)
+    result = CliRunner().invoke(app, ["scene", "check", str(path)])
+    assert result.exit_code == 2
+    lines = [l for l in result.output.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and str(path.name) in lines[0]
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scene\nfps = ")
+    with pytest.raises(SceneError, match="not valid TOML"):
+        load_scene(bad)
+    with pytest.raises(FileNotFoundError):
+        load_scene(tmp_path / "nope.toml")
+
+
+def test_object_outside_domain(tmp_path):
+    path = write_drape(tmp_path, text=_text().replace("center = [0.57, 0.72, 0.55]", "center = [0.57, 1.72, 0.55]"))
+    result = CliRunner().invoke(app, ["scene", "check", str(path)])
+    assert result.exit_code == 2
+    assert "outside the scene domain" in result.output
+
+
+def test_check_summary_and_roundtrip(tmp_path):
+    path = write_drape(tmp_path)
+    result = CliRunner().invoke(app, ["scene", "check", str(path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "64 vertices + 98 elements" in result.output
+    scene = load_scene(path)
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(scene))
+    s2 = load_scene(again)
+    assert s2.objects == scene.objects and s2.settings == scene.settings and s2.camera == scene.camera
