@@ -30,7 +30,7 @@ import torch
 from dreamcloth import taichi_mpm as M
 
 from .errors import EXIT_RUN_FAILED, CliError
-from .losses import image_loss
+from .losses import image_loss, soft_foreground
 from .scene import LOG_SPACE, Scene
 from .simulation import SceneRenderer, Simulation, build
 
@@ -125,12 +125,15 @@ class ParamSpace:
 
 @dataclasses.dataclass
 class Target:
-    """The video to fit: ``frames [T, 3, H, W]`` and ``masks [T, 1, H, W]`` in [0, 1]."""
+    """The video to fit: ``frames [T, 3, H, W]`` and ``masks [T, 1, H, W]`` in [0, 1].
+
+    ``background``: the colour the masks were cut from (None when a mask video was given)."""
 
     frames: torch.Tensor
     masks: torch.Tensor
     path: Path
     digest: str
+    background: tuple[float, float, float] | None = None
 
 
 def load_target(video: Path, scene: Scene, masks_video: Path | None = None, frames: int | None = None) -> Target:
@@ -150,7 +153,7 @@ def load_target(video: Path, scene: Scene, masks_video: Path | None = None, fram
     if float(masks[0].mean()) < 1e-4:
         raise CliError(f"{video}: frame 0 shows nothing but background ({c.background}); check the camera and the background colour")
     digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()[:16]
-    return Target(fr, masks, Path(video), digest)
+    return Target(fr, masks, Path(video), digest, None if masks_video is not None else tuple(c.background))
 
 
 @dataclasses.dataclass
@@ -165,6 +168,14 @@ class Appearance:
 
     def opacities(self) -> torch.Tensor:
         return torch.sigmoid(self.opacity_logits)
+
+
+def silhouette(color: torch.Tensor, alpha: torch.Tensor, target: Target, background: torch.Tensor) -> torch.Tensor:
+    """The rendered silhouette cut like the target's masks: from the colour when they were cut from
+    the background colour, else the rendered alpha."""
+    if target.background is not None:
+        return soft_foreground(color, background.to(color.dtype))
+    return alpha
 
 
 def _check_visible(sim: Simulation, renderer: SceneRenderer) -> None:
@@ -189,7 +200,8 @@ def fit_appearance(sim: Simulation, renderer: SceneRenderer, target: Target, cfg
 
     for _ in range(cfg.appearance_steps):
         out = rasterize(means, covs, torch.sigmoid(color), torch.sigmoid(opacity), renderer.camera, renderer.background, renderer.backend)
-        loss = image_loss(out.color[None], out.alpha[None], tgt, msk, cfg.w_dssim, cfg.w_mask)
+        sil = silhouette(out.color[None], out.alpha[None], target, renderer.background)
+        loss = image_loss(out.color[None], sil, tgt, msk, cfg.w_dssim, cfg.w_mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -232,7 +244,8 @@ class FitProblem:
         color, alpha = self.render(traj, frames)
         tgt = self.target.frames[1:horizon].to(color.dtype)
         msk = self.target.masks[1:horizon].to(color.dtype)
-        loss = image_loss(color, alpha, tgt, msk, self.cfg.w_dssim, self.cfg.w_mask)
+        sil = silhouette(color, alpha, self.target, self.renderer.background)
+        loss = image_loss(color, sil, tgt, msk, self.cfg.w_dssim, self.cfg.w_mask)
         if self.prior is not None and self.cfg.w_sds > 0:
             loss = loss + self.cfg.w_sds * self.prior(color)
         return loss
