@@ -1,0 +1,38 @@
+"""``dreamcloth simulate`` writes what a person can open: mp4, PNGs, masks, meshes, npz, the scene."""
+
+import numpy as np
+import trimesh
+from typer.testing import CliRunner
+
+from dreamcloth.cli.app import app
+from dreamcloth.cli.scene import load_scene
+from dreamcloth.cli.video_io import read_video
+
+from .scenes import write_drape
+
+
+def test_simulate_writes_every_output(tmp_path):
+    scene = write_drape(tmp_path, frames=4)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["simulate", "--scene", str(scene), "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    video = read_video(out / "video.mp4")
+    assert video.frames.shape == (4, 48, 64, 3)
+    assert len(list((out / "frames").glob("*.png"))) == 4 and len(list((out / "masks").glob("*.png"))) == 4
+    meshes = sorted((out / "meshes").glob("sheet_*.obj"))
+    assert len(meshes) == 4
+    m = trimesh.load(meshes[-1], process=False)
+    assert m.vertices.shape == (64, 3) and m.faces.shape == (98, 3)
+    states = np.load(out / "states.npz")
+    assert states["x"].shape[0] == 4 and np.isfinite(states["x"]).all()
+    assert np.allclose(states["x"][-1, :64], m.vertices, atol=1e-6)
+    again = load_scene(out / "scene.toml")
+    assert again.objects[0].values == load_scene(scene).objects[0].values
+
+
+def test_simulate_bad_device_and_scene(tmp_path):
+    code = CliRunner().invoke(app, ["simulate", "--scene", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")])
+    assert code.exit_code == 2 and "none.toml does not exist" in code.output
+    scene = write_drape(tmp_path, frames=4)
+    code = CliRunner().invoke(app, ["simulate", "--scene", str(scene), "--device", "tpu", "--out", str(tmp_path / "o")])
+    assert code.exit_code == 2 and "--device must be" in code.output
