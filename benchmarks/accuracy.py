@@ -24,6 +24,14 @@ from .common import Measurement
 
 SECTION = "accuracy"
 
+_SCENE = """
+[scene]
+fps = 24
+frames = {{frames}}
+grid = {{grid}}
+domain = [[0.0, 0.0, 0.0], {top}]
+"""
+
 _CAMERA = """
 [camera]
 width = {width}
@@ -32,6 +40,13 @@ fov_y_deg = {fov}
 eye = {eye}
 look_at = {look_at}
 background = [1.0, 1.0, 1.0]
+"""
+
+_CLOTH = """
+[[object]]
+name = "sheet"
+kind = "cloth"
+mesh = "grid:{n}x{n}"
 """
 
 _CLOTH_MATERIAL = """
@@ -46,18 +61,8 @@ normal_stiffness = 200.0
 """
 
 SCENES = {
-    "drape": """
-[scene]
-fps = 24
-frames = {frames}
-grid = {grid}
-domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
-""" + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[0.5, 1.05, 1.75]", look_at="[0.5, 0.45, 0.5]") + """
-[[object]]
-name = "sheet"
-kind = "cloth"
-mesh = "grid:{n}x{n}"
-size = [0.6, 0.6]
+    "drape": _SCENE.format(top="[1.0, 1.0, 1.0]") + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[0.5, 1.05, 1.75]", look_at="[0.5, 0.45, 0.5]") + """
+""" + _CLOTH + """size = [0.6, 0.6]
 center = [0.57, 0.72, 0.55]
 rotation_deg = [0.0, 25.0, 0.0]
 color = [0.85, 0.35, 0.2]
@@ -73,18 +78,8 @@ radius = 0.15
 kind = "plane"
 point = [0.0, 0.05, 0.0]
 """,
-    "swing": """
-[scene]
-fps = 24
-frames = {frames}
-grid = {grid}
-domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
-""" + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[1.35, 0.95, 1.45]", look_at="[0.42, 0.55, 0.5]") + """
-[[object]]
-name = "sheet"
-kind = "cloth"
-mesh = "grid:{n}x{n}"
-size = [0.45, 0.45]
+    "swing": _SCENE.format(top="[1.0, 1.0, 1.0]") + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[1.35, 0.95, 1.45]", look_at="[0.42, 0.55, 0.5]") + """
+""" + _CLOTH + """size = [0.45, 0.45]
 center = [0.5, 0.8, 0.5]
 rotation_deg = [0.0, 90.0, 0.0]
 color = [0.2, 0.45, 0.85]
@@ -92,18 +87,8 @@ pinned = "corners:2"
 """ + _CLOTH_MATERIAL + """
 {fit}
 """,
-    "slide": """
-[scene]
-fps = 24
-frames = {frames}
-grid = {grid}
-domain = [[0.0, 0.0, 0.0], [1.0, 0.6, 0.6]]
-""" + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[0.5, 0.9, 1.6]", look_at="[0.5, 0.25, 0.3]") + """
-[[object]]
-name = "sheet"
-kind = "cloth"
-mesh = "grid:{n}x{n}"
-size = [0.25, 0.25]
+    "slide": _SCENE.format(top="[1.0, 0.6, 0.6]") + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[0.5, 0.9, 1.6]", look_at="[0.5, 0.25, 0.3]") + """
+""" + _CLOTH + """size = [0.25, 0.25]
 center = [0.72, 0.29, 0.3]
 rotation_deg = [0.0, 0.0, 30.0]
 color = [0.3, 0.7, 0.35]
@@ -115,13 +100,7 @@ kind = "plane"
 point = [0.5, 0.15, 0.3]
 normal = [-0.5, 0.8660254, 0.0]
 """,
-    "solid": """
-[scene]
-fps = 24
-frames = {frames}
-grid = {grid}
-domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
-""" + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[0.62, 0.42, 1.2]", look_at="[0.5, 0.33, 0.5]") + """
+    "solid": _SCENE.format(top="[1.0, 1.0, 1.0]") + _CAMERA.format(width="{width}", height="{height}", fov=40, eye="[0.62, 0.42, 1.2]", look_at="[0.5, 0.33, 0.5]") + """
 [[object]]
 name = "block"
 kind = "solid"

@@ -12,7 +12,7 @@ from dreamcloth.cli.fit import FitConfig
 from dreamcloth.cli.fit_cmd import do_fit
 from dreamcloth.cli.simulate_cmd import run_simulation
 
-from .scenes import DRAPE, write_drape
+from .scenes import drape_text, write_drape
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +63,11 @@ def test_bad_inputs_are_one_line_errors(tiny_video, tmp_path):
     truncated = tmp_path / "cut.mp4"
     truncated.write_bytes(video.read_bytes()[: len(video.read_bytes()) // 2])
     short = write_drape(tmp_path, "long.toml", frames=40)
-    blind = write_drape(tmp_path, "blind.toml", text=DRAPE.format(E=60.0, damping=0.3, frames=10, extra_fit="").replace(
+    blind = write_drape(tmp_path, "blind.toml", text=drape_text().replace(
         "look_at = [0.5, 0.45, 0.5]", "look_at = [0.5, 3.0, -5.0]"))
-    unknown = write_drape(tmp_path, "unknown.toml", text=DRAPE.format(E=60.0, damping=0.3, frames=10, extra_fit="").replace(
+    unknown = write_drape(tmp_path, "unknown.toml", text=drape_text().replace(
         "[object.fit]", "[object.fit]\nstiffness = [1.0, 2.0]"))
-    inverted = write_drape(tmp_path, "inverted.toml", text=DRAPE.format(E=60.0, damping=0.3, frames=10, extra_fit="").replace(
+    inverted = write_drape(tmp_path, "inverted.toml", text=drape_text().replace(
         "young_modulus = [20.0, 400.0]", "young_modulus = [400.0, 20.0]"))
     cases = [
         (["--video", str(junk), "--scene", str(scene)], "junk.mp4"),

@@ -6,13 +6,11 @@ from typer.testing import CliRunner
 from dreamcloth.cli.app import app
 from dreamcloth.cli.scene import SceneError, load_scene, to_toml
 
-from .scenes import DRAPE, write_drape
+from .scenes import drape_text, write_drape
 
 
 def _text(**kw):
-    base = dict(E=60.0, damping=0.3, frames=10, extra_fit="")
-    base.update(kw)
-    return DRAPE.format(**base)
+    return drape_text(**kw)
 
 
 @pytest.mark.parametrize(
