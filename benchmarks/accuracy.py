@@ -228,3 +228,22 @@ def run(quick: bool = False) -> list[Measurement]:
             out.append(Measurement(SECTION, f"{name}: predict mask IoU (last frame)", r["predict_last_mask_iou"], "",
                                    f"mean over unseen frames {r['predict_mean_mask_iou']:.3f}; goal >= 0.9"))
     return out
+
+
+def regenerate_demo(folder: Path | None = None) -> Path:
+    """Re-make the bundled demo video: demo_drape.toml with the values of demo_drape.truth.json
+    (its fit table kept, so the time step is the one the fit uses), simulated and rendered.
+
+    ``python -c "from dreamcloth.benchmarks.accuracy import regenerate_demo; print(regenerate_demo())"``
+    """
+    from dreamcloth.cli.common import DEMO_SCENE, DEMO_TRUTH
+    from dreamcloth.cli.scene import load_scene, to_toml
+    from dreamcloth.cli.simulate_cmd import run_simulation
+
+    folder = Path(folder or tempfile.mkdtemp(prefix="demo_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = json.loads(DEMO_TRUTH.read_text())
+    scene = load_scene(DEMO_SCENE).with_values({(0, k): v for k, v in truth.items()})
+    (folder / "truth.toml").write_text(to_toml(scene))
+    run_simulation(folder / "truth.toml", folder / "sim", quiet=True)
+    return folder / "sim" / "video.mp4"
