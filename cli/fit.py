@@ -295,7 +295,7 @@ def fit_velocity(problem: FitProblem, u: torch.Tensor, cfg: FitConfig, log) -> t
         opt.zero_grad()
         loss.backward()
         opt.step()
-    log(f"initial velocity: {[round(float(a), 4) for a in v0]} m/s (loss {float(loss):.4f})")
+    log(f"initial velocity: {[round(float(a), 4) for a in v0.detach()]} m/s (loss {float(loss.detach()):.4f})")
     return v0.detach()
 
 
