@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import report_errors
+from .morph_cmd import morph_command
 from .render_cmd import app as render_app
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ def _root() -> None:
 
 
 app.add_typer(render_app, name="render")
+app.command("morph")(morph_command)
 
 
 @app.command()
