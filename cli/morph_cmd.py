@@ -41,11 +41,11 @@ class MorphRunConfig:
     resolution: int = 32
     size: float = 0.44
     target_scale: Optional[float] = None
-    intervals: int = 12
-    iterations: int = 8
+    intervals: int = 16
+    iterations: int = 6
     optimizer: str = "gd"
     step_size: float = 0.05
-    loss: str = "squared"
+    loss: str = "log"
     basis: str = "grid"
     width: int = 320
     height: int = 240
@@ -86,8 +86,9 @@ class MorphRunConfig:
 def shape_particles(shape: str, volume: float, center, spacing: float, scale: float | None = None, option: str = "--target"):
     """Particles of a primitive (``sphere``/``box``/``torus``) or a mesh file with the given volume.
 
-    A mesh is centred at ``center`` and scaled to ``volume``, or by ``scale`` when given.  A mesh
-    that is not closed is a ``ValueError`` naming the file.
+    A mesh is centred at ``center`` and scaled to ``volume``, or by ``scale`` when given; like the
+    primitives it is moved by a quarter particle spacing, off the symmetry axes of the lattice (see
+    ``sample_primitive``).  A mesh that is not closed is a ``ValueError`` naming the file.
     """
     from dreamcloth.taichi_mpm import load_mesh, sample_mesh
     from dreamcloth.taichi_mpm.morph import sample_primitive
@@ -102,7 +103,8 @@ def shape_particles(shape: str, volume: float, center, spacing: float, scale: fl
         )
     if scale is None:
         scale = (volume / abs(float(mesh.volume))) ** (1.0 / 3.0)
-    return sample_mesh(mesh, spacing, center=center, scale=scale, name=f"{option} {shape}")
+    shifted = [float(c) + 0.25 * spacing for c in center]
+    return sample_mesh(mesh, spacing, center=shifted, scale=scale, name=f"{option} {shape}")
 
 
 def build_problem(config: MorphRunConfig):
@@ -281,11 +283,11 @@ def morph_command(
     target_scale: Annotated[
         Optional[float], typer.Option(help="Use a target mesh at its own size times this (default: scaled to the source's volume).")
     ] = None,
-    intervals: Annotated[int, typer.Option(help="Intervals optimised one after the other.")] = 12,
-    iterations: Annotated[int, typer.Option(help="Optimiser iterations per interval.")] = 8,
+    intervals: Annotated[int, typer.Option(help="Intervals optimised one after the other.")] = 16,
+    iterations: Annotated[int, typer.Option(help="Optimiser iterations per interval.")] = 6,
     optimizer: Annotated[str, typer.Option(help="gd (backtracking line search) or adam.")] = "gd",
     step_size: Annotated[float, typer.Option(help="First step (gd) or learning rate (adam).")] = 0.05,
-    loss: Annotated[str, typer.Option(help="Grid-mass loss: squared or log.")] = "squared",
+    loss: Annotated[str, typer.Option(help="Grid-mass loss: log or squared.")] = "log",
     basis: Annotated[str, typer.Option(help="Control variables: grid (a smooth field) or particle.")] = "grid",
     width: Annotated[int, typer.Option(help="Video width in pixels.")] = 320,
     height: Annotated[int, typer.Option(help="Video height in pixels.")] = 240,

@@ -240,6 +240,10 @@ class MorphSettings:
       "throw" that passes through the target at speed.
     - ``loss_levels`` 2 adds the mass difference on a 2x coarser grid, whose longer reach pulls
       material across the hole of the torus sooner.
+    - the log-mass loss: the squared one barely pulls on the last thin layer of material left
+      where the target is empty (its gradient vanishes with the mass there); with the log loss
+      the 12-interval run ended at a Chamfer ratio of 0.025 instead of 0.044, with fewer particles
+      left in the torus' hole.
     """
 
     young_modulus: float = 5.0e3
@@ -250,7 +254,7 @@ class MorphSettings:
     interval_substeps: int = 60
     control_stride: int = 15
     frame_substeps: int = 10
-    loss: str = "squared"
+    loss: str = "log"
     loss_levels: int = 2
     control_weight: float = 1.0
     volume_weight: float = 100.0
@@ -463,7 +467,7 @@ class OptimiserSettings:
     """
 
     method: str = "gd"
-    iterations: int = 8
+    iterations: int = 6
     step_size: float = 0.05
     max_backtracks: int = 6
     shrink: float = 0.5
@@ -767,17 +771,23 @@ def equal_volume_torus(volume: float, aspect: float = 2.5) -> tuple[float, float
 PRIMITIVES = ("sphere", "box", "torus")
 
 
-def sample_primitive(kind: str, volume: float, center: Sequence[float], spacing: float) -> ParticleSet:
+def sample_primitive(kind: str, volume: float, center: Sequence[float], spacing: float, shift: float = 0.25) -> ParticleSet:
     """Particles filling a primitive of the given ``volume`` (m^3) centred at ``center``.
 
     ``sphere``; ``box`` (a cube); ``torus`` (lying flat: axis y, the up axis; major radius 2.5 times
     the minor one, see :func:`equal_volume_torus`).  Shapes of equal volume make a morph between
     them mass-preserving.
+
+    The shape is moved by ``shift`` particle spacings along every axis.  A lattice centred on the
+    shape puts a column of particles exactly on its symmetry axes; in a symmetric morph the forces
+    on them cancel sideways, and sphere -> torus left such a column standing in the middle of the
+    hole.  A quarter spacing breaks the symmetry at no visible cost.
     """
     if kind not in PRIMITIVES:
         raise ValueError(f"unknown primitive {kind!r}; choose from {', '.join(PRIMITIVES)} or give a mesh file")
     if not volume > 0:
         raise ValueError(f"volume must be positive, got {volume}")
+    center = [float(c) + shift * spacing for c in center]
     if kind == "sphere":
         return sample_sphere((3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0), center, spacing)
     if kind == "box":
