@@ -14,6 +14,7 @@ from .common import Measurement
 SECTIONS: dict[str, str] = {
     "mpm": "bench_mpm",
     "render": "bench_render",
+    "morph": "bench_morph",
 }
 
 
