@@ -10,17 +10,24 @@ the grid at the end of the interval, matches the mass of the target shape on the
 next interval starts from the state the optimised one ends in ("chained" optimisation, their
 section IV), which keeps every optimisation short and the whole morph physically continuous.
 
-What differs from their C++ framework: gradients come from the simulator's exact checkpointed
-adjoint (one backward pass for all controls of an interval), the controls of an interval are
-optimised jointly (they optimise one control step at a time), Adam is offered besides their
-gradient descent with backtracking line search, and the loss may be the squared or the log-mass
-difference.
+What differs from their C++ framework, and why (measurements in :class:`MorphSettings` and
+:class:`OptimiserSettings`): gradients come from the simulator's exact checkpointed adjoint (one
+backward pass for all controls of an interval), so the controls of an interval are optimised
+jointly (they optimise one control step at a time); the optimised variables are by default a
+smooth control field on a coarse grid rather than free per-particle matrices (:class:`ControlBasis`);
+the objective adds a volume-preservation term and an end-speed term to their grid-mass loss and
+control regulariser, compares masses on two grid levels, and may use the log of the mass; an
+interval is 60 substeps; Adam is offered besides their gradient descent with backtracking line
+search.
 
 Everything here is plain torch on top of :func:`simulate`, so any torch loss (a rendering loss,
-say) can replace the grid-mass loss: pass ``loss_fn`` to :func:`optimise_interval`.
+say) can replace the grid-mass objective: pass ``loss_fn`` to :func:`optimise_interval`.
 
-    problem = MorphProblem.create(sample_sphere(...), sample_mesh(torus, ...), grid)
-    result = morph(problem, num_intervals=12)
+    grid = morph_grid(32)
+    volume = 0.045  # m^3: both shapes get it, so the morph keeps mass and volume
+    source = sample_primitive("sphere", volume, grid_centre(grid), grid.dx / 2)
+    target = sample_primitive("torus", volume, grid_centre(grid), grid.dx / 2)
+    result = morph(MorphProblem.create(source, target, grid), num_intervals=16)
     result.chamfer_ratio  # final / initial Chamfer distance to the target
 """
 
@@ -462,8 +469,8 @@ class OptimiserSettings:
       it stalls once its fixed step overshoots (measured on sphere -> torus).
 
     Either way the best control evaluated is the result.  ``basis`` / ``basis_cells``: see
-    :class:`ControlBasis`; the grid basis is the default because per-particle steps had to stay
-    so small (the line search saw to it) that a body moved a fraction of a cell per interval.
+    :class:`ControlBasis`.  On sphere -> torus the two bases did equally well for 6 intervals;
+    over 16 the grid basis ended at a Chamfer ratio of 0.022, per-particle controls at 0.042.
     """
 
     method: str = "gd"
@@ -537,8 +544,7 @@ class ControlBasis:
     coarser than the simulation's, interpolated with quadratic B-splines at the particles' positions
     at the start of the interval.  The per-particle gradient is noisy at the particle scale (each
     particle only sees the 27 nodes it splats to); the field sums it over neighbourhoods, so a
-    step moves the material coherently and much longer steps are accepted.  Only nodes that some
-    particle touches are variables.
+    step moves the material coherently.  Only nodes that some particle touches are variables.
     """
 
     def __init__(self, kind: str, x: torch.Tensor, grid: GridSpec, cells: int = 2):
