@@ -26,7 +26,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import report_errors
+from .errors import EXIT_RUN_FAILED, CliError, report_errors
 
 SHAPES = ("sphere", "box", "torus")
 
@@ -232,6 +232,7 @@ def run_morph(config: MorphRunConfig, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dreamcloth.render import write_video
+    from dreamcloth.taichi_mpm import SimulationError
     from dreamcloth.taichi_mpm.morph import OptimiserSettings, morph
 
     if not torch.cuda.is_available():
@@ -256,7 +257,10 @@ def run_morph(config: MorphRunConfig, console=None) -> dict:
                 f"Chamfer {float(r.chamfer.squared):.3e} m^2 ({r.seconds:.0f} s)"
             )
 
-        result = morph(problem, config.intervals, settings, on_interval=on_interval, on_step=on_step)
+        try:
+            result = morph(problem, config.intervals, settings, on_interval=on_interval, on_step=on_step)
+        except (SimulationError, FloatingPointError) as exc:
+            raise CliError(f"the morph failed: {exc}", EXIT_RUN_FAILED) from None
         frames_dir = out / "frames"
         frames_dir.mkdir(exist_ok=True)
         for old in frames_dir.glob("frame_*.ply"):

@@ -89,3 +89,17 @@ def test_morph_writes_video_plys_chamfer_and_plot(tmp_path):
     assert video.frames.shape == (frames, 48, 64, 3)
     assert np.abs(video.frames[-1].astype(float) - video.frames[0].astype(float)).mean() > 0.5
     assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_a_failed_run_is_a_one_line_error_with_exit_code_3(tmp_path, monkeypatch):
+    import dreamcloth.taichi_mpm.morph as morph_module
+
+    def failing(*args, **kwargs):
+        raise FloatingPointError("the gradient of the morph objective is not finite")
+
+    monkeypatch.setattr(morph_module, "morph", failing)
+    args = ["morph", "--out", str(tmp_path / "out"), "--resolution", "16", "--size", "0.3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: the morph failed") and "not finite" in lines[0]
