@@ -505,8 +505,10 @@ class IntervalResult:
     Attributes:
         control: ``[K, N, 3, 3]`` the optimised controls (detached).
         trajectory: the interval's rollout under them (detached; frame 0 is the start state).
-        losses: the objective at every evaluation the optimiser accepted, first = identity control.
-        evaluations: forward rollouts run (backward passes included in ``gradients``).
+        losses: the objective along the optimisation, first at the identity control: every Adam
+            iterate, or every step the line search accepted; when the last is not the best, the
+            best (which is the result) is appended.
+        evaluations: forward rollouts run (line-search trials included).
         gradients: backward passes run.
         chamfer: Chamfer distance of the end state to the target.
         seconds: wall time of the interval.
