@@ -18,6 +18,7 @@ SECTIONS: dict[str, str] = {
     "render": "bench_render",
     "prior": "bench_prior",
     "accuracy": "accuracy",
+    "morph": "bench_morph",
 }
 
 

@@ -9,6 +9,7 @@ import typer
 
 from .errors import report_errors
 from .fit_cmd import fit, predict
+from .morph_cmd import morph_command
 from .prior_cmd import prior_app
 from .render_cmd import app as render_app
 from .scene_cmd import scene_app
@@ -23,7 +24,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Recover the physical material of cloth and soft solids from video."""
@@ -35,6 +35,7 @@ app.command()(simulate)
 app.command()(fit)
 app.command()(predict)
 app.add_typer(scene_app, name="scene")
+app.command("morph")(morph_command)
 
 
 @app.command()

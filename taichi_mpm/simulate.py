@@ -128,7 +128,11 @@ def simulate(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     validate_params(params)
-    lo, hi = config.grid.inner_min, config.grid.inner_max
+    # where a particle's 3x3x3 stencil lies inside the grid (the engine keeps them there): a state
+    # that a previous rollout ended in is always accepted, so rollouts chain
+    g = config.grid
+    lo = tuple(o + g.dx for o in g.origin)
+    hi = tuple(o + (r - 2) * g.dx - 1e-6 * g.dx for o, r in zip(g.origin, g.res))
     xd = state.x.detach()
     lo_t = torch.tensor(lo, dtype=dtype, device=dev)
     hi_t = torch.tensor(hi, dtype=dtype, device=dev)
