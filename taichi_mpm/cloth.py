@@ -152,44 +152,54 @@ def gather_vertices(S: ARR, faces: INT, EX: ARR):
             put3(EX, e, 3 * c, vec3(S, faces[3 * e + c], X))
 
 
+@ti.func
+def cloth_element(
+    e, EX: ti.template(), S: ti.template(), M: ti.template(), rest: ti.template(), dt, inv_dx, e0,
+    S_out: ti.template(), W: ti.template(), EF: ti.template(),
+):
+    """One element particle (row ``e0 + e``); shared by the kernel and the autodiff-validation test."""
+    p = e0 + e
+    x0, x1, x2 = vec3(EX, e, 0), vec3(EX, e, 3), vec3(EX, e, 6)
+    e1, e2 = x1 - x0, x2 - x0
+    # [f0 f1] = [e1 e2] Dm^-1, rest = Dm^-1 row-major
+    f0 = e1 * rest[e, 0] + e2 * rest[e, 2]
+    f1 = e1 * rest[e, 1] + e2 * rest[e, 3]
+    Cp = mat3(S, p, C)
+    Fp = mat3(S, p, F)
+    d3 = (ti.Matrix.identity(float, 3) + dt * Cp) @ ti.Vector([Fp[0, 2], Fp[1, 2], Fp[2, 2]])
+    Q, r11, r12, r22, r13, r23, r33 = cloth_qr(ti.Matrix.cols([f0, f1, d3]))
+    gamma, k = M[p, SHEAR], M[p, NORMAL]
+    r13, r23, r33 = cloth_return_mapping(r13, r23, r33, gamma, k, M[p, CFRIC])
+    d3n = Q @ ti.Vector([r13, r23, r33])
+    put33(S_out, p, F, ti.Matrix.cols([f0, f1, d3n]))
+    P = cloth_stress(Q, r11, r12, r22, r13, r23, r33, M[p, MU], M[p, LAM], gamma, k)
+    area = M[p, VOL]
+    # in-plane forces on the vertices: -area dpsi/d(e1, e2) = -area P[:, :2] Dm^-T
+    p0 = ti.Vector([P[0, 0], P[1, 0], P[2, 0]])
+    p1 = ti.Vector([P[0, 1], P[1, 1], P[2, 1]])
+    fa = -area * (p0 * rest[e, 0] + p1 * rest[e, 1])
+    fb = -area * (p0 * rest[e, 2] + p1 * rest[e, 3])
+    put3(EF, e, 0, -(fa + fb))
+    put3(EF, e, 3, fa)
+    put3(EF, e, 6, fb)
+    mp = M[p, MASS]
+    put3(W, p, WX, (x0 + x1 + x2) / 3.0)
+    W[p, WMASS] = mp
+    put3(W, p, WMOM, mp * vec3(S, p, V))
+    p2 = ti.Vector([P[0, 2], P[1, 2], P[2, 2]])
+    put33(W, p, WA, -dt * 4.0 * inv_dx * inv_dx * area * p2.outer_product(d3n) + mp * Cp)
+
+
 @ti.kernel
 def cloth_elements(
     EX: ARR, S: ARR, M: ARR, rest: ARR, dt: float, inv_dx: float, e0: int, S_out: ARR, W: ARR, EF: ARR,
 ):
     """Element particles ``e0 + e``: d3 advection, return mapping, stress; writes F', the scatter
     record (centroid, mass, momentum, affine matrix of the d3 stress plus APIC) and the three
-    vertex forces ``EF``."""
+    vertex forces ``EF``.  Differentiated by Taichi's autodiff (loop-free, every access indexed by
+    the element itself)."""
     for e in range(EX.shape[0]):
-        p = e0 + e
-        x0, x1, x2 = vec3(EX, e, 0), vec3(EX, e, 3), vec3(EX, e, 6)
-        e1, e2 = x1 - x0, x2 - x0
-        # [f0 f1] = [e1 e2] Dm^-1, rest = Dm^-1 row-major
-        f0 = e1 * rest[e, 0] + e2 * rest[e, 2]
-        f1 = e1 * rest[e, 1] + e2 * rest[e, 3]
-        Cp = mat3(S, p, C)
-        Fp = mat3(S, p, F)
-        d3 = (ti.Matrix.identity(float, 3) + dt * Cp) @ ti.Vector([Fp[0, 2], Fp[1, 2], Fp[2, 2]])
-        Q, r11, r12, r22, r13, r23, r33 = cloth_qr(ti.Matrix.cols([f0, f1, d3]))
-        gamma, k = M[p, SHEAR], M[p, NORMAL]
-        r13, r23, r33 = cloth_return_mapping(r13, r23, r33, gamma, k, M[p, CFRIC])
-        d3n = Q @ ti.Vector([r13, r23, r33])
-        put33(S_out, p, F, ti.Matrix.cols([f0, f1, d3n]))
-        P = cloth_stress(Q, r11, r12, r22, r13, r23, r33, M[p, MU], M[p, LAM], gamma, k)
-        area = M[p, VOL]
-        # in-plane forces on the vertices: -area dpsi/d(e1, e2) = -area P[:, :2] Dm^-T
-        p0 = ti.Vector([P[0, 0], P[1, 0], P[2, 0]])
-        p1 = ti.Vector([P[0, 1], P[1, 1], P[2, 1]])
-        fa = -area * (p0 * rest[e, 0] + p1 * rest[e, 1])
-        fb = -area * (p0 * rest[e, 2] + p1 * rest[e, 3])
-        put3(EF, e, 0, -(fa + fb))
-        put3(EF, e, 3, fa)
-        put3(EF, e, 6, fb)
-        mp = M[p, MASS]
-        put3(W, p, WX, (x0 + x1 + x2) / 3.0)
-        W[p, WMASS] = mp
-        put3(W, p, WMOM, mp * vec3(S, p, V))
-        p2 = ti.Vector([P[0, 2], P[1, 2], P[2, 2]])
-        put33(W, p, WA, -dt * 4.0 * inv_dx * inv_dx * area * p2.outer_product(d3n) + mp * Cp)
+        cloth_element(e, EX, S, M, rest, dt, inv_dx, e0, S_out, W, EF)
 
 
 @ti.kernel
