@@ -35,6 +35,8 @@ from .scene import LOG_SPACE, Scene
 from .simulation import SceneRenderer, Simulation, build
 
 CHECKPOINT_VERSION = 1
+#: an L-BFGS step that moves no coordinate of u by more than this ends the fit (u ~ 1 spans most of a range)
+POLISH_TOLERANCE = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +318,7 @@ class FitState:
     v0: torch.Tensor
     substeps: int
     events: list[str]
+    converged: bool = False  # the L-BFGS polish stopped moving: later iterations would repeat the same loss
 
 
 def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
@@ -410,7 +413,7 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         pass
 
     t0 = time.perf_counter()
-    while st.iteration < cfg.iterations:
+    while st.iteration < cfg.iterations and not st.converged:
         if stop_after is not None and st.iteration >= stop_after:
             break
         polish = st.iteration >= adam_iterations
@@ -462,6 +465,13 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         if h == frames:
             # the result: the last iterate whose full-horizon loss was measured
             st.best = {"loss": lv, "u": start}
+        if polish and float((u.detach() - start).abs().max()) < POLISH_TOLERANCE:
+            # L-BFGS found no step that lowers the loss: every later iteration would evaluate the
+            # same point again (the bundled demo spent a sixth of its time there)
+            st.converged = True
+            msg = f"iteration {st.iteration}: L-BFGS made no further progress; the fit has converged"
+            st.events.append(msg)
+            log(msg)
         # multi-start: a start whose first iterations neither lower the loss nor see a gradient is
         # stuck on a plateau (e.g. a range edge where nothing changes): take the next candidate
         gnorm = float(u.grad.norm()) if u.grad is not None else 0.0

@@ -188,13 +188,15 @@ CONSTITUTIVE = {
 
 
 @ti.kernel
-def bin_particles(W: ARR, origin: ti.math.vec3, inv_dx: float, nbh: ti.math.ivec3, bins: INT):
+def bin_particles(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, nb_i: int, nb_j: int, nb_k: int, bins: INT):
     """Counting sort of particles by coloured block (serial: deterministic order, ~3 passes of N).
 
     Block b = base // BLOCK per axis; colour = parity of b per axis (8 colours); blocks of one
     colour are stored contiguously so that the coloured scatter runs over them in parallel.
     ``bins = [order (N) | key (N) | counts (n_keys) | start (n_keys + 1)]``.
     """
+    origin = ti.Vector([ox, oy, oz])
+    nbh = ti.Vector([nb_i, nb_j, nb_k])
     n = W.shape[0]
     n_keys = (bins.shape[0] - 2 * n - 1) // 2
     c0 = 2 * n  # counts
@@ -255,15 +257,17 @@ def _p2g_particle(p, W: ti.template(), origin, inv_dx, dx, grid_mv: ti.template(
 
 
 @ti.kernel
-def p2g_atomic(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
+def p2g_atomic(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
+    origin = ti.Vector([ox, oy, oz])
     for p in range(W.shape[0]):
         _p2g_particle(p, W, origin, inv_dx, dx, grid_mv, grid_m, True)
 
 
 @ti.kernel
-def p2g_serial(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
+def p2g_serial(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
     """One thread, no atomics, fixed order: deterministic, and for a few thousand particles cheaper
     than binning plus eight coloured launches (launch overhead dominates there)."""
+    origin = ti.Vector([ox, oy, oz])
     ti.loop_config(serialize=True)
     for p in range(W.shape[0]):
         _p2g_particle(p, W, origin, inv_dx, dx, grid_mv, grid_m, False)
@@ -271,11 +275,12 @@ def p2g_serial(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, grid_mv: 
 
 @ti.kernel
 def p2g_colored(
-    W: ARR, bins: INT, colour: int, blocks_per_colour: int, origin: ti.math.vec3, inv_dx: float, dx: float,
+    W: ARR, bins: INT, colour: int, blocks_per_colour: int, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
     grid_mv: ti.template(), grid_m: ti.template(),
 ):
     """The particles of one colour (launched once per colour: unrolling all 8 in one kernel would
     multiply compile time by 8)."""
+    origin = ti.Vector([ox, oy, oz])
     n = W.shape[0]
     for b in range(blocks_per_colour):
         lo, hi = _colour_range(bins, n, colour, b)
@@ -284,8 +289,9 @@ def p2g_colored(
 
 
 @ti.kernel
-def p2g_adjoint(W: ARR, origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR):
+def p2g_adjoint(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR):
     """Adjoint of p2g, a gather: writes dL/dW."""
+    origin = ti.Vector([ox, oy, oz])
     for p in range(W.shape[0]):
         base, fx, w, dw = _frame(vec3(W, p, WX), origin, inv_dx)
         mp = W[p, WMASS]
@@ -421,10 +427,14 @@ def grid_kernels(kinds: tuple):
     @ti.kernel
     def grid_update(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
-        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF, lo: ti.math.ivec3,
-        hi: ti.math.ivec3, grid_v: ti.template(),
+        gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
+        hi_i: int, hi_j: int, hi_k: int, grid_v: ti.template(),
     ):
         """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep."""
+        origin = ti.Vector([ox, oy, oz])
+        gravity = ti.Vector([gvx, gvy, gvz])
+        lo = ti.Vector([lo_i, lo_j, lo_k])
+        hi = ti.Vector([hi_i, hi_j, hi_k])
         res = ti.Vector(ti.static(grid_m.shape))
         s = damping[0] ** dt
         for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
@@ -475,14 +485,18 @@ def grid_kernels(kinds: tuple):
     @ti.kernel
     def grid_update_adjoint(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
-        gravity: ti.math.vec3, origin: ti.math.vec3, dx: float, boundary: int, sdf: SDF, lo: ti.math.ivec3,
-        hi: ti.math.ivec3, g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
+        gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
+        hi_i: int, hi_j: int, hi_k: int, g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
         deterministic: ti.template(),
     ):
         """Overwrites g_grid_mv, g_grid_m.  Parameter gradients (damping, then each collider's
         friction) go into ``g_params [rows, 1 + C]``: ``deterministic`` writes each grid slab's sum
         into its own row (``rows == res[0]``) in a fixed order, so that the result is the same on
         every run (float atomics are not); otherwise they are atomic adds into row 0 (GPUs)."""
+        origin = ti.Vector([ox, oy, oz])
+        gravity = ti.Vector([gvx, gvy, gvz])
+        lo = ti.Vector([lo_i, lo_j, lo_k])
+        hi = ti.Vector([hi_i, hi_j, hi_k])
         res = ti.Vector(ti.static(grid_m.shape))
         s = damping[0] ** dt
         ds = dt * damping[0] ** (dt - 1.0)
@@ -505,8 +519,10 @@ def grid_kernels(kinds: tuple):
 
 
 @ti.kernel
-def clear_region(a: ti.template(), b: ti.template(), lo: ti.math.ivec3, hi: ti.math.ivec3):
+def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int):
     """Zero two grid fields inside ``[lo, hi)``; nodes outside are neither written nor read this substep."""
+    lo = ti.Vector([lo_i, lo_j, lo_k])
+    hi = ti.Vector([hi_i, hi_j, hi_k])
     for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
         a[I] = ti.zero(a[I])
         b[I] = ti.zero(b[I])
@@ -518,10 +534,13 @@ def clear_region(a: ti.template(), b: ti.template(), lo: ti.math.ivec3, hi: ti.m
 
 @ti.kernel
 def g2p(
-    S: ARR, grid_v: ti.template(), pins: ARR, dt: float, origin: ti.math.vec3, inv_dx: float, dx: float,
-    lo: ti.math.vec3, hi: ti.math.vec3, S_out: ARR,
+    S: ARR, grid_v: ti.template(), pins: ARR, dt: float, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
+    lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, S_out: ARR,
 ):
     """Writes x, v and C of ``S_out`` (F was written by the constitutive kernel)."""
+    origin = ti.Vector([ox, oy, oz])
+    lo = ti.Vector([lo_x, lo_y, lo_z])
+    hi = ti.Vector([hi_x, hi_y, hi_z])
     for p in range(S.shape[0]):
         xp = vec3(S, p, X)
         base, fx, w, dw = _frame(xp, origin, inv_dx)
@@ -543,9 +562,11 @@ def g2p(
 
 
 @ti.kernel
-def g2p_adjoint_prepare(S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, lo: ti.math.vec3, hi: ti.math.vec3, R: ARR, G_in: ARR):
+def g2p_adjoint_prepare(S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR):
     """Per-particle part of the g2p adjoint: the record ``R`` (x, dL/dv_new, dL/dB) for the scatter,
     and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``."""
+    lo = ti.Vector([lo_x, lo_y, lo_z])
+    hi = ti.Vector([hi_x, hi_y, hi_z])
     for p in range(S.shape[0]):
         xp = vec3(S, p, X)
         xn = xp + dt * vec3(S_out, p, V)
@@ -586,15 +607,17 @@ def _g2p_adjoint_particle(
 
 
 @ti.kernel
-def g2p_adjoint_atomic(R: ARR, grid_v: ti.template(), origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
+def g2p_adjoint_atomic(R: ARR, grid_v: ti.template(), ox: float, oy: float, oz: float, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
     """Adjoint of g2p's transfer: scatters into g_grid_v, accumulates dL/dx into ``G_in``."""
+    origin = ti.Vector([ox, oy, oz])
     for p in range(R.shape[0]):
         _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, True)
 
 
 @ti.kernel
-def g2p_adjoint_serial(R: ARR, grid_v: ti.template(), origin: ti.math.vec3, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
+def g2p_adjoint_serial(R: ARR, grid_v: ti.template(), ox: float, oy: float, oz: float, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
     """Serial variant of the g2p adjoint scatter (see ``p2g_serial``)."""
+    origin = ti.Vector([ox, oy, oz])
     ti.loop_config(serialize=True)
     for p in range(R.shape[0]):
         _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, False)
@@ -602,9 +625,10 @@ def g2p_adjoint_serial(R: ARR, grid_v: ti.template(), origin: ti.math.vec3, inv_
 
 @ti.kernel
 def g2p_adjoint_colored(
-    R: ARR, bins: INT, colour: int, blocks_per_colour: int, grid_v: ti.template(), origin: ti.math.vec3,
+    R: ARR, bins: INT, colour: int, blocks_per_colour: int, grid_v: ti.template(), ox: float, oy: float, oz: float,
     inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR,
 ):
+    origin = ti.Vector([ox, oy, oz])
     n = R.shape[0]
     for b in range(blocks_per_colour):
         lo, hi = _colour_range(bins, n, colour, b)

@@ -115,12 +115,13 @@ class Engine:
         self.mesh_collider = next((c for c in model.colliders if c.kind == "mesh"), None)
         self._sdf_frame = None
         self.sdf = torch.zeros((1, 1, 1, 7), dtype=self.dtype, device=self.device)
-        self.origin = ti.Vector(list(g.origin))
-        self.gravity = ti.Vector(list(config.gravity))
+        # Vectors go to the kernels as plain scalars: a ti.math.vec3 argument costs ~60 us of Python
+        # per launch here, three float arguments ~15 us, and small scenes are launch-bound.
+        self.origin = tuple(float(o) for o in g.origin)
+        self.gravity = tuple(float(a) for a in config.gravity)
         # particles stay where their 3x3x3 stencil lies inside the grid (see kernels.g2p)
         eps = 1e-6 * g.dx
-        self.lo = ti.Vector([o + g.dx for o in g.origin])
-        self.hi = ti.Vector([o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res)])
+        self.clamp = tuple(o + g.dx for o in g.origin) + tuple(o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res))
         self.pins = torch.cat([model.pinned.to(self.dtype)[:, None], model.pin_velocity], dim=1).contiguous()
         n = model.num_particles
         self.n = n
@@ -131,7 +132,7 @@ class Engine:
         self.colored = scatter == "colored"
         if self.colored:
             nbh = [math.ceil(math.ceil(r / K.BLOCK) / 2) for r in g.res]
-            self.nbh = ti.Vector(nbh, dt=ti.i32)
+            self.nbh = tuple(nbh)
             self.blocks_per_colour = int(np.prod(nbh))
             self.bins = torch.zeros(2 * n + 16 * self.blocks_per_colour + 1, dtype=torch.int32, device=self.device)
         self._scratch: dict[str, torch.Tensor] = {}
@@ -159,19 +160,19 @@ class Engine:
             CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
             CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
         self._region(W)
-        K.clear_region(G.mv, G.m, self.region_lo, self.region_hi)
+        K.clear_region(G.mv, G.m, *self.region)
         if self.colored:
-            K.bin_particles(W, self.origin, g.inv_dx, self.nbh, self.bins)
+            K.bin_particles(W, *self.origin, g.inv_dx, *self.nbh, self.bins)
             for colour in range(8):
-                K.p2g_colored(W, self.bins, colour, self.blocks_per_colour, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+                K.p2g_colored(W, self.bins, colour, self.blocks_per_colour, *self.origin, g.inv_dx, g.dx, G.mv, G.m)
         elif self.scatter == "serial":
-            K.p2g_serial(W, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+            K.p2g_serial(W, *self.origin, g.inv_dx, g.dx, G.mv, G.m)
         else:
-            K.p2g_atomic(W, self.origin, g.inv_dx, g.dx, G.mv, G.m)
+            K.p2g_atomic(W, *self.origin, g.inv_dx, g.dx, G.mv, G.m)
         self._update_sdf(substep)
         self.grid_update(
-            G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, self.sdf, self.region_lo, self.region_hi, G.v,
+            G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
+            g.boundary, self.sdf, *self.region, G.v,
         )
 
     def _region(self, W) -> None:
@@ -181,12 +182,18 @@ class Engine:
         and stale values outside the box are never read.
         """
         g = self.config.grid
-        mn, mx = W[:, K.WX : K.WX + 3].aminmax(dim=0)
-        lo = torch.floor((mn - torch.tensor(g.origin, dtype=W.dtype, device=W.device)) / g.dx - 0.5).to(torch.int64)
-        hi = torch.floor((mx - torch.tensor(g.origin, dtype=W.dtype, device=W.device)) / g.dx - 0.5).to(torch.int64) + 3
-        lo, hi = lo.clamp(min=0).tolist(), [min(int(h), r) for h, r in zip(hi.tolist(), g.res)]
-        self.region_lo = ti.Vector(lo, dt=ti.i32)
-        self.region_hi = ti.Vector(hi, dt=ti.i32)
+        x = W[:, K.WX : K.WX + 3]
+        # one pass over the positions (numpy on the CPU: a few torch ops cost more than the pass itself here)
+        if x.device.type == "cpu":
+            mn, mx = x.numpy().min(axis=0), x.numpy().max(axis=0)
+        else:
+            mn, mx = (t.cpu().numpy() for t in x.aminmax(dim=0))
+        if not (np.isfinite(mn).all() and np.isfinite(mx).all()):
+            self.region = (0, 0, 0, *g.res)  # a NaN is reported after the segment; keep the kernels in bounds
+            return
+        lo = np.floor((mn - self.origin) / g.dx - 0.5).astype(np.int64)
+        hi = np.floor((mx - self.origin) / g.dx - 0.5).astype(np.int64) + 3
+        self.region = (*(max(int(v), 0) for v in lo), *(min(int(h), r) for h, r in zip(hi, g.res)))
 
     def _update_sdf(self, substep: int) -> None:
         """Load the mesh collider's field for the animation frame of this substep (cached per frame)."""
@@ -202,7 +209,7 @@ class Engine:
         """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``)."""
         self._to_grid(S, S_out, P, substep)
         g = self.config.grid
-        K.g2p(S, self.grid.v, self.pins, self.config.dt, self.origin, g.inv_dx, g.dx, self.lo, self.hi, S_out)
+        K.g2p(S, self.grid.v, self.pins, self.config.dt, *self.origin, g.inv_dx, g.dx, *self.clamp, S_out)
         for c in self.model.cloth:
             CL.sync_centroids(c.faces, c.element_start, S_out)
 
@@ -247,20 +254,20 @@ class Engine:
         W = self._buf("W", (self.n, K.W_DIM))
         R = self._buf("R", (self.n, K.R_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
-        K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, self.lo, self.hi, R, G_out)
-        K.clear_region(Gr.g_v, Gr.g_v, self.region_lo, self.region_hi)
+        K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, *self.clamp, R, G_out)
+        K.clear_region(Gr.g_v, Gr.g_v, *self.region)
         if self.colored:
             for colour in range(8):
-                K.g2p_adjoint_colored(R, self.bins, colour, self.blocks_per_colour, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+                K.g2p_adjoint_colored(R, self.bins, colour, self.blocks_per_colour, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         elif self.scatter == "serial":
-            K.g2p_adjoint_serial(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+            K.g2p_adjoint_serial(R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         else:
-            K.g2p_adjoint_atomic(R, Gr.v, self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+            K.g2p_adjoint_atomic(R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
         self.grid_update_adjoint(
-            Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, self.gravity, self.origin, g.dx,
-            g.boundary, self.sdf, self.region_lo, self.region_hi, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
+            Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
+            g.boundary, self.sdf, *self.region, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
         )
-        K.p2g_adjoint(W, self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
+        K.p2g_adjoint(W, *self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
         for grp in self.model.groups:
             _, adjoint = K.CONSTITUTIVE[grp.model]
             adjoint(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, G_next, G_W, G_out, GP.material)
