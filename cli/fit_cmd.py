@@ -81,6 +81,8 @@ def do_fit(video: Path, scene_path: Path, out: Path, cfg, masks: Path | None = N
         result = Fm.run_fit(scene, target, out, cfg, torch.float32, dev, resume=resume, prior=load_prior(prior, dev, cfg.seed),
                             on_iteration=on_iteration, log=(lambda m: None) if quiet else (lambda m: bar.console.print(m)),
                             stop_after=stop_after)
+        if result.state.converged:  # the polish stopped early: the bar ends where the fit did
+            bar.update(task, total=result.state.iteration, completed=result.state.iteration)
         if stop_after is not None and result.state.iteration < cfg.iterations and not result.state.converged:
             return {"stopped_at": result.state.iteration}
         u = result.state.best["u"] if result.state.best is not None else result.state.u
