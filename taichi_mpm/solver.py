@@ -185,7 +185,8 @@ class Engine:
         x = W[:, K.WX : K.WX + 3]
         # one pass over the positions (numpy on the CPU: a few torch ops cost more than the pass itself here)
         if x.device.type == "cpu":
-            mn, mx = x.numpy().min(axis=0), x.numpy().max(axis=0)
+            xs = x.numpy()
+            mn, mx = xs.min(axis=0), xs.max(axis=0)
         else:
             mn, mx = (t.cpu().numpy() for t in x.aminmax(dim=0))
         if not (np.isfinite(mn).all() and np.isfinite(mx).all()):
