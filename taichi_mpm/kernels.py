@@ -50,9 +50,9 @@ PIN_DIM = 4
 # scatter record [N, 16]: position, mass, momentum m v + dt f, affine matrix A
 WX, WMASS, WMOM, WA = 0, 3, 4, 7
 W_DIM = 16
-# scatter-adjoint record [N, 15]: position, dL/dv_new, dL/dB (B = sum w v_i dpos^T)
-RX, RGV, RGB = 0, 3, 6
-R_DIM = 15
+# The adjoint of g2p's transfer is a scatter of the same form as p2g (``g_v_i += w_ip (g_v + g_B dpos)``),
+# so its record R has W's layout and runs through the same scatter kernels: position (WX), zero (WMASS),
+# dL/dv_new (WMOM), (4/dx^2) dL/dC (WA; B = sum w v_i dpos^T)
 
 ARR = ti.types.ndarray(ndim=2)
 SDF = ti.types.ndarray(ndim=4)  # a mesh collider's field [X, Y, Z, 7]: phi, normal, velocity
@@ -264,22 +264,14 @@ def p2g_atomic(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float
 
 
 @ti.kernel
-def p2g_serial(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
-    """One thread, no atomics, fixed order: deterministic, and for a few thousand particles cheaper
-    than binning plus eight coloured launches (launch overhead dominates there)."""
-    origin = ti.Vector([ox, oy, oz])
-    ti.loop_config(serialize=True)
-    for p in range(W.shape[0]):
-        _p2g_particle(p, W, origin, inv_dx, dx, grid_mv, grid_m, False)
-
-
-@ti.kernel
 def p2g_colored(
     W: ARR, bins: INT, colour: int, blocks_per_colour: int, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
     grid_mv: ti.template(), grid_m: ti.template(),
 ):
     """The particles of one colour (launched once per colour: unrolling all 8 in one kernel would
-    multiply compile time by 8)."""
+    multiply compile time by 8).  With the one-block binning of ``serial_bins`` this is the serial
+    scatter: one thread, no atomics, fixed order, and for a few thousand particles cheaper than
+    binning plus eight launches (launch overhead dominates there)."""
     origin = ti.Vector([ox, oy, oz])
     n = W.shape[0]
     for b in range(blocks_per_colour):
@@ -289,15 +281,25 @@ def p2g_colored(
 
 
 @ti.kernel
-def p2g_adjoint(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR):
-    """Adjoint of p2g, a gather: writes dL/dW."""
+def transfer_adjoint(
+    W: ARR, R: ARR, grid_v: ti.template(), ox: float, oy: float, oz: float, inv_dx: float, dx: float,
+    g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR,
+):
+    """The gathers of the transfers' adjoints, one pass over each particle's stencil: p2g's adjoint
+    (dL/dW from the grid's dL/dmv, dL/dm) and the part of g2p's adjoint that is a gather (dL/dx
+    through the weights, from the forward grid velocities and R).  Writes dL/dW; the position
+    gradient of both transfers goes to its WX column (both weigh the same position).  The scatter
+    half of g2p's adjoint (into ``g_grid_v``) runs before, through the p2g kernels."""
     origin = ti.Vector([ox, oy, oz])
     for p in range(W.shape[0]):
         base, fx, w, dw = _frame(vec3(W, p, WX), origin, inv_dx)
         mp = W[p, WMASS]
         mom = vec3(W, p, WMOM)
         a = mat3(W, p, WA)
+        gnv = vec3(R, p, WMOM)
+        gB = mat3(R, p, WA)
         gmom = ti.Vector.zero(float, 3)
+        vsum = ti.Vector.zero(float, 3)
         gx = ti.Vector.zero(float, 3)
         gA = ti.Matrix.zero(float, 3, 3)
         gm = 0.0
@@ -307,11 +309,14 @@ def p2g_adjoint(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: floa
             I = base + o
             Gmv = g_grid_mv[I]
             Gm = g_grid_m[I]
+            gv = grid_v[I]
             gmom += wt * Gmv
+            vsum += wt * gv
             gA += wt * Gmv.outer_product(dpos)
             gm += wt * Gm
-            # w depends on x; dpos = (o - fx) dx has d dpos / dx = -I
-            gx += _weight_grad(w, dw, o, inv_dx) * (Gmv.dot(mom + a @ dpos) + Gm * mp) - wt * (a.transpose() @ Gmv)
+            # w depends on x (dw terms); dpos = (o - fx) dx has d dpos / dx = -I (the sums after the loop)
+            gx += _weight_grad(w, dw, o, inv_dx) * (Gmv.dot(mom + a @ dpos) + Gm * mp + gv.dot(gnv + gB @ dpos))
+        gx -= a.transpose() @ gmom + gB.transpose() @ vsum
         put3(G_W, p, WX, gx)
         G_W[p, WMASS] = gm
         put3(G_W, p, WMOM, gmom)
@@ -528,6 +533,28 @@ def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k:
         b[I] = ti.zero(b[I])
 
 
+@ti.kernel
+def copy_grid_region(
+    mv: ti.template(), m: ti.template(), v: ti.template(), lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int,
+    hi_k: int, buf: ARR, load: ti.template(),
+):
+    """Copy the grid's (mv, m, v) inside ``[lo, hi)`` to ``buf [nodes, 7]`` (row-major over the box),
+    or back from it with ``load``: the backward pass keeps each substep's grid this way."""
+    lo = ti.Vector([lo_i, lo_j, lo_k])
+    hi = ti.Vector([hi_i, hi_j, hi_k])
+    nj, nk = hi[1] - lo[1], hi[2] - lo[2]
+    for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
+        q = ((I[0] - lo[0]) * nj + (I[1] - lo[1])) * nk + (I[2] - lo[2])
+        if ti.static(load):
+            mv[I] = vec3(buf, q, 0)
+            m[I] = buf[q, 3]
+            v[I] = vec3(buf, q, 4)
+        else:
+            put3(buf, q, 0, mv[I])
+            buf[q, 3] = m[I]
+            put3(buf, q, 4, v[I])
+
+
 # --------------------------------------------------------------------------------------------
 # 4. grid to particle
 
@@ -562,9 +589,12 @@ def g2p(
 
 
 @ti.kernel
-def g2p_adjoint_prepare(S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR):
-    """Per-particle part of the g2p adjoint: the record ``R`` (x, dL/dv_new, dL/dB) for the scatter,
-    and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``."""
+def g2p_adjoint_prepare(
+    S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, inv_dx: float, lo_x: float, lo_y: float, lo_z: float,
+    hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR,
+):
+    """Per-particle part of the g2p adjoint: the record ``R`` (x, 0, dL/dv_new, dL/dB; W's layout) for
+    the scatter, and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``."""
     lo = ti.Vector([lo_x, lo_y, lo_z])
     hi = ti.Vector([hi_x, hi_y, hi_z])
     for p in range(S.shape[0]):
@@ -577,60 +607,9 @@ def g2p_adjoint_prepare(S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, lo
         gnv = ti.Vector.zero(float, 3)
         if pins[p, 0] == 0:
             gnv = vec3(G_out, p, V) + dt * gxn
-        put3(R, p, RX, xp)
-        put3(R, p, RGV, gnv)
-        put33(R, p, RGB, mat3(G_out, p, C))  # scaled by 4/dx^2 in the scatter
+        put3(R, p, WX, xp)
+        R[p, WMASS] = 0.0
+        put3(R, p, WMOM, gnv)
+        # C = (4/dx^2) B
+        put33(R, p, WA, 4.0 * inv_dx * inv_dx * mat3(G_out, p, C))
         put3(G_in, p, X, gxn)
-
-
-@ti.func
-def _g2p_adjoint_particle(
-    p, R: ti.template(), grid_v: ti.template(), origin, inv_dx, dx, g_grid_v: ti.template(), G_in: ti.template(),
-    atomic: ti.template(),
-):
-    base, fx, w, dw = _frame(vec3(R, p, RX), origin, inv_dx)
-    gnv = vec3(R, p, RGV)
-    gB = 4.0 * inv_dx * inv_dx * mat3(R, p, RGB)
-    gx = ti.Vector.zero(float, 3)
-    for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
-        dpos = (o - fx) * dx
-        wt = _weight(w, o)
-        I = base + o
-        gv = grid_v[I]
-        contrib = wt * (gnv + gB @ dpos)
-        if ti.static(atomic):
-            g_grid_v[I] += contrib
-        else:
-            g_grid_v[I] = g_grid_v[I] + contrib
-        gx += _weight_grad(w, dw, o, inv_dx) * (gv.dot(gnv) + gv.dot(gB @ dpos)) - wt * (gB.transpose() @ gv)
-    add3(G_in, p, X, gx)
-
-
-@ti.kernel
-def g2p_adjoint_atomic(R: ARR, grid_v: ti.template(), ox: float, oy: float, oz: float, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
-    """Adjoint of g2p's transfer: scatters into g_grid_v, accumulates dL/dx into ``G_in``."""
-    origin = ti.Vector([ox, oy, oz])
-    for p in range(R.shape[0]):
-        _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, True)
-
-
-@ti.kernel
-def g2p_adjoint_serial(R: ARR, grid_v: ti.template(), ox: float, oy: float, oz: float, inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR):
-    """Serial variant of the g2p adjoint scatter (see ``p2g_serial``)."""
-    origin = ti.Vector([ox, oy, oz])
-    ti.loop_config(serialize=True)
-    for p in range(R.shape[0]):
-        _g2p_adjoint_particle(p, R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, False)
-
-
-@ti.kernel
-def g2p_adjoint_colored(
-    R: ARR, bins: INT, colour: int, blocks_per_colour: int, grid_v: ti.template(), ox: float, oy: float, oz: float,
-    inv_dx: float, dx: float, g_grid_v: ti.template(), G_in: ARR,
-):
-    origin = ti.Vector([ox, oy, oz])
-    n = R.shape[0]
-    for b in range(blocks_per_colour):
-        lo, hi = _colour_range(bins, n, colour, b)
-        for j in range(lo, hi):
-            _g2p_adjoint_particle(bins[j], R, grid_v, origin, inv_dx, dx, g_grid_v, G_in, False)

@@ -63,9 +63,23 @@ class StepParams:
         return [self.material, self.friction, self.damping]
 
 
-#: below this many particles the CPU scatter runs on one thread (see kernels.p2g_serial);
+#: below this many particles the CPU scatter runs on one thread (see kernels.p2g_colored);
 #: measured crossover with the eight-launch coloured scatter on this 2-core machine
 SERIAL_SCATTER_MAX = 4000
+
+#: values per grid node kept for the backward pass: mv (3), m, v (3)
+GRID_TAPE_DIM = 7
+
+
+def serial_bins(n: int, device) -> torch.Tensor:
+    """The coloured scatter's binning (see ``kernels.bin_particles``) with every particle in block 0
+    of colour 0, in index order: run as colour 0 over one block, the coloured kernel is the serial
+    scatter, so no separate serial kernels are compiled."""
+    n_keys = 8  # one block per colour
+    bins = torch.zeros(2 * n + 2 * n_keys + 1, dtype=torch.int32)
+    bins[:n] = torch.arange(n, dtype=torch.int32)
+    bins[2 * n + n_keys + 1 :] = n  # block starts: [0, n, n, ..., n]
+    return bins.to(device)
 
 
 class _Grid:
@@ -134,22 +148,42 @@ class Engine:
             nbh = [math.ceil(math.ceil(r / K.BLOCK) / 2) for r in g.res]
             self.nbh = tuple(nbh)
             self.blocks_per_colour = int(np.prod(nbh))
+            self.colours = range(8)
             self.bins = torch.zeros(2 * n + 16 * self.blocks_per_colour + 1, dtype=torch.int32, device=self.device)
+        elif scatter == "serial":
+            self.blocks_per_colour, self.colours = 1, range(1)
+            self.bins = serial_bins(n, self.device)
+        else:
+            self.bins = None
         self._scratch: dict[str, torch.Tensor] = {}
 
-    def _buf(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def _buf(self, name: str, shape: tuple[int, ...], dtype=None) -> torch.Tensor:
         t = self._scratch.get(name)
         if t is None or tuple(t.shape) != tuple(shape):
-            t = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            t = torch.zeros(shape, dtype=dtype or self.dtype, device=self.device)
             self._scratch[name] = t
         return t
 
+    def _scatter(self, rec, bins, grid_a, grid_b) -> None:
+        """p2g-form scatter of a ``[N, 16]`` record into two grid fields (p2g itself, and the
+        scatter half of g2p's adjoint)."""
+        g = self.config.grid
+        if self.scatter == "atomic":
+            K.p2g_atomic(rec, *self.origin, g.inv_dx, g.dx, grid_a, grid_b)
+            return
+        for colour in self.colours:
+            K.p2g_colored(rec, bins, colour, self.blocks_per_colour, *self.origin, g.inv_dx, g.dx, grid_a, grid_b)
+
     # ------------------------------------------------------------------ forward
 
-    def _to_grid(self, S, S_out, P: StepParams, substep: int) -> None:
-        """Constitutive update (F into ``S_out``), p2g and the grid update (velocities in ``grid.v``)."""
+    def _to_grid(self, S, S_out, P: StepParams, substep: int, W=None, bins=None) -> None:
+        """Constitutive update (F into ``S_out``), p2g and the grid update (velocities in ``grid.v``).
+
+        The scatter record goes into ``W [N, 16]`` and the coloured binning into ``bins`` when given
+        (the backward pass keeps both), else into scratch buffers."""
         g, cfg, G = self.config.grid, self.config, self.grid
-        W = self._buf("W", (self.n, K.W_DIM))
+        W = self._buf("W", (self.n, K.W_DIM)) if W is None else W
+        bins = self.bins if bins is None else bins
         for grp in self.model.groups:
             forward, _ = K.CONSTITUTIVE[grp.model]
             forward(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, S_out, W)
@@ -162,13 +196,8 @@ class Engine:
         self._region(W)
         K.clear_region(G.mv, G.m, *self.region)
         if self.colored:
-            K.bin_particles(W, *self.origin, g.inv_dx, *self.nbh, self.bins)
-            for colour in range(8):
-                K.p2g_colored(W, self.bins, colour, self.blocks_per_colour, *self.origin, g.inv_dx, g.dx, G.mv, G.m)
-        elif self.scatter == "serial":
-            K.p2g_serial(W, *self.origin, g.inv_dx, g.dx, G.mv, G.m)
-        else:
-            K.p2g_atomic(W, *self.origin, g.inv_dx, g.dx, G.mv, G.m)
+            K.bin_particles(W, *self.origin, g.inv_dx, *self.nbh, bins)
+        self._scatter(W, bins, G.mv, G.m)
         self._update_sdf(substep)
         self.grid_update(
             G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
@@ -183,10 +212,11 @@ class Engine:
         """
         g = self.config.grid
         x = W[:, K.WX : K.WX + 3]
-        # one pass over the positions (numpy on the CPU: a few torch ops cost more than the pass itself here)
+        # numpy on the CPU (a few torch ops cost more than the pass itself here), over a contiguous
+        # [3, N] copy: a column reduction over the strided [N, 3] view took 1.4 ms for 22k particles, this 0.09 ms
         if x.device.type == "cpu":
-            xs = x.numpy()
-            mn, mx = xs.min(axis=0), xs.max(axis=0)
+            xs = np.ascontiguousarray(x.numpy().T)
+            mn, mx = xs.min(axis=1), xs.max(axis=1)
         else:
             mn, mx = (t.cpu().numpy() for t in x.aminmax(dim=0))
         if not (np.isfinite(mn).all() and np.isfinite(mx).all()):
@@ -206,31 +236,26 @@ class Engine:
             self.sdf = torch.as_tensor(field, dtype=self.dtype, device=self.device).contiguous()
             self._sdf_frame = frame
 
-    def step(self, S: torch.Tensor, P: StepParams, substep: int, S_out: torch.Tensor) -> None:
+    def step(self, S: torch.Tensor, P: StepParams, substep: int, S_out: torch.Tensor, W=None, bins=None) -> None:
         """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``)."""
-        self._to_grid(S, S_out, P, substep)
+        self._to_grid(S, S_out, P, substep, W, bins)
         g = self.config.grid
         K.g2p(S, self.grid.v, self.pins, self.config.dt, *self.origin, g.inv_dx, g.dx, *self.clamp, S_out)
         for c in self.model.cloth:
             CL.sync_centroids(c.faces, c.element_start, S_out)
 
-    def run(self, S: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int] = (),
-            tape: torch.Tensor | None = None):
+    def run(self, S: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int] = ()):
         """Advance ``count`` substeps from global substep ``start``.
 
         Returns the packed end state (a fresh tensor) and copies of the packed states after each
-        local substep listed in ``record`` (1-based).  With ``tape [count + 1, N, 24]`` every
-        intermediate state is kept there instead of double-buffering.
+        local substep listed in ``record`` (1-based).
         """
         bufs = (self._buf("S0", tuple(S.shape)), self._buf("S1", tuple(S.shape)))
         rec = set(record)
         frames = []
         cur = S
-        if tape is not None:
-            tape[0].copy_(S)
-            cur = tape[0]
         for j in range(count):
-            nxt = tape[j + 1] if tape is not None else bufs[j % 2]
+            nxt = bufs[j % 2]
             self.step(cur, P, start + j, nxt)
             cur = nxt
             if (j + 1) in rec:
@@ -239,45 +264,53 @@ class Engine:
 
     # ------------------------------------------------------------------ adjoint
 
-    def step_adjoint(self, S, S_next, G_next, P: StepParams, GP: StepParams, substep: int, G_out, g_params) -> None:
+    def _tape_grid(self) -> torch.Tensor:
+        """This substep's grid (mv, m, v) inside the particles' region, for the backward pass."""
+        r = self.region
+        nodes = max(r[3] - r[0], 0) * max(r[4] - r[1], 0) * max(r[5] - r[2], 0)
+        out = torch.empty((nodes, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
+        if nodes:
+            K.copy_grid_region(self.grid.mv, self.grid.m, self.grid.v, *r, out, False)
+        return out
+
+    def step_adjoint(self, S, S_next, G_next, P: StepParams, GP: StepParams, substep: int, G_out, g_params, taped) -> None:
         """Adjoint of :meth:`step`: ``G_next = dL/dS_next`` -> ``G_out = dL/dS`` (overwritten).
 
-        Per-particle parameter gradients accumulate into ``GP.material``; damping and friction
-        gradients into ``g_params [rows, 1 + C]`` (see ``grid_update_adjoint``).
+        ``taped = (W, bins, region, grid)`` is what the forward substep left (see
+        :meth:`backward_segment`): nothing of the forward is recomputed here.  Per-particle parameter
+        gradients accumulate into ``GP.material``; damping and friction gradients into
+        ``g_params [rows, 1 + C]`` (see ``grid_update_adjoint``).
         """
         g, cfg, Gr = self.config.grid, self.config, self.grid
+        W, bins, self.region, grid = taped
+        if grid.shape[0]:
+            K.copy_grid_region(Gr.mv, Gr.m, Gr.v, *self.region, grid, True)
+        self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
             CL.sync_centroids_adjoint(c.faces, c.incidence, c.offsets, c.vertex_start, c.element_start, G_next)
             CL._zero_element_x(c.element_start, c.num_elements, G_next)
-        scratch = self._buf("S_scratch", tuple(S.shape))
-        self._to_grid(S, scratch, P, substep)  # recompute this substep's grid
-        W = self._buf("W", (self.n, K.W_DIM))
-        R = self._buf("R", (self.n, K.R_DIM))
+        R = self._buf("R", (self.n, K.W_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
-        K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, *self.clamp, R, G_out)
-        K.clear_region(Gr.g_v, Gr.g_v, *self.region)
-        if self.colored:
-            for colour in range(8):
-                K.g2p_adjoint_colored(R, self.bins, colour, self.blocks_per_colour, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
-        elif self.scatter == "serial":
-            K.g2p_adjoint_serial(R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
-        else:
-            K.g2p_adjoint_atomic(R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_v, G_out)
+        K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, g.inv_dx, *self.clamp, R, G_out)
+        K.clear_region(Gr.g_v, Gr.g_m, *self.region)
+        self._scatter(R, bins, Gr.g_v, Gr.g_m)  # R's mass column is zero: g_m stays zero here
         self.grid_update_adjoint(
             Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
             g.boundary, self.sdf, *self.region, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
         )
-        K.p2g_adjoint(W, *self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
+        K.transfer_adjoint(W, R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
         for grp in self.model.groups:
             _, adjoint = K.CONSTITUTIVE[grp.model]
             adjoint(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, G_next, G_W, G_out, GP.material)
         for i, c in enumerate(self.model.cloth):
-            self._cloth_adjoint(i, c, S, P, GP, G_next, G_W, G_out)
+            self._cloth_adjoint(i, c, S, W, P, GP, G_next, G_W, G_out)
 
-    def _cloth_adjoint(self, i, c, S, P: StepParams, GP: StepParams, G_next, G_W, G_out) -> None:
+    def _cloth_adjoint(self, i, c, S, W, P: StepParams, GP: StepParams, G_next, G_W, G_out) -> None:
         g, cfg = self.config.grid, self.config
         G_EF = self._buf(f"G_EF{i}", (c.num_elements, 9))
+        EX = self._buf(f"EX{i}", (c.num_elements, 9))
+        CL.gather_vertices(S, c.faces, EX)  # the element kernel's input, from this substep's state
         CL.cloth_vertices_adjoint(S, P.material, c.incidence, c.offsets, cfg.dt, c.vertex_start, G_next, G_W, G_out, GP.material, G_EF)
 
         # The element kernel is differentiated by Taichi's autodiff, which reads and writes the
@@ -288,11 +321,11 @@ class Engine:
             t.grad = torch.zeros_like(t) if grad is None else grad
             return t
 
-        EX = leaf(self._scratch[f"EX{i}"])
+        EX = leaf(EX)
         S_in = leaf(S)
         M = leaf(P.material, GP.material)  # parameter gradients accumulate in place
-        S_out = leaf(S, G_next)
-        W = leaf(self._scratch["W"], G_W)
+        S_out = leaf(S, G_next)  # outputs' values are not read by the adjoint, only their .grad
+        W = leaf(W, G_W)
         EF = leaf(self._scratch[f"EF{i}"], G_EF)
         CL.cloth_elements.grad(EX, S_in, M, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
         el = slice(c.element_start, c.element_start + c.num_elements)
@@ -308,9 +341,19 @@ class Engine:
         ``G_end [N, 24]`` is dL/d(end state); ``G_frames [k, N, 24]`` dL/d(recorded states).
         """
         with torch.no_grad():
+            # re-simulate the segment, keeping every substep's state, scatter record, binning and
+            # grid region: the adjoint then recomputes nothing of the forward (recomputing the
+            # grid of each substep cost ~13% of forward+backward on the 22k-particle block)
             tape = self._buf("tape", (count + 1,) + tuple(S0.shape))
+            tape_W = self._buf("tape_W", (count, self.n, K.W_DIM))
+            tape_bins = self._buf("tape_bins", (count,) + tuple(self.bins.shape), torch.int32) if self.colored else None
             P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
-            self.run(S0.detach(), P, start, count, tape=tape)
+            tape[0].copy_(S0.detach())
+            taped = []
+            for j in range(count):
+                bins = tape_bins[j] if self.colored else None
+                self.step(tape[j], P, start + j, tape[j + 1], W=tape_W[j], bins=bins)
+                taped.append((tape_W[j], bins if self.colored else self.bins, self.region, self._tape_grid()))
             GP = StepParams(*[torch.zeros_like(t) for t in P.tensors()])
             # deterministic per-slab partial sums on CPUs; atomics on GPUs (see grid_update_adjoint)
             rows = self.config.grid.res[0] if self.rt.arch == "cpu" else 1
@@ -320,7 +363,7 @@ class Engine:
             for j in range(count - 1, -1, -1):
                 if (j + 1) in rec_index:
                     G[0] += G_frames[rec_index[j + 1]]
-                self.step_adjoint(tape[j], tape[j + 1], G[0], P, GP, start + j, G[1], g_params)
+                self.step_adjoint(tape[j], tape[j + 1], G[0], P, GP, start + j, G[1], g_params, taped[j])
                 G.reverse()
             sums = g_params.sum(dim=0)
             GP.damping.add_(sums[0:1])
