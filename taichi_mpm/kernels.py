@@ -10,21 +10,24 @@ A substep maps the particle state ``(x, v, C, F)`` to the next one:
 
 Quadratic B-splines, APIC transfers (Jiang et al. 2015).
 
-Data layout.  Every torch tensor handed to a kernel costs ~17 us of launch overhead here (a bare
-launch ~16 us), so particle data travels packed: a state is one ``[N, 24]`` array (x, v, C
+Data layout.  Every torch tensor handed to a kernel costs ~17-27 us of launch overhead here (a bare
+launch ~16 us; a kernel with a parallel loop ~100 us more, on one thread or two), so particle data
+travels packed: a state is one ``[N, 24]`` array (x, v, C
 row-major, F row-major; offsets ``X, V, C, F`` below), the per-particle material one ``[N, 10]``
 array (mu, lambda, rest volume, mass, external force, cloth stiffnesses), and the constitutive kernel writes
 everything the scatter needs into one ``[N, 16]`` record (x, mass, momentum, affine matrix) so
-that each of the eight coloured scatter launches takes two arrays.  Gradients use the same
+that each coloured scatter launch takes two arrays.  Gradients use the same
 layouts.  The grid lives in Taichi fields (dense loops over fields were ~5x faster than over
 ndarrays here) passed as templates.
 
 Every kernel has a hand-written adjoint: Taichi's autodiff of the 27-node stencil took minutes to
 compile, autodiff of the unrolled polar decomposition 74 s, and the adjoint of a scatter is a
-gather, which needs no atomics.  On CPUs the forward scatter avoids float atomics too: particles
-are binned into 4^3-cell blocks coloured in 8 classes; blocks of one colour are two blocks apart,
-so their 3x3x3 stencils never overlap and one thread per block adds without atomics (float
-atomics cost 22x a plain add here).  GPUs use the atomic variant.
+gather, which needs no atomics.  On CPUs the scatters avoid float atomics too (they cost 22x a
+plain add here): particles are binned into slabs two cells thick across one axis (the longest of
+the particles' box), coloured odd and even; slabs of one colour are a slab apart, so their 3-node
+stencils never overlap and one thread per slab adds without atomics.  Two colours are two
+launches per scatter: 4^3-cell blocks in 8 colours gave more parallelism than two cores use, for
+six more launches of ~200 us each.  GPUs use the atomic variant.
 """
 
 import functools
@@ -63,8 +66,11 @@ INT = ti.types.ndarray(dtype=ti.i32, ndim=1)
 #: stencil can get a weight of 1e-30, and its velocity's adjoint 1/m would overflow float32
 MASS_EPS = 1e-20
 
-#: side of the coloured scatter blocks, in cells; must be >= 3 (the stencil width)
-BLOCK = 4
+#: thickness of the coloured scatter slabs, in cells: a slab's particles write nodes [2k, 2k + 4),
+#: and the next slab of its colour starts at node 2k + 4 (>= 2 keeps them apart)
+SLAB = 2
+#: the two slab colours
+COLOURS = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,29 +194,27 @@ CONSTITUTIVE = {
 
 
 @ti.kernel
-def bin_particles(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, nb_i: int, nb_j: int, nb_k: int, bins: INT):
-    """Counting sort of particles by coloured block (serial: deterministic order, ~3 passes of N).
+def bin_particles(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, axis: int, bins: INT):
+    """Counting sort of particles by coloured slab (serial: deterministic order, ~3 passes of N).
 
-    Block b = base // BLOCK per axis; colour = parity of b per axis (8 colours); blocks of one
-    colour are stored contiguously so that the coloured scatter runs over them in parallel.
-    ``bins = [order (N) | key (N) | counts (n_keys) | start (n_keys + 1)]``.
+    Slab b = base[axis] // SLAB; colour = parity of b; slabs of one colour are stored contiguously
+    (key = colour * slabs_per_colour + b // 2) so that the coloured scatter runs over them in
+    parallel.  ``bins = [order (N) | key (N) | counts (n_keys) | start (n_keys + 1)]``.
     """
     origin = ti.Vector([ox, oy, oz])
-    nbh = ti.Vector([nb_i, nb_j, nb_k])
     n = W.shape[0]
     n_keys = (bins.shape[0] - 2 * n - 1) // 2
+    per_colour = n_keys // COLOURS
     c0 = 2 * n  # counts
-    s0 = 2 * n + n_keys  # block starts
+    s0 = 2 * n + n_keys  # slab starts
     ti.loop_config(serialize=True)
     for k in range(n_keys):
         bins[c0 + k] = 0
     ti.loop_config(serialize=True)
     for p in range(n):
         base = ti.cast(ti.floor((vec3(W, p, WX) - origin) * inv_dx - 0.5), ti.i32)
-        b = base // BLOCK
-        colour = (b[0] % 2) * 4 + (b[1] % 2) * 2 + (b[2] % 2)
-        h = b // 2
-        key = colour * (nbh[0] * nbh[1] * nbh[2]) + (h[0] * nbh[1] + h[1]) * nbh[2] + h[2]
+        b = base[axis] // SLAB
+        key = (b % COLOURS) * per_colour + b // COLOURS
         bins[n + p] = key
         bins[c0 + key] += 1
     ti.loop_config(serialize=True)
@@ -230,9 +234,9 @@ def bin_particles(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, nb_i: 
 
 @ti.func
 def _colour_range(bins: ti.template(), n, colour, b):
-    """Particle slots [lo, hi) of block ``b`` of ``colour`` in the sorted order."""
+    """Particle slots [lo, hi) of slab ``b`` of ``colour`` in the sorted order."""
     n_keys = (bins.shape[0] - 2 * n - 1) // 2
-    k = colour * (n_keys // 8) + b
+    k = colour * (n_keys // COLOURS) + b
     s0 = 2 * n + n_keys
     return bins[s0 + k], bins[s0 + k + 1]
 
@@ -268,12 +272,13 @@ def p2g_colored(
     W: ARR, bins: INT, colour: int, blocks_per_colour: int, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
     grid_mv: ti.template(), grid_m: ti.template(),
 ):
-    """The particles of one colour (launched once per colour: unrolling all 8 in one kernel would
-    multiply compile time by 8).  With the one-block binning of ``serial_bins`` this is the serial
-    scatter: one thread, no atomics, fixed order, and for a few thousand particles cheaper than
-    binning plus eight launches (launch overhead dominates there)."""
+    """The particles of one colour, one thread per slab (launched once per colour: unrolling both in
+    one kernel would double its compile time).  With the one-slab binning of ``serial_bins`` this
+    is the serial scatter: one thread, no atomics, fixed order, and for a few thousand particles
+    cheaper than binning plus two parallel launches (launch overhead dominates there)."""
     origin = ti.Vector([ox, oy, oz])
     n = W.shape[0]
+    ti.loop_config(block_dim=1)  # one slab per work item: slabs hold many particles, and few of them
     for b in range(blocks_per_colour):
         lo, hi = _colour_range(bins, n, colour, b)
         for j in range(lo, hi):

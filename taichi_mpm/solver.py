@@ -72,13 +72,13 @@ GRID_TAPE_DIM = 7
 
 
 def serial_bins(n: int, device) -> torch.Tensor:
-    """The coloured scatter's binning (see ``kernels.bin_particles``) with every particle in block 0
-    of colour 0, in index order: run as colour 0 over one block, the coloured kernel is the serial
+    """The coloured scatter's binning (see ``kernels.bin_particles``) with every particle in slab 0
+    of colour 0, in index order: run as colour 0 over one slab, the coloured kernel is the serial
     scatter, so no separate serial kernels are compiled."""
-    n_keys = 8  # one block per colour
+    n_keys = K.COLOURS  # one slab per colour
     bins = torch.zeros(2 * n + 2 * n_keys + 1, dtype=torch.int32)
     bins[:n] = torch.arange(n, dtype=torch.int32)
-    bins[2 * n + n_keys + 1 :] = n  # block starts: [0, n, n, ..., n]
+    bins[2 * n + n_keys + 1 :] = n  # slab starts: [0, n, ..., n]
     return bins.to(device)
 
 
@@ -145,11 +145,10 @@ class Engine:
         self.scatter = scatter
         self.colored = scatter == "colored"
         if self.colored:
-            nbh = [math.ceil(math.ceil(r / K.BLOCK) / 2) for r in g.res]
-            self.nbh = tuple(nbh)
-            self.blocks_per_colour = int(np.prod(nbh))
-            self.colours = range(8)
-            self.bins = torch.zeros(2 * n + 16 * self.blocks_per_colour + 1, dtype=torch.int32, device=self.device)
+            self.blocks_per_colour = math.ceil(math.ceil(max(g.res) / K.SLAB) / K.COLOURS)
+            self.colours = range(K.COLOURS)
+            n_keys = K.COLOURS * self.blocks_per_colour
+            self.bins = torch.zeros(2 * n + 2 * n_keys + 1, dtype=torch.int32, device=self.device)
         elif scatter == "serial":
             self.blocks_per_colour, self.colours = 1, range(1)
             self.bins = serial_bins(n, self.device)
@@ -196,7 +195,9 @@ class Engine:
         self._region(W)
         K.clear_region(G.mv, G.m, *self.region)
         if self.colored:
-            K.bin_particles(W, *self.origin, g.inv_dx, *self.nbh, bins)
+            r = self.region  # slabs across the longest side of the particles' box
+            axis = max(range(3), key=lambda d: r[3 + d] - r[d])
+            K.bin_particles(W, *self.origin, g.inv_dx, axis, bins)
         self._scatter(W, bins, G.mv, G.m)
         self._update_sdf(substep)
         self.grid_update(
