@@ -144,12 +144,33 @@ def cloth_stress(Q, r11, r12, r22, r13, r23, r33, mu, lam, gamma, k):
 # kernels
 
 
-@ti.kernel
-def gather_vertices(S: ARR, faces: INT, EX: ARR):
+# The gathers and scatters between a cloth's vertices and its elements are torch index operations:
+# each is a few microseconds of work, and a Taichi kernel launch costs 200-400 us here (small cloths
+# are launch-bound).  ``index_add_`` on CPU adds in index order (deterministic).
+
+
+def gather_vertices(S: torch.Tensor, corners: torch.Tensor, EX: torch.Tensor) -> None:
     """EX[e] = (x_a, x_b, x_c) of element e's vertices (so the autodiff kernel reads only its own row)."""
-    for e in range(EX.shape[0]):
-        for c in ti.static(range(3)):
-            put3(EX, e, 3 * c, vec3(S, faces[3 * e + c], X))
+    EX.view(-1, 3).copy_(S[:, X : X + 3].index_select(0, corners))
+
+
+def gather_vertices_adjoint(G_EX: torch.Tensor, corners: torch.Tensor, G_in: torch.Tensor) -> None:
+    """dL/dx of the vertices += the element rows' dL/dEX."""
+    G_in[:, X : X + 3].index_add_(0, corners, G_EX.reshape(-1, 3))
+
+
+def sync_centroids(corners: torch.Tensor, e0: int, S_out: torch.Tensor) -> None:
+    """Element particles sit at the centroid of their (new) vertices."""
+    v = S_out[:, X : X + 3].index_select(0, corners).view(-1, 3, 3)
+    S_out[e0 : e0 + v.shape[0], X : X + 3] = (v[:, 0] + v[:, 1] + v[:, 2]) / 3.0
+
+
+def sync_centroids_adjoint(corners: torch.Tensor, e0: int, G: torch.Tensor) -> None:
+    """In place on dL/dS_next: element x gradients move, a third each, to their vertices (and are zeroed)."""
+    n_el = corners.shape[0] // 3
+    g = G[e0 : e0 + n_el, X : X + 3] / 3.0
+    G[:, X : X + 3].index_add_(0, corners, g.repeat_interleave(3, dim=0))
+    G[e0 : e0 + n_el, X : X + 3] = 0.0
 
 
 @ti.func
@@ -243,41 +264,6 @@ def cloth_vertices_adjoint(
             put3(G_EF, slot // 3, 3 * (slot % 3), dt * gmom)
 
 
-@ti.kernel
-def gather_vertices_adjoint(G_EX: ARR, incidence: INT, offsets: INT, v0: int, G_in: ARR):
-    """dL/dx of the vertices += the element rows' dL/dEX (a gather over incident corners)."""
-    for i in range(offsets.shape[0] - 1):
-        g = ti.Vector.zero(float, 3)
-        for j in range(offsets[i], offsets[i + 1]):
-            slot = incidence[j]
-            g += vec3(G_EX, slot // 3, 3 * (slot % 3))
-        add3(G_in, v0 + i, X, g)
-
-
-@ti.kernel
-def sync_centroids(faces: INT, e0: int, S_out: ARR):
-    """Element particles sit at the centroid of their (new) vertices."""
-    for e in range(faces.shape[0] // 3):
-        x = (vec3(S_out, faces[3 * e], X) + vec3(S_out, faces[3 * e + 1], X) + vec3(S_out, faces[3 * e + 2], X)) / 3.0
-        put3(S_out, e0 + e, X, x)
-
-
-@ti.kernel
-def sync_centroids_adjoint(faces: INT, incidence: INT, offsets: INT, v0: int, e0: int, G: ARR):
-    """In place on dL/dS_next: element x gradients move, a third each, to their vertices."""
-    for i in range(offsets.shape[0] - 1):
-        g = ti.Vector.zero(float, 3)
-        for j in range(offsets[i], offsets[i + 1]):
-            g += vec3(G, e0 + incidence[j] // 3, X)
-        add3(G, v0 + i, X, g / 3.0)
-
-
-@ti.kernel
-def _zero_element_x(e0: int, n_el: int, G: ARR):
-    for e in range(n_el):
-        put3(G, e0 + e, X, ti.Vector([0.0, 0.0, 0.0]))
-
-
 # --------------------------------------------------------------------------------------------
 # meshes
 
@@ -289,6 +275,7 @@ class ClothGroup:
 
     Attributes:
         faces: ``[E * 3]`` int32 global particle indices of each triangle's vertices (flattened).
+        corners: the same as int64, for torch's index operations.
         rest_inverse: ``[E, 4]`` Dm^-1 (row-major) of the rest edges in each triangle's 2-D frame.
         incidence: ``[3 E]`` int32 element corners ``3 e + c`` grouped by vertex (CSR values).
         offsets: ``[V + 1]`` int32 CSR offsets of ``incidence``.
@@ -301,6 +288,7 @@ class ClothGroup:
     element_start: int
     num_elements: int
     faces: torch.Tensor
+    corners: torch.Tensor
     rest_inverse: torch.Tensor
     incidence: torch.Tensor
     offsets: torch.Tensor
@@ -352,6 +340,7 @@ class ClothGroup:
             element_start=element_start,
             num_elements=len(faces),
             faces=torch.tensor((faces + vertex_start).reshape(-1), **i32),
+            corners=torch.tensor((faces + vertex_start).reshape(-1), dtype=torch.int64, device=device),
             rest_inverse=torch.tensor(Dinv.reshape(-1, 4), **t),
             incidence=torch.tensor(order, **i32),
             offsets=torch.tensor(offsets, **i32),

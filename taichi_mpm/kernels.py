@@ -416,6 +416,12 @@ def _coulomb_adjoint(v, n, vc, mu, g):
     return g_v, g_mu
 
 
+@ti.func
+def _box_index(I, lo, hi):
+    """Row-major index of node ``I`` in the box ``[lo, hi)``."""
+    return ((I[0] - lo[0]) * (hi[1] - lo[1]) + (I[1] - lo[1])) * (hi[2] - lo[2]) + (I[2] - lo[2])
+
+
 @functools.lru_cache(maxsize=None)
 def grid_kernels(kinds: tuple):
     """The grid update and its adjoint, specialised to a tuple of collider kinds (compile-time)."""
@@ -438,9 +444,13 @@ def grid_kernels(kinds: tuple):
     def grid_update(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
-        hi_i: int, hi_j: int, hi_k: int, grid_v: ti.template(),
+        hi_i: int, hi_j: int, hi_k: int, grid_v: ti.template(), tape: ARR, save: int,
     ):
-        """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep."""
+        """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep.
+
+        Reads mv and m and leaves them zero for the next substep's scatter (no separate clearing
+        launch, see ``Engine``); with ``save`` the node's (mv, m, v) go to ``tape`` as in
+        ``copy_grid_region``."""
         origin = ti.Vector([ox, oy, oz])
         gravity = ti.Vector([gvx, gvy, gvz])
         lo = ti.Vector([lo_i, lo_j, lo_k])
@@ -449,13 +459,21 @@ def grid_kernels(kinds: tuple):
         s = damping[0] ** dt
         for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
             m = grid_m[I]
+            mv = grid_mv[I]
             v = ti.Vector.zero(float, 3)
             if m > MASS_EPS:
-                v = _colliders((grid_mv[I] / m + dt * gravity) * s, origin + I * dx, coll, friction, time, I, sdf, n_coll)
+                v = _colliders((mv / m + dt * gravity) * s, origin + I * dx, coll, friction, time, I, sdf, n_coll)
                 for d in ti.static(range(3)):
                     if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
                         v[d] = 0.0
             grid_v[I] = v
+            if save:
+                q = _box_index(I, lo, hi)
+                put3(tape, q, 0, mv)
+                tape[q, 3] = m
+                put3(tape, q, 4, v)
+            grid_mv[I] = ti.Vector.zero(float, 3)
+            grid_m[I] = 0.0
 
     @ti.func
     def _node_adjoint(I, res, grid_mv: ti.template(), grid_m: ti.template(), coll: ti.template(), friction: ti.template(),
@@ -490,6 +508,10 @@ def grid_kernels(kinds: tuple):
             gm = -gv0.dot(mv / m) / m
         g_grid_mv[I] = gmv
         g_grid_m[I] = gm
+        # leave the fields this substep's adjoint filled zero for the next one (see ``Engine``)
+        g_grid_v[I] = ti.Vector.zero(float, 3)
+        grid_mv[I] = ti.Vector.zero(float, 3)
+        grid_m[I] = 0.0
         return acc
 
     @ti.kernel
@@ -499,7 +521,7 @@ def grid_kernels(kinds: tuple):
         hi_i: int, hi_j: int, hi_k: int, g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
         deterministic: ti.template(),
     ):
-        """Overwrites g_grid_mv, g_grid_m.  Parameter gradients (damping, then each collider's
+        """Overwrites g_grid_mv, g_grid_m and zeroes g_grid_v, grid_mv, grid_m.  Parameter gradients (damping, then each collider's
         friction) go into ``g_params [rows, 1 + C]``: ``deterministic`` writes each grid slab's sum
         into its own row (``rows == res[0]``) in a fixed order, so that the result is the same on
         every run (float atomics are not); otherwise they are atomic adds into row 0 (GPUs)."""
@@ -544,12 +566,12 @@ def copy_grid_region(
     hi_k: int, buf: ARR, load: ti.template(),
 ):
     """Copy the grid's (mv, m, v) inside ``[lo, hi)`` to ``buf [nodes, 7]`` (row-major over the box),
-    or back from it with ``load``: the backward pass keeps each substep's grid this way."""
+    or back from it with ``load``: the backward pass keeps each substep's grid this way (the
+    forward's ``grid_update`` saves it in the same layout)."""
     lo = ti.Vector([lo_i, lo_j, lo_k])
     hi = ti.Vector([hi_i, hi_j, hi_k])
-    nj, nk = hi[1] - lo[1], hi[2] - lo[2]
     for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
-        q = ((I[0] - lo[0]) * nj + (I[1] - lo[1])) * nk + (I[2] - lo[2])
+        q = _box_index(I, lo, hi)
         if ti.static(load):
             mv[I] = vec3(buf, q, 0)
             m[I] = buf[q, 3]
@@ -595,11 +617,13 @@ def g2p(
 
 @ti.kernel
 def g2p_adjoint_prepare(
-    S: ARR, S_out: ARR, G_out: ARR, pins: ARR, dt: float, inv_dx: float, lo_x: float, lo_y: float, lo_z: float,
+    S: ARR, S_out: ARR, G_out: ARR, W: ARR, pins: ARR, dt: float, inv_dx: float, lo_x: float, lo_y: float, lo_z: float,
     hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR,
 ):
     """Per-particle part of the g2p adjoint: the record ``R`` (x, 0, dL/dv_new, dL/dB; W's layout) for
-    the scatter, and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``."""
+    the scatter, and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``.  R's position is
+    the scatter record's (the same as the state's; for cloth elements the centroid computed from
+    the vertices), so that this scatter stays inside the substep's grid region."""
     lo = ti.Vector([lo_x, lo_y, lo_z])
     hi = ti.Vector([hi_x, hi_y, hi_z])
     for p in range(S.shape[0]):
@@ -612,7 +636,7 @@ def g2p_adjoint_prepare(
         gnv = ti.Vector.zero(float, 3)
         if pins[p, 0] == 0:
             gnv = vec3(G_out, p, V) + dt * gxn
-        put3(R, p, WX, xp)
+        put3(R, p, WX, vec3(W, p, WX))
         R[p, WMASS] = 0.0
         put3(R, p, WMOM, gnv)
         # C = (4/dx^2) B

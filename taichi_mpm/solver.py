@@ -84,9 +84,18 @@ def serial_bins(n: int, device) -> torch.Tensor:
 
 
 class _Grid:
-    """Dense grid fields (and their adjoints) of one resolution, allocated once per Taichi runtime."""
+    """Dense grid fields (and their adjoints) of one resolution, allocated once per Taichi runtime.
+
+    Between substeps ``mv``, ``m`` and ``g_v`` are zero everywhere: the kernels that read them last
+    in a substep (``grid_update``, ``grid_update_adjoint``) zero them, which saves a clearing launch
+    per pass (a launch costs more than the clearing on small scenes).  ``clean`` is False while a
+    substep is under way; a substep that finds it False (one that was interrupted, say by Ctrl-C)
+    clears the whole grid first.
+    """
 
     def __init__(self, res: tuple[int, int, int], dtype):
+        self.res = res
+        self.clean = True
         fb = ti.FieldsBuilder()
         self.mv = ti.Vector.field(3, dtype)
         self.m = ti.field(dtype)
@@ -156,6 +165,16 @@ class Engine:
         else:
             self.bins = None
         self._scratch: dict[str, torch.Tensor] = {}
+        self._no_tape = torch.zeros((1, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
+
+    def _begin_substep(self) -> None:
+        """Mark the grid busy; clear it whole if an earlier substep did not finish (see :class:`_Grid`)."""
+        G = self.grid
+        if not G.clean:
+            full = (0, 0, 0, *G.res)
+            K.clear_region(G.mv, G.m, *full)
+            K.clear_region(G.g_v, G.g_m, *full)
+        G.clean = False
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype=None) -> torch.Tensor:
         t = self._scratch.get(name)
@@ -176,11 +195,12 @@ class Engine:
 
     # ------------------------------------------------------------------ forward
 
-    def _to_grid(self, S, S_out, P: StepParams, substep: int, W=None, bins=None) -> None:
+    def _to_grid(self, S, S_out, P: StepParams, substep: int, W=None, bins=None, keep: list | None = None) -> None:
         """Constitutive update (F into ``S_out``), p2g and the grid update (velocities in ``grid.v``).
 
-        The scatter record goes into ``W [N, 16]`` and the coloured binning into ``bins`` when given
-        (the backward pass keeps both), else into scratch buffers."""
+        The scatter record goes into ``W [N, 16]`` and the coloured binning into ``bins`` when given,
+        else into scratch buffers.  With ``keep`` (a list) the backward pass's record of this substep,
+        ``(W, bins, region, grid)``, is appended to it (``grid [nodes, 7]``: mv, m, v in the region)."""
         g, cfg, G = self.config.grid, self.config, self.grid
         W = self._buf("W", (self.n, K.W_DIM)) if W is None else W
         bins = self.bins if bins is None else bins
@@ -190,21 +210,28 @@ class Engine:
         for i, c in enumerate(self.model.cloth):
             EX = self._buf(f"EX{i}", (c.num_elements, 9))
             EF = self._buf(f"EF{i}", (c.num_elements, 9))
-            CL.gather_vertices(S, c.faces, EX)
+            CL.gather_vertices(S, c.corners, EX)
             CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
             CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
         self._region(W)
-        K.clear_region(G.mv, G.m, *self.region)
+        self._begin_substep()
         if self.colored:
             r = self.region  # slabs across the longest side of the particles' box
             axis = max(range(3), key=lambda d: r[3 + d] - r[d])
             K.bin_particles(W, *self.origin, g.inv_dx, axis, bins)
         self._scatter(W, bins, G.mv, G.m)
         self._update_sdf(substep)
+        tape = self._no_tape
+        if keep is not None:
+            r = self.region
+            nodes = max(r[3] - r[0], 0) * max(r[4] - r[1], 0) * max(r[5] - r[2], 0)
+            tape = torch.empty((max(nodes, 1), GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
+            keep.append((W, bins, r, tape))
         self.grid_update(
             G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
-            g.boundary, self.sdf, *self.region, G.v,
+            g.boundary, self.sdf, *self.region, G.v, tape, int(keep is not None),
         )
+        G.clean = True
 
     def _region(self, W) -> None:
         """The node box ``[lo, hi)`` covering every particle's 3x3x3 stencil this substep.
@@ -238,13 +265,15 @@ class Engine:
             self.sdf = torch.as_tensor(field, dtype=self.dtype, device=self.device).contiguous()
             self._sdf_frame = frame
 
-    def step(self, S: torch.Tensor, P: StepParams, substep: int, S_out: torch.Tensor, W=None, bins=None) -> None:
-        """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``)."""
-        self._to_grid(S, S_out, P, substep, W, bins)
+    def step(self, S: torch.Tensor, P: StepParams, substep: int, S_out: torch.Tensor, W=None, bins=None,
+             keep: list | None = None) -> None:
+        """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``); see
+        :meth:`_to_grid` for the optional arguments."""
+        self._to_grid(S, S_out, P, substep, W, bins, keep)
         g = self.config.grid
         K.g2p(S, self.grid.v, self.pins, self.config.dt, *self.origin, g.inv_dx, g.dx, *self.clamp, S_out)
         for c in self.model.cloth:
-            CL.sync_centroids(c.faces, c.element_start, S_out)
+            CL.sync_centroids(c.corners, c.element_start, S_out)
 
     def run(self, S: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int] = ()):
         """Advance ``count`` substeps from global substep ``start``.
@@ -266,15 +295,6 @@ class Engine:
 
     # ------------------------------------------------------------------ adjoint
 
-    def _tape_grid(self) -> torch.Tensor:
-        """This substep's grid (mv, m, v) inside the particles' region, for the backward pass."""
-        r = self.region
-        nodes = max(r[3] - r[0], 0) * max(r[4] - r[1], 0) * max(r[5] - r[2], 0)
-        out = torch.empty((nodes, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
-        if nodes:
-            K.copy_grid_region(self.grid.mv, self.grid.m, self.grid.v, *r, out, False)
-        return out
-
     def step_adjoint(self, S, S_next, G_next, P: StepParams, GP: StepParams, substep: int, G_out, g_params, taped) -> None:
         """Adjoint of :meth:`step`: ``G_next = dL/dS_next`` -> ``G_out = dL/dS`` (overwritten).
 
@@ -285,22 +305,22 @@ class Engine:
         """
         g, cfg, Gr = self.config.grid, self.config, self.grid
         W, bins, self.region, grid = taped
-        if grid.shape[0]:
-            K.copy_grid_region(Gr.mv, Gr.m, Gr.v, *self.region, grid, True)
+        self._begin_substep()
+        K.copy_grid_region(Gr.mv, Gr.m, Gr.v, *self.region, grid, True)
         self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
-            CL.sync_centroids_adjoint(c.faces, c.incidence, c.offsets, c.vertex_start, c.element_start, G_next)
-            CL._zero_element_x(c.element_start, c.num_elements, G_next)
+            CL.sync_centroids_adjoint(c.corners, c.element_start, G_next)
         R = self._buf("R", (self.n, K.W_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
-        K.g2p_adjoint_prepare(S, S_next, G_next, self.pins, cfg.dt, g.inv_dx, *self.clamp, R, G_out)
-        K.clear_region(Gr.g_v, Gr.g_m, *self.region)
-        self._scatter(R, bins, Gr.g_v, Gr.g_m)  # R's mass column is zero: g_m stays zero here
+        K.g2p_adjoint_prepare(S, S_next, G_next, W, self.pins, cfg.dt, g.inv_dx, *self.clamp, R, G_out)
+        # into g_v (zero between substeps); R's mass column is zero, and grid_update_adjoint overwrites g_m
+        self._scatter(R, bins, Gr.g_v, Gr.g_m)
         self.grid_update_adjoint(
             Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
             g.boundary, self.sdf, *self.region, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
         )
+        Gr.clean = True
         K.transfer_adjoint(W, R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
         for grp in self.model.groups:
             _, adjoint = K.CONSTITUTIVE[grp.model]
@@ -312,7 +332,7 @@ class Engine:
         g, cfg = self.config.grid, self.config
         G_EF = self._buf(f"G_EF{i}", (c.num_elements, 9))
         EX = self._buf(f"EX{i}", (c.num_elements, 9))
-        CL.gather_vertices(S, c.faces, EX)  # the element kernel's input, from this substep's state
+        CL.gather_vertices(S, c.corners, EX)  # the element kernel's input, from this substep's state
         CL.cloth_vertices_adjoint(S, P.material, c.incidence, c.offsets, cfg.dt, c.vertex_start, G_next, G_W, G_out, GP.material, G_EF)
 
         # The element kernel is differentiated by Taichi's autodiff, which reads and writes the
@@ -334,7 +354,7 @@ class Engine:
         G_out[el, K.V : K.V + 3] = S_in.grad[el, K.V : K.V + 3]
         G_out[el, K.C : K.C + 9] = S_in.grad[el, K.C : K.C + 9]
         G_out[el, K.F : K.F + 9] = S_in.grad[el, K.F : K.F + 9]
-        CL.gather_vertices_adjoint(EX.grad, c.incidence, c.offsets, c.vertex_start, G_out)
+        CL.gather_vertices_adjoint(EX.grad, c.corners, G_out)
 
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
                          G_end: torch.Tensor, G_frames: torch.Tensor | None):
@@ -351,11 +371,10 @@ class Engine:
             tape_bins = self._buf("tape_bins", (count,) + tuple(self.bins.shape), torch.int32) if self.colored else None
             P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
             tape[0].copy_(S0.detach())
-            taped = []
+            taped: list = []
             for j in range(count):
-                bins = tape_bins[j] if self.colored else None
-                self.step(tape[j], P, start + j, tape[j + 1], W=tape_W[j], bins=bins)
-                taped.append((tape_W[j], bins if self.colored else self.bins, self.region, self._tape_grid()))
+                bins = tape_bins[j] if self.colored else self.bins
+                self.step(tape[j], P, start + j, tape[j + 1], W=tape_W[j], bins=bins, keep=taped)
             GP = StepParams(*[torch.zeros_like(t) for t in P.tensors()])
             # deterministic per-slab partial sums on CPUs; atomics on GPUs (see grid_update_adjoint)
             rows = self.config.grid.res[0] if self.rt.arch == "cpu" else 1

@@ -39,15 +39,45 @@ def test_p2g_conserves_mass_and_momentum():
     P = StepParams(pack_material(torch.full((n,), 1e3, dtype=F64), torch.full((n,), 1e3, dtype=F64), vol, mass, force),
                    torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64))
     eng = Engine(model, cfg)
-    eng.grid.mv.fill(0)  # grid fields are shared between engines; only the particles' region is cleared
-    eng.grid.m.fill(0)
-    eng.run(pack_state(st.x, st.v, st.C, st.F), P, 0, 1)
-    grid_m = eng.grid.m.to_numpy()
-    grid_mv = eng.grid.mv.to_numpy()
-    assert grid_m.sum() == pytest.approx(float(mass.sum()), rel=1e-12)
+    S = pack_state(st.x, st.v, st.C, st.F)
+    keep = []  # the grid after p2g, as the backward pass keeps it (the step leaves the fields zeroed)
+    eng.step(S, P, 0, torch.empty_like(S), keep=keep)
+    (_, _, region, grid), = keep
+    lo, hi = np.array(region[:3]), np.array(region[3:])
+    assert grid.shape[0] == np.prod(hi - lo)
+    assert grid[:, 3].sum() == pytest.approx(float(mass.sum()), rel=1e-12)
     # the affine (stress and APIC) terms carry no net momentum: sum_i w_ip (x_i - x_p) = 0
     expected = (mass[:, None] * st.v + cfg.dt * force).sum(0).numpy()
-    assert np.allclose(grid_mv.reshape(-1, 3).sum(0), expected, rtol=1e-10, atol=1e-14)
+    assert np.allclose(grid[:, 0:3].sum(0).numpy(), expected, rtol=1e-10, atol=1e-14)
+    # and the fields are left zero for the next substep's scatter
+    assert not eng.grid.m.to_numpy().any() and not eng.grid.mv.to_numpy().any()
+
+
+def test_an_interrupted_substep_does_not_leak_into_the_next():
+    """A substep cut off between its scatter and its grid update (Ctrl-C) leaves mass on the grid;
+    the next substep must clear it rather than add to it."""
+    cfg = tiny_config(res=12)
+    st = random_state(40, cfg.grid, seed=5)
+    n = 40
+    vol = torch.full((n,), (cfg.grid.dx * 0.5) ** 3, dtype=F64)
+    model = Model.create(vol, "neo_hookean")
+    mass = 1e3 * vol
+    P = StepParams(pack_material(torch.full((n,), 1e3, dtype=F64), torch.full((n,), 1e3, dtype=F64), vol, mass,
+                                 torch.zeros(n, 3, dtype=F64)), torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64))
+    eng = Engine(model, cfg)
+    S = pack_state(st.x, st.v, st.C, st.F)
+    clean, _ = eng.run(S, P, 0, 1)
+    real_update = eng.grid_update
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    eng.grid_update = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        eng.run(S, P, 0, 1)
+    eng.grid_update = real_update
+    again, _ = eng.run(S, P, 0, 1)
+    assert torch.equal(again, clean)
 
 
 def test_momentum_conserved_without_gravity_and_boundaries():
