@@ -149,27 +149,27 @@ def cloth_stress(Q, r11, r12, r22, r13, r23, r33, mu, lam, gamma, k):
 # are launch-bound).  ``index_add_`` on CPU adds in index order (deterministic).
 
 
-def gather_vertices(S: torch.Tensor, corners: torch.Tensor, EX: torch.Tensor) -> None:
+def gather_vertices(S: torch.Tensor, faces: torch.Tensor, EX: torch.Tensor) -> None:
     """EX[e] = (x_a, x_b, x_c) of element e's vertices (so the autodiff kernel reads only its own row)."""
-    EX.view(-1, 3).copy_(S[:, X : X + 3].index_select(0, corners))
+    EX.view(-1, 3).copy_(S[:, X : X + 3].index_select(0, faces))
 
 
-def gather_vertices_adjoint(G_EX: torch.Tensor, corners: torch.Tensor, G_in: torch.Tensor) -> None:
+def gather_vertices_adjoint(G_EX: torch.Tensor, faces: torch.Tensor, G_in: torch.Tensor) -> None:
     """dL/dx of the vertices += the element rows' dL/dEX."""
-    G_in[:, X : X + 3].index_add_(0, corners, G_EX.reshape(-1, 3))
+    G_in[:, X : X + 3].index_add_(0, faces, G_EX.reshape(-1, 3))
 
 
-def sync_centroids(corners: torch.Tensor, e0: int, S_out: torch.Tensor) -> None:
+def sync_centroids(faces: torch.Tensor, e0: int, S_out: torch.Tensor) -> None:
     """Element particles sit at the centroid of their (new) vertices."""
-    v = S_out[:, X : X + 3].index_select(0, corners).view(-1, 3, 3)
+    v = S_out[:, X : X + 3].index_select(0, faces).view(-1, 3, 3)
     S_out[e0 : e0 + v.shape[0], X : X + 3] = (v[:, 0] + v[:, 1] + v[:, 2]) / 3.0
 
 
-def sync_centroids_adjoint(corners: torch.Tensor, e0: int, G: torch.Tensor) -> None:
+def sync_centroids_adjoint(faces: torch.Tensor, e0: int, G: torch.Tensor) -> None:
     """In place on dL/dS_next: element x gradients move, a third each, to their vertices (and are zeroed)."""
-    n_el = corners.shape[0] // 3
+    n_el = faces.shape[0] // 3
     g = G[e0 : e0 + n_el, X : X + 3] / 3.0
-    G[:, X : X + 3].index_add_(0, corners, g.repeat_interleave(3, dim=0))
+    G[:, X : X + 3].index_add_(0, faces, g.repeat_interleave(3, dim=0))
     G[e0 : e0 + n_el, X : X + 3] = 0.0
 
 
@@ -274,8 +274,8 @@ class ClothGroup:
     particles ``[element_start, element_start + E)`` of the simulation.
 
     Attributes:
-        faces: ``[E * 3]`` int32 global particle indices of each triangle's vertices (flattened).
-        corners: the same as int64, for torch's index operations.
+        faces: ``[E * 3]`` int64 global particle indices of each triangle's vertices (flattened; int64
+            for torch's index operations, which move data between vertices and elements).
         rest_inverse: ``[E, 4]`` Dm^-1 (row-major) of the rest edges in each triangle's 2-D frame.
         incidence: ``[3 E]`` int32 element corners ``3 e + c`` grouped by vertex (CSR values).
         offsets: ``[V + 1]`` int32 CSR offsets of ``incidence``.
@@ -288,7 +288,6 @@ class ClothGroup:
     element_start: int
     num_elements: int
     faces: torch.Tensor
-    corners: torch.Tensor
     rest_inverse: torch.Tensor
     incidence: torch.Tensor
     offsets: torch.Tensor
@@ -339,8 +338,7 @@ class ClothGroup:
             num_vertices=nv,
             element_start=element_start,
             num_elements=len(faces),
-            faces=torch.tensor((faces + vertex_start).reshape(-1), **i32),
-            corners=torch.tensor((faces + vertex_start).reshape(-1), dtype=torch.int64, device=device),
+            faces=torch.tensor((faces + vertex_start).reshape(-1), dtype=torch.int64, device=device),
             rest_inverse=torch.tensor(Dinv.reshape(-1, 4), **t),
             incidence=torch.tensor(order, **i32),
             offsets=torch.tensor(offsets, **i32),

@@ -449,8 +449,8 @@ def grid_kernels(kinds: tuple):
         """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep.
 
         Reads mv and m and leaves them zero for the next substep's scatter (no separate clearing
-        launch, see ``Engine``); with ``save`` the node's (mv, m, v) go to ``tape`` as in
-        ``copy_grid_region``."""
+        launch, see ``Engine``); with ``save`` the node's (mv, m, v) go to row ``_box_index`` of
+        ``tape [nodes, 7]`` for the backward pass (see ``load_grid_region``)."""
         origin = ti.Vector([ox, oy, oz])
         gravity = ti.Vector([gvx, gvy, gvz])
         lo = ti.Vector([lo_i, lo_j, lo_k])
@@ -561,25 +561,19 @@ def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k:
 
 
 @ti.kernel
-def copy_grid_region(
-    mv: ti.template(), m: ti.template(), v: ti.template(), lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int,
-    hi_k: int, buf: ARR, load: ti.template(),
+def load_grid_region(
+    buf: ARR, lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int, mv: ti.template(), m: ti.template(),
+    v: ti.template(),
 ):
-    """Copy the grid's (mv, m, v) inside ``[lo, hi)`` to ``buf [nodes, 7]`` (row-major over the box),
-    or back from it with ``load``: the backward pass keeps each substep's grid this way (the
-    forward's ``grid_update`` saves it in the same layout)."""
+    """Put back the grid's (mv, m, v) inside ``[lo, hi)`` from ``buf [nodes, 7]`` (row-major over the
+    box), as the forward's ``grid_update`` saved it for the backward pass."""
     lo = ti.Vector([lo_i, lo_j, lo_k])
     hi = ti.Vector([hi_i, hi_j, hi_k])
     for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
         q = _box_index(I, lo, hi)
-        if ti.static(load):
-            mv[I] = vec3(buf, q, 0)
-            m[I] = buf[q, 3]
-            v[I] = vec3(buf, q, 4)
-        else:
-            put3(buf, q, 0, mv[I])
-            buf[q, 3] = m[I]
-            put3(buf, q, 4, v[I])
+        mv[I] = vec3(buf, q, 0)
+        m[I] = buf[q, 3]
+        v[I] = vec3(buf, q, 4)
 
 
 # --------------------------------------------------------------------------------------------

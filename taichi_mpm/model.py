@@ -127,7 +127,7 @@ class State:
             for c in model.cloth:
                 el = slice(c.element_start, c.element_start + c.num_elements)
                 F[el] = c.rest_frame.to(x.dtype)
-                x[el] = x[c.faces.long()].reshape(-1, 3, 3).mean(1)
+                x[el] = x[c.faces].reshape(-1, 3, 3).mean(1)
         return State(x, v, C, F)
 
 

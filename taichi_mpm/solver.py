@@ -210,7 +210,7 @@ class Engine:
         for i, c in enumerate(self.model.cloth):
             EX = self._buf(f"EX{i}", (c.num_elements, 9))
             EF = self._buf(f"EF{i}", (c.num_elements, 9))
-            CL.gather_vertices(S, c.corners, EX)
+            CL.gather_vertices(S, c.faces, EX)
             CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
             CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
         self._region(W)
@@ -273,7 +273,7 @@ class Engine:
         g = self.config.grid
         K.g2p(S, self.grid.v, self.pins, self.config.dt, *self.origin, g.inv_dx, g.dx, *self.clamp, S_out)
         for c in self.model.cloth:
-            CL.sync_centroids(c.corners, c.element_start, S_out)
+            CL.sync_centroids(c.faces, c.element_start, S_out)
 
     def run(self, S: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int] = ()):
         """Advance ``count`` substeps from global substep ``start``.
@@ -306,11 +306,11 @@ class Engine:
         g, cfg, Gr = self.config.grid, self.config, self.grid
         W, bins, self.region, grid = taped
         self._begin_substep()
-        K.copy_grid_region(Gr.mv, Gr.m, Gr.v, *self.region, grid, True)
+        K.load_grid_region(grid, *self.region, Gr.mv, Gr.m, Gr.v)
         self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
-            CL.sync_centroids_adjoint(c.corners, c.element_start, G_next)
+            CL.sync_centroids_adjoint(c.faces, c.element_start, G_next)
         R = self._buf("R", (self.n, K.W_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
         K.g2p_adjoint_prepare(S, S_next, G_next, W, self.pins, cfg.dt, g.inv_dx, *self.clamp, R, G_out)
@@ -332,7 +332,7 @@ class Engine:
         g, cfg = self.config.grid, self.config
         G_EF = self._buf(f"G_EF{i}", (c.num_elements, 9))
         EX = self._buf(f"EX{i}", (c.num_elements, 9))
-        CL.gather_vertices(S, c.corners, EX)  # the element kernel's input, from this substep's state
+        CL.gather_vertices(S, c.faces, EX)  # the element kernel's input, from this substep's state
         CL.cloth_vertices_adjoint(S, P.material, c.incidence, c.offsets, cfg.dt, c.vertex_start, G_next, G_W, G_out, GP.material, G_EF)
 
         # The element kernel is differentiated by Taichi's autodiff, which reads and writes the
@@ -354,7 +354,7 @@ class Engine:
         G_out[el, K.V : K.V + 3] = S_in.grad[el, K.V : K.V + 3]
         G_out[el, K.C : K.C + 9] = S_in.grad[el, K.C : K.C + 9]
         G_out[el, K.F : K.F + 9] = S_in.grad[el, K.F : K.F + 9]
-        CL.gather_vertices_adjoint(EX.grad, c.corners, G_out)
+        CL.gather_vertices_adjoint(EX.grad, c.faces, G_out)
 
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
                          G_end: torch.Tensor, G_frames: torch.Tensor | None):
