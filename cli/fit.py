@@ -35,6 +35,8 @@ from .scene import LOG_SPACE, Scene
 from .simulation import SceneRenderer, Simulation, build
 
 CHECKPOINT_VERSION = 1
+#: a fitted value this close to an edge of its range (fraction of the range in fit space) is flagged
+EDGE_TOLERANCE = 0.02
 #: an L-BFGS step that moves no coordinate of u by more than this ends the fit (u ~ 1 spans most of a range)
 POLISH_TOLERANCE = 1e-6
 
@@ -115,6 +117,16 @@ class ParamSpace:
             f = min(max(f, 1e-6), 1 - 1e-6)
             u.append(math.log(f / (1 - f)))
         return torch.tensor(u, dtype=torch.float64)
+
+    def range_edge(self, k: int, value: float, tolerance: float = EDGE_TOLERANCE) -> str | None:
+        """"low" or "high" when parameter ``k``'s ``value`` lies within ``tolerance`` of its range's
+        edge in fit space (log fraction for log-space parameters), else None: a fit that ends there
+        was stopped by the range, not by the video."""
+        (lo, hi), lg = self.ranges[k], self.log[k]
+        if hi <= lo:
+            return None
+        f = (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo)) if lg else (value - lo) / (hi - lo)
+        return "low" if f <= tolerance else ("high" if f >= 1 - tolerance else None)
 
     def natural(self, u: torch.Tensor) -> torch.Tensor:
         """Coordinates used for identifiability: log value (log-space parameters) or value / range width."""

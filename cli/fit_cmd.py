@@ -101,7 +101,7 @@ def do_fit(video: Path, scene_path: Path, out: Path, cfg, masks: Path | None = N
     doc = write_params_json(out / "params.json", scene, space, result, ident, notes, extra)
     plot_curves(out, scene, space, result.history, truth)
     _print_table(console, doc, truth)
-    for n in notes:
+    for n in doc["notes"]:  # the physics notes and any value stopped by its range's edge
         console.print(f"[yellow]note:[/] {n}")
     console.print(f"wrote {out}/params.json, fit.mp4 (video | fit | difference), loss.png, params.png, checkpoint.pt")
     if result_out is not None:
@@ -116,7 +116,9 @@ def _print_table(console, doc: dict, truth: dict | None) -> None:
     for c in ("parameter", "fitted", "range", "initial", "identifiable") + (("true", "error") if truth else ()):
         t.add_column(c)
     for p in doc["parameters"]:
-        row = [p["name"], f"{p['value']:.4g}", f"[{p['range'][0]:g}, {p['range'][1]:g}]", f"{p['initial']:.4g}",
+        edge = p.get("at_range_edge")
+        value = f"{p['value']:.4g}" + (f" [yellow](at {'bottom' if edge == 'low' else 'top'} of range)[/]" if edge else "")
+        row = [p["name"], value, f"[{p['range'][0]:g}, {p['range'][1]:g}]", f"{p['initial']:.4g}",
                {True: "yes", False: "[red]no[/]", None: "?"}[p.get("identifiable")]]
         if truth:
             tv = truth.get(p["name"])

@@ -22,8 +22,15 @@ def write_params_json(path: Path, scene, space, result, ident: dict | None, note
         v = result.values[key]
         if not math.isfinite(v):
             raise ValueError(f"refusing to write a non-finite value for {name}")
+        edge = space.range_edge(len(params), v)
         entry = {"name": name, "object": scene.objects[key[0]].name, "parameter": key[1], "value": v, "range": [lo, hi],
-                 "initial": result.initial[key], "space": "log" if lg else "linear"}
+                 "initial": result.initial[key], "space": "log" if lg else "linear", "at_range_edge": edge}
+        if edge is not None:
+            notes = notes + [
+                f"{name} = {v:.4g} ended at the {'bottom' if edge == 'low' else 'top'} of its range [{lo:g}, {hi:g}]: "
+                f"the range, not the video, stopped it; widen [object.fit] {key[1]} "
+                f"{'downwards' if edge == 'low' else 'upwards'} in {scene.path.name} and fit again."
+            ]
         if ident is not None:
             info = ident["parameters"][name]
             entry["identifiable"] = info["identifiable"]

@@ -96,10 +96,12 @@ class Simulation:
             shear_stiffness=field("shear_stiffness") if cloth else None,
             normal_stiffness=field("normal_stiffness") if cloth else None,
             cloth_friction=field("friction") if cloth else None,
+            bending_stiffness=field("bending_stiffness") if cloth else None,
+            drag_coefficient=field("drag_coefficient") if cloth else None,
         )
 
 
-def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None) -> M.Bounds:
+def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None, bending_rate: float | None = None) -> M.Bounds:
     """CFL ranges: each parameter's fit range (or its fixed value), over all objects."""
     def span(p):
         lo, hi = math.inf, -math.inf
@@ -118,7 +120,8 @@ def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None) -> M.Bound
     speed += max([math.sqrt(sum(a * a for a in c.params.get("velocity", (0, 0, 0)))) for c in scene.colliders], default=0.0)
     speed += max(math.sqrt(sum(a * a for a in o.pin_velocity)) for o in scene.objects)
     return M.Bounds(span("young_modulus"), span("poisson_ratio"), span("density"), max_speed=speed,
-                    shear_stiffness=span("shear_stiffness"), normal_stiffness=span("normal_stiffness"), min_length=min_length)
+                    shear_stiffness=span("shear_stiffness"), normal_stiffness=span("normal_stiffness"), min_length=min_length,
+                    bending_stiffness=span("bending_stiffness"), bending_rate=bending_rate)
 
 
 def _colliders(scene: Scene, grid: M.GridSpec) -> list:
@@ -175,7 +178,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
         xs = state.x[r.start : r.end]
         if bool(((xs < torch.tensor(lo, dtype=dtype)) | (xs > torch.tensor(hi, dtype=dtype))).any()):
             raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
-    bounds = _bounds(scene, grid, M.min_rest_edge(model))
+    bounds = _bounds(scene, grid, M.min_rest_edge(model), M.bending_rate(model))
     if substeps is None:
         substeps = s.substeps or M.substeps_for(s.fps, M.max_dt(grid.dx, bounds))
     config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity)

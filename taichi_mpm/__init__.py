@@ -11,11 +11,11 @@ from .config import GridSpec, SimConfig
 from .errors import SimulationError
 from .model import MaterialGroup, Model, Params, State
 from .sampling import ParticleSet, load_mesh, sample_box, sample_mesh, sample_sphere
-from .simulate import Trajectory, lame, min_rest_edge, simulate
+from .simulate import Trajectory, bending_rate, lame, min_rest_edge, simulate
 
 __all__ = [
     "ClothGroup", "MeshCollider", "ModelBuilder", "ObjectRange", "euler_xyz", "grid_mesh", "min_rest_edge",
     "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "Bounds",
-    "Sphere", "State", "Trajectory", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
+    "Sphere", "State", "Trajectory", "bending_rate", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
     "ParticleSet", "load_mesh", "sample_box", "sample_mesh", "sample_sphere",
 ]

@@ -47,6 +47,7 @@ import torch
 #: share of each triangle's mass carried by its element particle (the rest goes to its vertices)
 ELEMENT_MASS_FRACTION = 0.5
 
+from .cloth_forces import BendingOperator, build_bending
 from .kernels import ARR, CFRIC, INT, LAM, MASS, MU, NORMAL, SHEAR, VOL, C, F, V, W_DIM, WA, WMASS, WMOM, WX, X, add3, mat3, put3, put33, vec3
 
 # --------------------------------------------------------------------------------------------
@@ -281,6 +282,9 @@ class ClothGroup:
         offsets: ``[V + 1]`` int32 CSR offsets of ``incidence``.
         rest_frame: ``[E, 3, 3]`` initial element deformation gradients ``[t1 t2 n]``.
         areas: ``[E]`` rest triangle areas; ``vertex_areas: [V]`` lumped areas (a third of each face).
+        local_faces: ``[E, 3]`` int32 numpy triangle indices into the cloth's own vertices;
+            ``faces_local`` the same as an int64 tensor (the bending and drag forces index with it).
+        bending: the per-vertex bending stencil (see ``cloth_forces``).
     """
 
     vertex_start: int
@@ -295,6 +299,8 @@ class ClothGroup:
     areas: torch.Tensor
     vertex_areas: torch.Tensor
     local_faces: np.ndarray
+    faces_local: torch.Tensor
+    bending: BendingOperator
 
     @staticmethod
     def build(vertices: np.ndarray, faces: np.ndarray, vertex_start: int, element_start: int, dtype=torch.float32, device="cpu") -> "ClothGroup":
@@ -346,6 +352,8 @@ class ClothGroup:
             areas=torch.tensor(area, **t),
             vertex_areas=torch.tensor(vertex_area, **t),
             local_faces=faces.astype(np.int32),
+            faces_local=torch.tensor(faces, dtype=torch.int64, device=device),
+            bending=build_bending(vertices, faces, vertex_area, 1.0 - ELEMENT_MASS_FRACTION, dtype, device),
         )
 
 

@@ -13,7 +13,7 @@ Quadratic B-splines, APIC transfers (Jiang et al. 2015).
 Data layout.  Every torch tensor handed to a kernel costs ~17-27 us of launch overhead here (a bare
 launch ~16 us; a kernel with a parallel loop ~100 us more, on one thread or two), so particle data
 travels packed: a state is one ``[N, 24]`` array (x, v, C
-row-major, F row-major; offsets ``X, V, C, F`` below), the per-particle material one ``[N, 10]``
+row-major, F row-major; offsets ``X, V, C, F`` below), the per-particle material one ``[N, 12]``
 array (mu, lambda, rest volume, mass, external force, cloth stiffnesses), and the constitutive kernel writes
 everything the scatter needs into one ``[N, 16]`` record (x, mass, momentum, affine matrix) so
 that each coloured scatter launch takes two arrays.  Gradients use the same
@@ -44,10 +44,11 @@ from .materials import (
 # state layout [N, 24]
 X, V, C, F = 0, 3, 6, 15
 STATE_DIM = 24
-# material layout [N, 10]: mu, lambda, rest volume (area for cloth elements), mass, external force,
-# and for cloth elements the shear and normal stiffness and the friction of the return mapping
-MU, LAM, VOL, MASS, FORCE, SHEAR, NORMAL, CFRIC = 0, 1, 2, 3, 4, 7, 8, 9
-MAT_DIM = 10
+# material layout [N, 12]: mu, lambda, rest volume (area for cloth elements), mass, external force,
+# and for cloth elements the shear and normal stiffness, the friction of the return mapping, the
+# bending stiffness and the drag coefficient (the last two are read by torch, see cloth_forces)
+MU, LAM, VOL, MASS, FORCE, SHEAR, NORMAL, CFRIC, BEND, DRAG = 0, 1, 2, 3, 4, 7, 8, 9, 10, 11
+MAT_DIM = 12
 # pins [N, 4]: flag (0/1), prescribed velocity
 PIN_DIM = 4
 # scatter record [N, 16]: position, mass, momentum m v + dt f, affine matrix A

@@ -146,6 +146,10 @@ class Params:
         normal_stiffness: cloth normal (compression) stiffness k (N/m).
         cloth_friction: friction c_F of the cloth's return mapping; ``None`` uses ``friction``
             (which must then be a scalar).
+        bending_stiffness: cloth bending rigidity B (N m), the Peirce/KES bending rigidity per unit
+            width (see ``cloth_forces``); ``None`` or 0: no bending energy.
+        drag_coefficient: cloth aerodynamic drag coefficient C_d (dimensionless) of each triangle's
+            normal speed through still air (see ``cloth_forces``); ``None`` or 0: no drag.
     """
 
     young_modulus: torch.Tensor
@@ -156,10 +160,13 @@ class Params:
     shear_stiffness: torch.Tensor | None = None
     normal_stiffness: torch.Tensor | None = None
     cloth_friction: torch.Tensor | None = None
+    bending_stiffness: torch.Tensor | None = None
+    drag_coefficient: torch.Tensor | None = None
 
     @staticmethod
     def create(young_modulus, poisson_ratio, density, damping=1.0, friction=0.5, shear_stiffness=None,
-               normal_stiffness=None, cloth_friction=None, dtype=torch.float32, device="cpu") -> "Params":
+               normal_stiffness=None, cloth_friction=None, bending_stiffness=None, drag_coefficient=None,
+               dtype=torch.float32, device="cpu") -> "Params":
         """Tensors from numbers or tensors (tensors are kept as they are, so gradients reach them)."""
 
         def t(v):
@@ -168,4 +175,4 @@ class Params:
             return torch.tensor(v, dtype=dtype, device=device)
 
         return Params(t(young_modulus), t(poisson_ratio), t(density), t(damping), t(friction), t(shear_stiffness),
-                      t(normal_stiffness), t(cloth_friction))
+                      t(normal_stiffness), t(cloth_friction), t(bending_stiffness), t(drag_coefficient))

@@ -52,6 +52,14 @@ def min_rest_edge(model: Model) -> float | None:
     return float(torch.stack(lengths).min())
 
 
+def bending_rate(model: Model) -> float | None:
+    """The stiffest bending mode's omega^2 per unit (bending stiffness / areal density) over the
+    model's cloths (None without cloth); see ``cloth_forces.BendingOperator.rate``."""
+    if not model.cloth:
+        return None
+    return max(c.bending.rate for c in model.cloth)
+
+
 def _per_particle(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
     if t.dim() == 0 or t.numel() == 1:
         return t.reshape(()).expand(n).contiguous()
@@ -76,6 +84,8 @@ def validate_params(params: Params) -> None:
         ("shear_stiffness", params.shear_stiffness, lambda t: t >= 0, ">= 0"),
         ("normal_stiffness", params.normal_stiffness, lambda t: t >= 0, ">= 0"),
         ("cloth_friction", params.cloth_friction, lambda t: t >= 0, ">= 0"),
+        ("bending_stiffness", params.bending_stiffness, lambda t: t >= 0, ">= 0"),
+        ("drag_coefficient", params.drag_coefficient, lambda t: t >= 0, ">= 0"),
     )
     for name, t, ok, rule in checks:
         if t is None:
@@ -160,6 +170,8 @@ def simulate(
             shear_stiffness=rng(params.shear_stiffness) if cloth else None,
             normal_stiffness=rng(params.normal_stiffness) if cloth else None,
             min_length=min_rest_edge(model),
+            bending_stiffness=rng(params.bending_stiffness) if cloth and params.bending_stiffness is not None else None,
+            bending_rate=bending_rate(model),
         )
     dt_max = _cfl.max_dt(config.grid.dx, bounds)
     if config.dt > dt_max * (1 + 1e-9):
@@ -170,7 +182,7 @@ def simulate(
 
     mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
     mass = _per_particle(params.density, n, "density") * model.mass_volume
-    shear = normal = cloth_friction = None
+    shear = normal = cloth_friction = bending = drag = None
     if model.cloth:
         if params.shear_stiffness is None or params.normal_stiffness is None:
             raise ValueError("a model with cloth needs shear_stiffness and normal_stiffness")
@@ -182,6 +194,10 @@ def simulate(
         shear = _per_particle(params.shear_stiffness, n, "shear_stiffness")
         normal = _per_particle(params.normal_stiffness, n, "normal_stiffness")
         cloth_friction = _per_particle(cf, n, "cloth_friction")
+        if params.bending_stiffness is not None:
+            bending = _per_particle(params.bending_stiffness, n, "bending_stiffness")
+        if params.drag_coefficient is not None:
+            drag = _per_particle(params.drag_coefficient, n, "drag_coefficient")
     n_coll = len(model.colliders)
     friction = params.friction.reshape(-1)
     if n_coll == 0:
@@ -193,7 +209,7 @@ def simulate(
     friction = friction.contiguous()
     damping = params.damping.reshape(1).contiguous()
     force = torch.zeros(n, 3, dtype=dtype, device=dev)
-    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction)
+    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag)
 
     engine = Engine(model, config)
     spf = config.substeps_per_frame

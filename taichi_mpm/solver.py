@@ -18,6 +18,7 @@ import taichi as ti
 import torch
 
 from . import cloth as CL
+from . import cloth_forces as CF
 from . import kernels as K
 from . import runtime
 from .colliders import pack
@@ -41,18 +42,19 @@ def unpack_state(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     )
 
 
-def pack_material(mu, lam, vol, mass, force, shear=None, normal=None, cloth_friction=None) -> torch.Tensor:
-    """``[N, 10]`` packed per-particle material: mu, lambda, rest volume, mass, force, and the cloth
-    elements' shear stiffness, normal stiffness and friction (zeros where not given)."""
+def pack_material(mu, lam, vol, mass, force, shear=None, normal=None, cloth_friction=None, bending=None, drag=None) -> torch.Tensor:
+    """``[N, 12]`` packed per-particle material: mu, lambda, rest volume, mass, force, and the cloth
+    elements' shear stiffness, normal stiffness, friction, bending stiffness and drag coefficient
+    (zeros where not given)."""
     z = torch.zeros_like(mu)
     cols = [mu, lam, vol, mass]
-    extra = [t if t is not None else z for t in (shear, normal, cloth_friction)]
+    extra = [t if t is not None else z for t in (shear, normal, cloth_friction, bending, drag)]
     return torch.cat([c[:, None] for c in cols] + [force] + [e[:, None] for e in extra], dim=1).contiguous()
 
 
 @dataclasses.dataclass(frozen=True)
 class StepParams:
-    """What one substep reads besides the state: ``material [N, 10]`` (see ``pack_material``),
+    """What one substep reads besides the state: ``material [N, 12]`` (see ``pack_material``),
     ``friction [max(C, 1)]`` and ``damping [1]``; torch tensors of the runtime dtype."""
 
     material: torch.Tensor
@@ -165,7 +167,31 @@ class Engine:
         else:
             self.bins = None
         self._scratch: dict[str, torch.Tensor] = {}
+        # per cloth: which mesh forces (bending, drag) act, or None; decided from the material at
+        # the first substep (see set_mesh_forces): a term that is zero everywhere costs nothing
+        self.mesh_forces: list[tuple[bool, bool] | None] = [None] * len(model.cloth)
+        # the mesh forces on a pinned vertex are reactions of the pin: scattered to the grid they
+        # would push the free vertices that share its nodes (a clamped strip bent ~1.6x too far)
+        self.free = [(1 - model.pinned[c.vertex_start : c.vertex_start + c.num_vertices]).to(self.dtype)[:, None]
+                     for c in model.cloth]
         self._no_tape = torch.zeros((1, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
+
+    def set_mesh_forces(self, material: torch.Tensor) -> None:
+        """Switch each cloth's bending and drag on where its (element rows of) ``material`` are non-zero."""
+        flags = []
+        for c in self.model.cloth:
+            el = material[c.element_start : c.element_start + c.num_elements]
+            bend, drag = bool((el[:, K.BEND] != 0).any()), bool((el[:, K.DRAG] != 0).any())
+            flags.append((bend, drag) if (bend or drag) else None)
+        self.mesh_forces = flags
+
+    @staticmethod
+    def _mesh_force(c, S: torch.Tensor, material: torch.Tensor, flags: tuple[bool, bool]):
+        """Bending and drag forces on cloth ``c``'s vertices ``[V, 3]`` and elements ``[E, 3]`` or None (``cloth_forces``)."""
+        vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
+        el = material[c.element_start : c.element_start + c.num_elements]
+        return CF.mesh_forces(S[vs, K.X : K.X + 3], S[vs, K.V : K.V + 3], el[:, K.BEND], el[:, K.DRAG], c.bending,
+                              c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags)
 
     def _begin_substep(self) -> None:
         """Mark the grid busy; clear it whole if an earlier substep did not finish (see :class:`_Grid`)."""
@@ -213,6 +239,11 @@ class Engine:
             CL.gather_vertices(S, c.faces, EX)
             CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
             CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
+            if self.mesh_forces[i] is not None:
+                fv, fe = self._mesh_force(c, S, P.material, self.mesh_forces[i])
+                W[c.vertex_start : c.vertex_start + c.num_vertices, K.WMOM : K.WMOM + 3] += cfg.dt * fv * self.free[i]
+                if fe is not None:
+                    W[c.element_start : c.element_start + c.num_elements, K.WMOM : K.WMOM + 3] += cfg.dt * fe
         self._region(W)
         self._begin_substep()
         if self.colored:
@@ -281,6 +312,7 @@ class Engine:
         Returns the packed end state (a fresh tensor) and copies of the packed states after each
         local substep listed in ``record`` (1-based).
         """
+        self.set_mesh_forces(P.material)
         bufs = (self._buf("S0", tuple(S.shape)), self._buf("S1", tuple(S.shape)))
         rec = set(record)
         frames = []
@@ -334,6 +366,10 @@ class Engine:
         EX = self._buf(f"EX{i}", (c.num_elements, 9))
         CL.gather_vertices(S, c.faces, EX)  # the element kernel's input, from this substep's state
         CL.cloth_vertices_adjoint(S, P.material, c.incidence, c.offsets, cfg.dt, c.vertex_start, G_next, G_W, G_out, GP.material, G_EF)
+        if self.mesh_forces[i] is not None:
+            # after cloth_vertices_adjoint, which overwrites the vertices' dL/dv, and before the
+            # element kernel's autodiff, which may consume dL/dW of the element rows
+            self._mesh_force_adjoint(c, S, P, GP, self.mesh_forces[i], self.free[i], G_W, G_out)
 
         # The element kernel is differentiated by Taichi's autodiff, which reads and writes the
         # ``.grad`` of torch tensors that require grad: these scratch leaves only carry those
@@ -356,6 +392,29 @@ class Engine:
         G_out[el, K.F : K.F + 9] = S_in.grad[el, K.F : K.F + 9]
         CL.gather_vertices_adjoint(EX.grad, c.faces, G_out)
 
+    def _mesh_force_adjoint(self, c, S, P: StepParams, GP: StepParams, flags, free, G_W, G_out) -> None:
+        """The mesh forces entered the vertices' momentum as ``dt f``: their vector-Jacobian product
+        with ``dt dL/d(momentum)``, by torch's autograd on a recomputation from this substep's state."""
+        vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
+        el = slice(c.element_start, c.element_start + c.num_elements)
+        with torch.enable_grad():
+            x = S[vs, K.X : K.X + 3].detach().requires_grad_(True)
+            v = S[vs, K.V : K.V + 3].detach().requires_grad_(True)
+            bend = P.material[el, K.BEND].detach().requires_grad_(True)
+            drag = P.material[el, K.DRAG].detach().requires_grad_(True)
+            fv, fe = CF.mesh_forces(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags)
+            outs, grads = [fv], [self.config.dt * G_W[vs, K.WMOM : K.WMOM + 3] * free]
+            if fe is not None:
+                outs.append(fe)
+                grads.append(self.config.dt * G_W[el, K.WMOM : K.WMOM + 3])
+            gx, gv, gb, gd = torch.autograd.grad(outs, (x, v, bend, drag), grads, allow_unused=True)
+        for rows, col, g in ((vs, K.X, gx), (vs, K.V, gv)):
+            if g is not None:
+                G_out[rows, col : col + 3] += g
+        for col, g in ((K.BEND, gb), (K.DRAG, gd)):
+            if g is not None:
+                GP.material[el, col] += g
+
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
                          G_end: torch.Tensor, G_frames: torch.Tensor | None):
         """Gradients of a segment: ``(dL/dS0, GP)``.
@@ -370,6 +429,7 @@ class Engine:
             tape_W = self._buf("tape_W", (count, self.n, K.W_DIM))
             tape_bins = self._buf("tape_bins", (count,) + tuple(self.bins.shape), torch.int32) if self.colored else None
             P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
+            self.set_mesh_forces(P.material)
             tape[0].copy_(S0.detach())
             taped: list = []
             for j in range(count):

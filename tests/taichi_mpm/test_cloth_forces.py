@@ -1,0 +1,166 @@
+"""Bending and air drag on the cloth mesh (``cloth_forces``): energies against the continuum,
+forces against autograd, invariances, and gradients through whole rollouts against finite
+differences (float64, >= 100 substeps)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dreamcloth.taichi_mpm import Bounds, Params, State, bending_rate, grid_mesh, simulate, stable_config
+from dreamcloth.taichi_mpm.cloth_forces import AIR_DENSITY, bending_energy, bending_force, build_bending, drag_force
+
+from .cloth_scenes import F64, drape_scene
+
+
+def _operator(verts, faces):
+    area = 0.5 * np.linalg.norm(np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1)
+    va = np.zeros(len(verts))
+    for c in range(3):
+        np.add.at(va, faces[:, c], area / 3)
+    return build_bending(verts, faces, va, 0.5, F64)
+
+
+def _cylinder(verts, radius, angle_deg):
+    """The flat mesh rolled isometrically onto a cylinder whose axis lies in the x-z plane at ``angle_deg``."""
+    a = math.radians(angle_deg)
+    d, p = np.array([math.cos(a), 0, math.sin(a)]), np.array([-math.sin(a), 0, math.cos(a)])
+    s, t = verts @ d, verts @ p
+    out = np.outer(radius * np.sin(s / radius), d) + np.outer(t, p)
+    out[:, 1] = radius * (1 - np.cos(s / radius))
+    return torch.tensor(out)
+
+
+def test_bending_energy_of_a_cylinder_matches_the_continuum_in_every_direction():
+    """E = (B/2) k^2 A for a sheet rolled onto a cylinder of curvature k, whatever the direction of
+    the roll relative to the mesh's rows and diagonals (per-edge energies differed by 1.5x here)."""
+    verts, faces = grid_mesh(41, 41, (1.0, 1.0))
+    op = _operator(verts, faces)
+    B = torch.full((len(faces),), 2e-5, dtype=F64)
+    radius = 0.4
+    exact = 0.5 * 2e-5 / radius**2 * 1.0
+    ratios = [float(bending_energy(_cylinder(verts, radius, ang), B, op)) / exact for ang in (0, 30, 45, 60, 90)]
+    print("E / E_continuum at 0, 30, 45, 60, 90 degrees:", [round(r, 4) for r in ratios])
+    assert all(0.95 <= r <= 1.0 for r in ratios), ratios
+    assert max(ratios) - min(ratios) < 0.02
+    # the shortfall is the free edges' strip (O(h)): it halves when the mesh is refined twice
+    fine_v, fine_f = grid_mesh(81, 81, (1.0, 1.0))
+    fine = float(bending_energy(_cylinder(fine_v, radius, 0), torch.full((len(fine_f),), 2e-5, dtype=F64), _operator(fine_v, fine_f))) / exact
+    assert abs(1 - fine) < 0.6 * abs(1 - ratios[0])
+    # a flat sheet, moved and rotated rigidly, stores nothing
+    R = torch.tensor(np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0])
+    flat = torch.tensor(verts) @ R.T + torch.tensor([0.3, -1.0, 2.0], dtype=F64)
+    assert float(bending_energy(flat, B, op)) < 1e-20
+
+
+def test_bending_force_is_minus_the_energy_gradient():
+    verts, faces = grid_mesh(7, 5, (0.5, 0.4))
+    op = _operator(verts, faces)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.tensor(verts) + 0.02 * torch.randn(len(verts), 3, generator=gen, dtype=F64)).requires_grad_(True)
+    B = torch.rand(len(faces), generator=gen, dtype=F64)
+    (g,) = torch.autograd.grad(bending_energy(x, B, op), x)
+    f = bending_force(x.detach(), B, op, torch.as_tensor(faces))
+    assert torch.allclose(f, -g, rtol=1e-10, atol=1e-12 * float(g.abs().max()))
+
+
+def test_curved_rest_mesh_is_at_rest_in_any_orientation():
+    """Rest curvature: a mesh bent at rest feels no force at rest, after a rigid motion either, and
+    a force when bent further."""
+    verts, faces = grid_mesh(9, 7, (0.6, 0.4))
+    rest = _cylinder(verts, 0.3, 20).numpy()
+    op = _operator(rest, faces)
+    assert op.curved.numel() > 0
+    B = torch.full((len(faces),), 1e-4, dtype=F64)
+    F = torch.as_tensor(faces)
+    scale = float(bending_force(_cylinder(verts, 0.2, 20), B, op, F).abs().max())
+    assert scale > 0
+    R = torch.tensor(np.linalg.qr(np.random.default_rng(1).standard_normal((3, 3)))[0])
+    if torch.det(R) < 0:
+        R = -R
+    for x in (torch.tensor(rest), torch.tensor(rest) @ R.T + torch.tensor([1.0, 2.0, -0.5], dtype=F64)):
+        assert float(bending_force(x, B, op, F).abs().max()) < 1e-9 * scale
+
+
+def test_drag_on_a_plate_is_the_flat_plate_formula():
+    """A flat sheet moving along its normal: total force -rho C_d A |v| v / 2; moving in its plane: none."""
+    verts, faces = grid_mesh(6, 6, (0.5, 0.3))
+    x = torch.tensor(verts)
+    F = torch.as_tensor(faces)
+    cd = torch.full((len(faces),), 1.3, dtype=F64)
+    v = torch.tensor([0.0, -2.0, 0.0], dtype=F64).expand(len(verts), 3)
+    total = drag_force(x, v, cd, F).sum(0)  # per triangle [E, 3]
+    expected = 0.5 * AIR_DENSITY * 1.3 * 0.15 * 4.0
+    assert torch.allclose(total, torch.tensor([0.0, expected, 0.0], dtype=F64), rtol=1e-12, atol=1e-14)
+    in_plane = torch.tensor([1.0, 0.0, 0.5], dtype=F64).expand(len(verts), 3)
+    assert float(drag_force(x, in_plane, cd, F).abs().max()) == 0.0
+
+
+def _rollout_loss(frames=6):
+    grid, model, state, _ = drape_scene(n=5, res=12)
+    bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
+                    normal_stiffness=(150.0, 250.0), min_length=0.1, bending_stiffness=(0.0, 1e-2),
+                    bending_rate=bending_rate(model))
+    cfg = stable_config(grid, 30.0, bounds)
+    n = model.num_particles
+    wx = torch.randn(frames, n, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def loss(bend, drag, v0):
+        params = Params.create(100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0, bending_stiffness=bend, drag_coefficient=drag, dtype=F64)
+        traj = simulate(model, State(state.x, state.v + v0, state.C, state.F), params, cfg, frames, bounds=bounds)
+        return (traj.x * wx).sum()
+
+    return loss, (frames - 1) * cfg.substeps_per_frame
+
+
+@pytest.mark.slow
+def test_bending_and_drag_gradients_match_finite_differences():
+    """Over >= 100 substeps, falling fast enough (v0) that the drag matters."""
+    loss, substeps = _rollout_loss()
+    assert substeps >= 100
+    base = {"bend": 5e-3, "drag": 1.0}
+    leaves = {k: torch.tensor(v, dtype=F64, requires_grad=True) for k, v in base.items()}
+    v0 = torch.tensor([0.1, -1.5, 0.2], dtype=F64, requires_grad=True)
+    grads = torch.autograd.grad(loss(leaves["bend"], leaves["drag"], v0), [leaves["bend"], leaves["drag"], v0])
+    rows = []
+    with torch.no_grad():
+        for i, (k, v) in enumerate(base.items()):
+            h = 1e-6 * v
+            plus, minus = dict(base), dict(base)
+            plus[k] += h
+            minus[k] -= h
+            rows.append((k, float(grads[i]), float((loss(plus["bend"], plus["drag"], v0) - loss(minus["bend"], minus["drag"], v0)) / (2 * h))))
+        for j in range(3):
+            e = torch.zeros(3, dtype=F64)
+            e[j] = 1e-6
+            rows.append((f"v0[{j}]", float(grads[2][j]), float((loss(base["bend"], base["drag"], v0 + e) - loss(base["bend"], base["drag"], v0 - e)) / 2e-6)))
+    for name, ad, fd in rows:
+        print(f"{name:8s} autodiff {ad:+.8e}  finite diff {fd:+.8e}  rel {abs(ad - fd) / abs(fd):.1e}")
+        assert fd != 0.0 and (ad > 0) == (fd > 0), name
+        assert abs(ad - fd) <= 0.05 * abs(fd), f"{name}: autodiff {ad:.6g} vs finite diff {fd:.6g}"
+
+
+def test_bending_and_drag_gradcheck_tiny():
+    """float64 gradcheck of positions and velocities (through the torch mesh forces' adjoint) and of both parameters."""
+    grid, model, state, _ = drape_scene(n=3, res=10)
+    bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
+                    normal_stiffness=(150.0, 250.0), min_length=0.2, bending_stiffness=(0.0, 1e-2), bending_rate=bending_rate(model))
+    cfg = stable_config(grid, 30.0, bounds, segment_substeps=3)
+    nv = 9
+
+    def fn(xv, v, bend, drag):
+        x = state.x.clone()
+        x[:nv] = xv
+        params = Params.create(100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0, bending_stiffness=bend, drag_coefficient=drag, dtype=F64)
+        traj = simulate(model, State.at_rest(x, v, model), params, cfg, 2, bounds=bounds)
+        return traj.x, traj.F
+
+    gen = torch.Generator().manual_seed(4)
+    inputs = [
+        state.x[:nv].clone() + 0.02 * torch.randn(nv, 3, generator=gen, dtype=F64),
+        torch.randn(model.num_particles, 3, generator=gen, dtype=F64) + torch.tensor([0.0, -1.0, 0.0], dtype=F64),
+        torch.tensor(5e-3, dtype=F64), torch.tensor(1.0, dtype=F64),
+    ]
+    inputs = [t.requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
