@@ -1,7 +1,10 @@
-"""Cloth speed: substeps per second for a 64x64-vertex cloth in a 64^3 grid, forward and forward+backward."""
+"""Cloth: speed (substeps per second for a 64x64-vertex cloth in a 64^3 grid, forward and
+forward+backward, with and without the bending and drag forces) and the fabric-standard figures
+(cantilever, stretch under self-weight, terminal speed; ``fabric``) at two grid resolutions."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -57,9 +60,40 @@ def run(quick: bool = False) -> list[Measurement]:
     first = time.perf_counter() - t0
     tf = min(fwd() for _ in range(2))
     tb = min(fwd_bwd() for _ in range(2))
+    # the same with bending and drag (torch forces on the mesh, see taichi_mpm.cloth_forces)
+    params = dataclasses.replace(params, bending_stiffness=torch.tensor(2e-5), drag_coefficient=torch.tensor(1.2))
+    p_grad = dataclasses.replace(p_grad, bending_stiffness=params.bending_stiffness, drag_coefficient=params.drag_coefficient)
+    tfm = min(fwd() for _ in range(2))
+    tbm = min(fwd_bwd() for _ in range(2))
     note = f"{n}x{n} vertices + {model.num_particles - n * n} elements, {res}^3 grid, {config.substeps_per_frame} substeps/frame"
-    return [
+    rows = [
         Measurement(SECTION, "cloth forward", substeps / tf, "substeps/s", note),
         Measurement(SECTION, "cloth forward+backward", substeps / tb, "substeps/s", note, "cloth forward", tf / tb),
+        Measurement(SECTION, "cloth forward, bending + drag", substeps / tfm, "substeps/s", note, "cloth forward", tf / tfm),
+        Measurement(SECTION, "cloth forward+backward, bending + drag", substeps / tbm, "substeps/s", note,
+                    "cloth forward+backward", tb / tbm),
         Measurement(SECTION, "cloth first call (compile + run)", first, "s", "warm offline cache unless the first run"),
     ]
+    return rows + fabric_standards(quick)
+
+
+def fabric_standards(quick: bool = False) -> list[Measurement]:
+    """Relative errors of the fabric-standard experiments against their analytic answers (percent)."""
+    from . import fabric
+
+    rows = []
+    grids = (32,) if quick else (32, 48)
+    for load in (4.0,) if quick else (4.0, 12.0):
+        ref = fabric.elastica_tip_deflection(load)
+        for res in grids:
+            d = fabric.cantilever(load, res, seconds=0.3 if quick else 1.2)[-1]
+            rows.append(Measurement(SECTION, f"cantilever w g L^3/B = {load:g}, grid {res}", 100 * (d - ref) / ref, "% error",
+                                    f"tip deflection / L {d:.4f} vs elastica {ref:.4f}; goal within 5%"))
+    for res in (32,) if quick else (32, 64):
+        d, ref = fabric.hanging_stretch(res, seconds=0.3 if quick else 1.5)
+        rows.append(Measurement(SECTION, f"stretch under self-weight, grid {res}", 100 * (d[-1] - ref) / ref, "% error",
+                                f"{1e3 * d[-1]:.3f} mm vs w g L^2 / 2E = {1e3 * ref:.3f} mm; goal within 5%"))
+        v, vt = fabric.falling_sheet(res, seconds=0.2 if quick else 0.6)
+        rows.append(Measurement(SECTION, f"terminal speed, grid {res}", 100 * (v - vt) / vt, "% error",
+                                f"{v:.4f} m/s vs sqrt(2 w g / (rho_air C_d)) = {vt:.4f} m/s; goal within 5%"))
+    return rows

@@ -571,11 +571,13 @@ def physics_notes(scene: Scene, space: ParamSpace) -> list[str]:
     notes = []
     for i, o in enumerate(scene.objects):
         fitted = {p for j, p in space.keys if j == i}
-        stiff = fitted & {"young_modulus", "shear_stiffness", "normal_stiffness"}
+        # gravity and inertia scale with density; elastic, bending and air-drag forces with the
+        # stiffnesses and the drag coefficient (air's density is fixed, so C_d plays a stiffness's part)
+        stiff = fitted & {"young_modulus", "shear_stiffness", "normal_stiffness", "bending_stiffness", "drag_coefficient"}
         if "density" in fitted and stiff:
             notes.append(
-                f"{o.name}: under gravity every force on the object scales with either its density or its "
-                f"stiffnesses, so multiplying density and {', '.join(sorted(stiff))} by one factor gives the same "
+                f"{o.name}: under gravity every force on the object scales with either its density or with "
+                f"{', '.join(sorted(stiff))}, so multiplying density and these by one factor gives the same "
                 "motion: only their ratios are determined by the video, not density itself."
             )
     return notes

@@ -66,3 +66,41 @@ def test_check_summary_and_roundtrip(tmp_path):
     again.write_text(to_toml(scene))
     s2 = load_scene(again)
     assert s2.objects == scene.objects and s2.settings == scene.settings and s2.camera == scene.camera
+
+
+def test_bending_and_drag_are_fittable_with_fabric_default_ranges(tmp_path):
+    text = drape_text().replace("[object.fit]", "[object.fit]\nbending_stiffness = true\ndrag_coefficient = [0.5, 2.0]")
+    scene = load_scene(write_drape(tmp_path, text=text))
+    assert scene.objects[0].fit["bending_stiffness"] == (1e-6, 2e-4)
+    assert scene.objects[0].fit["drag_coefficient"] == (0.5, 2.0)
+    assert scene.objects[0].values["bending_stiffness"] == 2e-5  # the default, a t-shirt knit
+    bad = drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = -1e-5")
+    with pytest.raises(SceneError, match=r"object\[0\]\.material\.bending_stiffness = -1e-05 is out of range"):
+        load_scene(write_drape(tmp_path, "bad.toml", text=bad))
+
+
+def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
+    """Within 2% of an edge in fit space (log space for stiffnesses): flagged in params.json with a note."""
+    import json
+    import types
+
+    from dreamcloth.cli.fit import ParamSpace
+    from dreamcloth.cli.report import write_params_json
+
+    text = drape_text().replace("[object.fit]", "[object.fit]\ndamping = [0.05, 1.0]")
+    scene = load_scene(write_drape(tmp_path, text=text))
+    space = ParamSpace(scene)
+    names = space.names(scene)
+    k_e, k_d = names.index("young_modulus"), names.index("damping")
+    assert space.range_edge(k_e, 395.0) == "high"  # log fraction 0.996
+    assert space.range_edge(k_e, 300.0) is None  # 0.90
+    assert space.range_edge(k_e, 20.5) == "low"
+    assert space.range_edge(k_d, 0.06) == "low"  # linear fraction 0.0105
+    assert space.range_edge(k_d, 0.5) is None
+    values = {space.keys[k_e]: 399.0, space.keys[k_d]: 0.5}
+    result = types.SimpleNamespace(values=values, initial=values, loss=0.1, history=[], state=types.SimpleNamespace(events=[]))
+    doc = write_params_json(tmp_path / "params.json", scene, space, result, None, [], {})
+    saved = json.loads((tmp_path / "params.json").read_text())
+    flags = {p["name"]: p["at_range_edge"] for p in saved["parameters"]}
+    assert flags == {"young_modulus": "high", "damping": None}
+    assert any("young_modulus = 399 ended at the top of its range [20, 400]" in n and "widen" in n for n in doc["notes"])

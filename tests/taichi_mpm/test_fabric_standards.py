@@ -1,105 +1,10 @@
-"""Fabric-standard tests against analytic solutions, each at two grid resolutions (float64):
+"""Fabric-standard tests against analytic solutions, each at two grid resolutions (float64); the
+experiments live in ``dreamcloth.benchmarks.fabric`` (``dreamcloth bench --section cloth`` reports them too).
+They are slow (tens of thousands of substeps each) and marked so."""
 
-- cantilever bending (Peirce 1930; ASTM D1388): the tip deflection of a strip overhanging a clamp
-  under its own weight against the inextensible elastica;
-- stretch under self-weight: a sheet hanging from its top edge stretches by w g L^2 / (2 E);
-- terminal speed: a horizontal sheet falling flat reaches sqrt(2 w g / (rho_air C_d)).
-
-They are slow (tens of thousands of substeps each) and marked so; figures also come from
-``dreamcloth bench --section cloth``.
-"""
-
-import math
-
-import numpy as np
 import pytest
-import torch
-from scipy.integrate import solve_bvp
 
-from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, bending_rate, grid_mesh, simulate, stable_config
-from dreamcloth.taichi_mpm.cloth_forces import AIR_DENSITY
-
-F64 = torch.float64
-G = 9.81
-
-
-def elastica_tip_deflection(load: float) -> float:
-    """Tip deflection / length of a clamped inextensible strip under its own weight, ``load`` = w g L^3 / B.
-
-    theta'' = -load (1 - s) cos theta, theta(0) = 0, theta'(1) = 0 (s = arc length / L): the moment
-    B theta' balances the weight of the overhang beyond s.
-    """
-    s0 = np.linspace(0, 1, 200)
-    sol = solve_bvp(lambda s, y: np.vstack([y[1], -load * (1 - s) * np.cos(y[0])]), lambda a, b: np.array([a[0], b[1]]),
-                    s0, np.zeros((2, s0.size)), tol=1e-10, max_nodes=100000)
-    assert sol.success
-    s = np.linspace(0, 1, 4001)
-    return float(np.trapezoid(np.sin(sol.sol(s)[0]), s))
-
-
-def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, density=0.2, membrane=300.0, seconds=1.2):
-    """Simulated tip deflection / length of a strip clamped by its first two vertex columns.
-
-    The damping is set near critical for the first bending mode (omega = 3.516 sqrt(B / (rho L^4)))
-    so that the strip settles within ``seconds``.
-    """
-    h = length / (nx - 2)
-    bending = density * G * length**3 / load
-    verts, faces = grid_mesh(nx, nz, ((nx - 1) * h, width), (0.1 + (nx - 1) * h / 2, 0.5, 0.2))
-    b = ModelBuilder(F64)
-    b.add_cloth("strip", verts, faces, pinned=[i * nz + j for i in range(2) for j in range(nz)])
-    model, state = b.build([])
-    grid = GridSpec.from_domain((0, 0.05, 0), (0.45, 0.55, 0.4), grid_res)
-    omega = 3.516 * math.sqrt(bending / (density * length**4))
-    params = Params.create(membrane, 0.0, density, math.exp(-2 * omega), 0.0, membrane, membrane,
-                           bending_stiffness=bending, drag_coefficient=0.0, dtype=F64)
-    bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
-                    normal_stiffness=(membrane, membrane), min_length=h, bending_stiffness=(bending, bending),
-                    bending_rate=bending_rate(model))
-    cfg = stable_config(grid, 10.0, bounds)
-    with torch.no_grad():
-        traj = simulate(model, state, params, cfg, int(seconds * 10) + 1, bounds=bounds)
-    tip = list(range((nx - 1) * nz, nx * nz))
-    return (0.5 - traj.x[:, tip, 1].mean(1).numpy()) / length
-
-
-def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width=0.2, nx=21, nz=11, seconds=1.5):
-    """(simulated, analytic) elongation of a sheet hanging from its pinned top edge (Poisson ratio 0:
-    uniaxial tension w g (L - y) per unit width, strain tension / E, elongation w g L^2 / (2 E))."""
-    verts, faces = grid_mesh(nx, nz, (length, width), (0.5, 0.7, 0.5), (0.0, 0.0, 90.0))
-    top = np.nonzero(np.isclose(verts[:, 1], verts[:, 1].max()))[0].tolist()
-    bottom = np.nonzero(np.isclose(verts[:, 1], verts[:, 1].min()))[0]
-    b = ModelBuilder(F64)
-    b.add_cloth("sheet", verts, faces, pinned=top)
-    model, state = b.build([])
-    grid = GridSpec.from_domain((0.2, 0.2, 0.2), (0.8, 0.95, 0.8), grid_res)
-    omega = 0.5 * math.pi * math.sqrt(membrane / density) / length  # first axial mode
-    params = Params.create(membrane, 0.0, density, math.exp(-2 * omega), 0.0, membrane, membrane, dtype=F64)
-    bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
-                    normal_stiffness=(membrane, membrane), min_length=length / (nx - 1))
-    cfg = stable_config(grid, 20.0, bounds)
-    with torch.no_grad():
-        traj = simulate(model, state, params, cfg, int(seconds * 20) + 1, bounds=bounds)
-    y0 = float(state.x[bottom, 1].mean())
-    return y0 - traj.x[:, bottom, 1].mean(1).numpy(), density * G * length**2 / (2 * membrane)
-
-
-def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0):
-    """(simulated speed at the end, analytic terminal speed) of a horizontal sheet falling flat from rest."""
-    verts, faces = grid_mesh(n, n, (size, size), (0.5, 0.9, 0.5))
-    b = ModelBuilder(F64)
-    b.add_cloth("sheet", verts, faces)
-    model, state = b.build([])
-    grid = GridSpec.from_domain((0, 0, 0), (1, 1, 1), grid_res)
-    E = 100.0
-    params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag, dtype=F64)
-    bounds = Bounds((E, E), (0.3, 0.3), (density, density), max_speed=3.0, shear_stiffness=(E, E), normal_stiffness=(E, E),
-                    min_length=size / (n - 1))
-    cfg = stable_config(grid, fps, bounds)
-    with torch.no_grad():
-        traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
-    y = traj.x[:, : n * n, 1].mean(1).numpy()
-    return -(y[-1] - y[-2]) * fps, math.sqrt(2 * density * G / (AIR_DENSITY * drag))
+from dreamcloth.benchmarks.fabric import cantilever, elastica_tip_deflection, falling_sheet, hanging_stretch
 
 
 def test_elastica_reference_limits():
