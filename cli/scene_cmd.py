@@ -20,7 +20,7 @@ def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> N
     from rich.table import Table
 
     from .scene import load_scene
-    from .simulation import build
+    from .simulation import build, resolution_notes
 
     scene = load_scene(file)
     sim = build(scene)
@@ -45,3 +45,7 @@ def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> N
             geo += f", {len(c.params['files'])} mesh file(s)"
         friction = "that of the first object" if c.friction is None else f"{c.friction:g}"
         console.print(f"collider {c.kind}: {geo}; friction {friction}")
+    from rich.markup import escape
+
+    for note in resolution_notes(sim):
+        console.print(f"[yellow]not converged:[/] {escape(note)}")

@@ -104,3 +104,15 @@ def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     flags = {p["name"]: p["at_range_edge"] for p in saved["parameters"]}
     assert flags == {"young_modulus": "high", "damping": None}
     assert any("young_modulus = 399 ended at the top of its range [20, 400]" in n and "widen" in n for n in doc["notes"])
+
+
+def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
+    """A cell coarser than half the bending length (B / (rho g))^(1/3): the grid, not the fabric, bends the cloth."""
+    soft = write_drape(tmp_path, "soft.toml", text=drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 1e-5"))
+    out = CliRunner().invoke(app, ["scene", "check", str(soft)], terminal_width=400)
+    assert out.exit_code == 0, out.output
+    assert "not converged" in out.output and "bending length" in out.output
+    stiff = write_drape(tmp_path, "stiff.toml", text=drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 0.05"))
+    out = CliRunner().invoke(app, ["scene", "check", str(stiff)], terminal_width=400)
+    assert out.exit_code == 0, out.output
+    assert "not converged" not in out.output
