@@ -15,13 +15,15 @@ Cloth (the "runtime surface"): each triangle is split into ``n^2`` congruent sub
 Crisp silhouettes (``camera`` given): splats blur the sheet's edge, and because a nearly opaque
 sheet composites many of them, the blurred tails outside the mesh still add up to alpha >= 0.5.
 Across a straight edge the optical depth ``tau = -log T`` is the interior depth ``tau_in`` times
-the blur's CDF, so the alpha = 1/2 contour (``tau = log 2``) sits ``sigma Phi^-1(1 - log 2 / tau_in)``
-pixels outside the edge, where ``sigma^2`` is the projected splat variance across the edge (the
-rasterizer's 0.3 px^2 low-pass included).  Measured before this correction: a flat 41 x 41 sheet
-seen from 20 degrees covered 10% more pixels than the mesh (IoU 0.91 at 128 x 128), because sub-pixel
-splats pile up to ``tau_in`` ~ 25 there.  The correction moves the mesh's boundary vertices inward
-by that distance (per edge, in the cloth's plane) before the boundary faces' Gaussians are built,
-so that ``alpha >= 0.5`` is the mesh's silhouette for both backends.
+the blur's CDF, so the alpha = 1/2 contour (``tau = log 2``) sits about ``sigma q(tau_in)`` pixels
+outside the edge (``_edge_quantile``), where ``sigma^2`` is the projected splat variance across the
+edge, the rasterizer's 0.3 px^2 low-pass included.  Measured before this correction: a flat 41 x 41
+sheet seen from 20 degrees covered ~10% more pixels than the mesh (IoU 0.91-0.93 at 128 x 128),
+because sub-pixel splats pile up to ``tau_in`` ~ 25 there, which puts the contour ~1 px out; the
+alpha threshold matters less (alpha >= 0.9 still gave IoU 0.94).  The correction moves the boundary
+vertices inward by that distance (per edge, in the cloth's plane; rings of vertices inside share
+insets larger than a row) before the Gaussians are built, so that ``alpha >= SILHOUETTE_ALPHA`` is
+the mesh's silhouette for both backends (the correction is in the Gaussians, not the rasterizer).
 
 Solids (PhysGaussian, Xie et al. 2024, eq. 4 there): one Gaussian per particle, ``Sigma = F Sigma0 F^T``.
 """
@@ -34,7 +36,7 @@ import math
 import torch
 
 from .camera import Camera
-from .conventions import ALPHA_MAX
+from .conventions import ALPHA_MAX, NEAR_CULL
 
 #: Silhouette convention: a pixel is foreground where the rendered alpha is at least this (half
 #: covered, as a pixel centre on an antialiased edge is).
@@ -93,9 +95,12 @@ class GaussianGeometry:
 
 @dataclasses.dataclass(frozen=True)
 class ClothGaussians(GaussianGeometry):
-    """Cloth Gaussians: the geometry plus the ``sampling`` that placed them (for per-Gaussian colours)."""
+    """Cloth Gaussians: the geometry plus the ``sampling`` that placed them (for per-Gaussian colours)
+    and ``normals [M, 3]``, the unit normal of each Gaussian's deformed triangle, on the "front"
+    side (``(v1 - v0) x (v2 - v0)``, counter-clockwise winding; see ``two_sided_colors``)."""
 
     sampling: ClothSampling
+    normals: torch.Tensor
 
 
 def cloth_sampling(faces: torch.Tensor, per_triangle: int = 1) -> ClothSampling:
@@ -217,7 +222,10 @@ def cloth_gaussians(
     bary = sampling.barycentric.to(vertices.dtype).to(vertices.device)
     idx = sampling.face_index.to(vertices.device)
     means = bary[:, 0:1] * v0[idx] + bary[:, 1:2] * v1[idx] + bary[:, 2:3] * v2[idx]
-    return ClothGaussians(means=means, covariances=cov_face[idx], sampling=sampling)
+    normal = torch.linalg.cross(v1 - v0, v2 - v0)
+    # The floor keeps a collapsed triangle's normal finite (zero), with finite gradients.
+    normal = normal / torch.sqrt(torch.clamp((normal * normal).sum(-1, keepdim=True), min=torch.finfo(vertices.dtype).tiny))
+    return ClothGaussians(means=means, covariances=cov_face[idx], sampling=sampling, normals=normal[idx])
 
 
 def _face_covariances(vertices: torch.Tensor, f: torch.Tensor, n: int, thickness: float, in_plane_scale: float) -> torch.Tensor:
@@ -339,7 +347,7 @@ def _silhouette_inset(
     for _ in range(3):
         squeeze = height / torch.clamp(height - inset / _INSET_RINGS, min=1e-3 * height)
         inset = torch.minimum(sigma * _edge_quantile(tau_in * squeeze, o) / ppm, cap)
-    inset = torch.where(proj.depth > 0, inset, torch.zeros_like(inset))  # behind the camera: nothing to fix
+    inset = torch.where(proj.depth > NEAR_CULL, inset, torch.zeros_like(inset))  # behind the camera: nothing to fix
 
     # Per vertex, the miter offset: with unit inward normals m_k and insets d_k of its c boundary
     # edges, u = mean(d) c sum(m) / |sum(m)|^2 moves a straight edge by d along m and both edges

@@ -66,3 +66,23 @@ def test_check_summary_and_roundtrip(tmp_path):
     again.write_text(to_toml(scene))
     s2 = load_scene(again)
     assert s2.objects == scene.objects and s2.settings == scene.settings and s2.camera == scene.camera
+
+
+def test_color_back_defaults_to_color_and_is_validated_like_it(tmp_path):
+    text = _text()
+    assert "kind = \"cloth\"" in text
+    scene = load_scene(write_drape(tmp_path, text=text))
+    cloth = scene.objects[0]
+    assert cloth.color_back == cloth.color
+    two = text.replace('kind = "cloth"', 'kind = "cloth"\ncolor_back = [0.1, 0.2, 0.9]', 1)
+    scene = load_scene(write_drape(tmp_path, name="two.toml", text=two))
+    assert scene.objects[0].color_back == (0.1, 0.2, 0.9)
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(scene))
+    assert load_scene(again).objects == scene.objects
+    for bad, message in (("[0.1, 0.2, 1.5]", r"object\[0\]\.color_back.*components must lie in \[0, 1\]"),
+                         ("[0.1, 0.2]", r"object\[0\]\.color_back must be a list of 3 numbers")):
+        path = write_drape(tmp_path, name="bad.toml", text=text.replace('kind = "cloth"', f'kind = "cloth"\ncolor_back = {bad}', 1))
+        with pytest.raises(SceneError, match=message) as info:
+            load_scene(path)
+        assert str(path) in str(info.value)
