@@ -36,7 +36,7 @@ import math
 import torch
 
 from .camera import Camera
-from .conventions import ALPHA_MAX, NEAR_CULL
+from .conventions import ALPHA_MAX, LOW_PASS_VARIANCE, NEAR_CULL
 
 #: Silhouette convention: a pixel is foreground where the rendered alpha is at least this (half
 #: covered, as a pixel centre on an antialiased edge is).
@@ -216,7 +216,7 @@ def cloth_gaussians(
         raise ValueError(f"faces index vertices outside [0, {vertices.shape[0]})")
     if camera is not None:
         cov = _face_covariances(vertices, f, sampling.subdivision, thickness, in_plane_scale)
-        vertices = vertices + _silhouette_inset(vertices, f, sampling, cov, camera, opacity)
+        vertices = vertices + _silhouette_inset(vertices, f, sampling, cov, camera, opacity, in_plane_scale)
     v0, v1, v2 = vertices[f[:, 0]], vertices[f[:, 1]], vertices[f[:, 2]]
     cov_face = _face_covariances(vertices, f, sampling.subdivision, thickness, in_plane_scale)
     bary = sampling.barycentric.to(vertices.dtype).to(vertices.device)
@@ -279,14 +279,15 @@ def _edge_quantile(tau_in: torch.Tensor, opacity: float) -> torch.Tensor:
 
 
 def _silhouette_inset(
-    vertices: torch.Tensor, f: torch.Tensor, sampling: ClothSampling, cov_face: torch.Tensor, camera: Camera, opacity: float
+    vertices: torch.Tensor, f: torch.Tensor, sampling: ClothSampling, cov_face: torch.Tensor, camera: Camera, opacity: float,
+    in_plane_scale: float,
 ) -> torch.Tensor:
     """Inward displacements ``[V, 3]`` of the boundary vertices (zero elsewhere) for ``camera``.
 
     Per boundary edge (a, b) of a face with opposite vertex c:
 
-    - ``sigma^2 = n^T Sigma' n``: the face's projected splat covariance ``Sigma'`` (low-pass
-      included) across the projected edge (screen normal ``n``);
+    - ``sigma^2``: the blur across the projected edge (screen normal ``n``), from the face's
+      projected splat covariance ``Sigma'`` (low-pass included) less the sub-triangle's own moment;
     - ``tau_in``: the interior optical depth, splats per pixel^2 times one splat's depth integral
       ``int -log(1 - o g) = 2 pi sqrt(det Sigma') Li2(o)`` (a per-Gaussian sum, since compositing
       multiplies transmittances);
@@ -339,6 +340,11 @@ def _silhouette_inset(
     tau_in = splat_depth * sampling.subdivision**2 / torch.clamp(area_px, min=1e-12)
     step = _MAX_INSET_FRACTION * height  # the most one ring may move beyond the next
     cap = _INSET_RINGS * step
+    # The splats sit at the sub-triangles' centroids and carry s times their second moment: the
+    # sheet's indicator is blurred only by the excess, (1 - 1/s) of the in-plane part, plus the
+    # low-pass (the sub-triangle's own moment is the indicator's, not blur).  Matters for splats
+    # of several pixels; sub-pixel ones are all low-pass.
+    sigma2 = (1.0 - 1.0 / in_plane_scale) * sigma2 + LOW_PASS_VARIANCE / in_plane_scale
     sigma = torch.sqrt(torch.clamp(sigma2, min=0.0))
     ppm = torch.clamp(px_per_metre, min=1e-12)
     # Sharing the inset compresses the rows near the edge by h / (h - inset / rings), which raises
