@@ -375,12 +375,15 @@ def _silhouette_inset(
         sum_d = sum_d.index_add(0, be[:, col], inset)
     c = torch.clamp(count, min=1.0)
     sq = torch.clamp((sum_m * sum_m).sum(-1), min=0.25 * c * c)
-    miter = (sum_d / c * c / sq)[:, None] * sum_m  # [V, 3], zero off the boundary
+    miter = (sum_d / sq)[:, None] * sum_m  # mean(d) c = sum(d); [V, 3], zero off the boundary
 
     # The rings inside follow their boundary vertex's offset, scaled down linearly to zero at ring
     # _INSET_RINGS: the rows near the edge shrink evenly and never cross.
     ring = sampling.ring.to(device)
     parent = sampling.ring_parent.to(device)
+    if ring.shape[0] < V:  # vertices that no face uses sit after the last used one: never moved
+        pad = torch.full((V - ring.shape[0],), -1, dtype=ring.dtype, device=device)
+        ring, parent = torch.cat([ring, pad]), torch.cat([parent, pad])
     scale = torch.where(ring >= 0, 1.0 - ring.to(dtype) / _INSET_RINGS, torch.zeros((), dtype=dtype, device=device))
     return miter[torch.clamp(parent, min=0)] * scale[:, None]
 

@@ -118,3 +118,17 @@ def test_crisp_cloth_gaussians_gradcheck():
     crisp = cloth_gaussians(verts, faces, per_triangle=4, thickness=0.01, in_plane_scale=2.0, camera=cam)
     assert (crisp.means - plain.means).abs().max() > 1e-3  # the correction is active
     assert torch.autograd.gradcheck(fn, (verts,))
+
+
+def test_unused_vertices_and_meshes_without_boundary():
+    verts, faces = _sheet(5, 0.6)
+    cam = _camera(40)
+    extra = torch.cat([verts, torch.tensor([[5.0, 5.0, 5.0]], dtype=F64)])  # a vertex no face uses
+    a = cloth_gaussians(verts, faces, per_triangle=4, camera=cam)
+    b = cloth_gaussians(extra, faces, per_triangle=4, camera=cam)
+    assert torch.equal(a.means, b.means) and torch.equal(a.covariances, b.covariances)
+    # A closed surface (tetrahedron) has no silhouette edge to move: the camera changes nothing.
+    tet = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.0, 0.3]], dtype=F64)
+    tet_faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    assert cloth_sampling(tet_faces).boundary_edges.shape == (0, 4)
+    assert torch.equal(cloth_gaussians(tet, tet_faces, camera=cam).means, cloth_gaussians(tet, tet_faces).means)
