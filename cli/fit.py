@@ -172,13 +172,18 @@ def load_target(video: Path, scene: Scene, masks_video: Path | None = None, fram
 
 @dataclasses.dataclass
 class Appearance:
-    """Per-Gaussian colour logits ``[G, 3]`` and opacity logits ``[G]``."""
+    """Per-Gaussian colour logits ``[G, 3]`` (the front side of cloth), opacity logits ``[G]``, and
+    the back side's colour logits ``[G, 3]`` (None: one-sided, the back shows the front's colour)."""
 
     color_logits: torch.Tensor
     opacity_logits: torch.Tensor
+    back_color_logits: torch.Tensor | None = None
 
     def colors(self) -> torch.Tensor:
         return torch.sigmoid(self.color_logits)
+
+    def back_colors(self) -> torch.Tensor | None:
+        return None if self.back_color_logits is None else torch.sigmoid(self.back_color_logits)
 
     def opacities(self) -> torch.Tensor:
         return torch.sigmoid(self.opacity_logits)
@@ -200,27 +205,44 @@ def _check_visible(sim: Simulation, renderer: SceneRenderer) -> None:
 
 
 def fit_appearance(sim: Simulation, renderer: SceneRenderer, target: Target, cfg: FitConfig, log: Callable[[str], None]) -> Appearance:
-    """Colours and opacities of the Gaussians from frame 0, geometry fixed at the scene's rest state."""
+    """Colours and opacities of the Gaussians from frame 0, geometry fixed at the scene's rest state.
+
+    Cloth is two-sided: both sides' colours are parameters, blended by how much each Gaussian faces
+    the camera, so frame 0 fits the side it shows.  The side frame 0 does not show gets no
+    information from the video; it takes the fitted colour of the shown side plus the scene's
+    difference between the sides (``color_back - color``), so a cloth that later turns over shows
+    a back that is as bright as the video's lighting made the front."""
     fg = target.masks[0, 0] > 0.5
     mean = target.frames[0][:, fg].mean(dim=1).clamp(0.02, 0.98).to(sim.dtype)
     g = renderer.num_gaussians
     color = torch.log(mean / (1 - mean)).expand(g, 3).clone().requires_grad_(True)
+    back = color.detach().clone().requires_grad_(True)
     opacity = torch.full((g,), 2.0, dtype=sim.dtype).requires_grad_(True)
-    opt = torch.optim.Adam([color, opacity], lr=cfg.appearance_lr * 10)
+    opt = torch.optim.Adam([color, back, opacity], lr=cfg.appearance_lr * 10)
     with torch.no_grad():
-        means, covs = renderer.geometry(sim.state0.x, sim.state0.F)
+        means, covs, normals = renderer.frame(sim.state0.x, sim.state0.F)
+        w = renderer.front_weight(means, normals)[:, None]
     tgt, msk = target.frames[0:1].to(sim.dtype), target.masks[0:1].to(sim.dtype)
     from dreamcloth.render import rasterize
 
     for _ in range(cfg.appearance_steps):
-        out = rasterize(means, covs, torch.sigmoid(color), torch.sigmoid(opacity), renderer.camera, renderer.background, renderer.backend)
+        shown = torch.sigmoid(back) + w * (torch.sigmoid(color) - torch.sigmoid(back))
+        out = rasterize(means, covs, shown, torch.sigmoid(opacity), renderer.camera, renderer.background, renderer.backend)
         sil = silhouette(out.color[None], out.alpha[None], target, renderer.background)
         loss = image_loss(out.color[None], sil, tgt, msk, cfg.w_dssim, cfg.w_mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
     log(f"appearance: frame-0 loss {float(loss.detach()):.4f} after {cfg.appearance_steps} steps")
-    return Appearance(color.detach(), opacity.detach())
+    with torch.no_grad():
+        front_shown = w >= 0.5
+        fitted = torch.where(front_shown, torch.sigmoid(color), torch.sigmoid(back))
+        offset = renderer.default_back_colors - renderer.default_colors  # scene: back - front
+        hidden = (fitted + torch.where(front_shown, offset, -offset)).clamp(0.02, 0.98)
+        front = torch.where(front_shown, fitted, hidden)
+        back_side = torch.where(front_shown, hidden, fitted)
+        logit = lambda c: torch.log(c / (1 - c))  # noqa: E731 - local shorthand
+    return Appearance(logit(front.clamp(1e-6, 1 - 1e-6)), opacity.detach(), logit(back_side.clamp(1e-6, 1 - 1e-6)))
 
 
 class FitProblem:
@@ -245,9 +267,9 @@ class FitProblem:
 
     def render(self, traj: M.Trajectory, frames) -> tuple[torch.Tensor, torch.Tensor]:
         colors, alphas = [], []
-        c, o = self.appearance.colors(), self.appearance.opacities()
+        c, o, b = self.appearance.colors(), self.appearance.opacities(), self.appearance.back_colors()
         for t in frames:
-            out = self.renderer.render(traj.x[t], traj.F[t], c, o)
+            out = self.renderer.render(traj.x[t], traj.F[t], c, o, back_colors=b)
             colors.append(out.color)
             alphas.append(out.alpha)
         return torch.stack(colors), torch.stack(alphas)
@@ -336,7 +358,8 @@ class FitState:
 def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
     """Atomic write: a killed process never leaves a half-written checkpoint."""
     data = dict(meta, version=CHECKPOINT_VERSION, state=dataclasses.asdict(st) | {
-        "appearance": {"color_logits": st.appearance.color_logits, "opacity_logits": st.appearance.opacity_logits}})
+        "appearance": {"color_logits": st.appearance.color_logits, "opacity_logits": st.appearance.opacity_logits,
+                       "back_color_logits": st.appearance.back_color_logits}})
     tmp = path.with_suffix(".tmp")
     torch.save(data, tmp)
     tmp.replace(path)
@@ -350,7 +373,7 @@ def load_checkpoint(path: Path) -> tuple[FitState, dict]:
         raise CliError(f"{path}: checkpoint version {data.get('version')} is not {CHECKPOINT_VERSION}")
     s = data.pop("state")
     app = s.pop("appearance")
-    st = FitState(**s, appearance=Appearance(app["color_logits"], app["opacity_logits"]))
+    st = FitState(**s, appearance=Appearance(app["color_logits"], app["opacity_logits"], app.get("back_color_logits")))
     return st, data
 
 

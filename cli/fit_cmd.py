@@ -181,7 +181,7 @@ def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: 
     from rich.console import Console
     from rich.table import Table
 
-    from dreamcloth.render import side_by_side, write_png_frames, write_video
+    from dreamcloth.render import SILHOUETTE_ALPHA, side_by_side, write_png_frames, write_video
 
     from .common import foreground_masks
     from .losses import mask_iou, psnr
@@ -204,7 +204,7 @@ def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: 
     color = color.clamp(0, 1).float().cpu()
     # the predicted silhouette is cut from the predicted image exactly as the video's are cut from
     # the video (colour distance to the background), so the IoU compares like with like
-    pred_masks = foreground_masks(color, scene.camera.background) if masks is None else (alpha > 0.5).float().cpu()
+    pred_masks = foreground_masks(color, scene.camera.background) if masks is None else (alpha >= SILHOUETTE_ALPHA).float().cpu()
     write_video(color, out / "predicted.mp4", fps=scene.settings.fps)
     write_png_frames(color[context:], out / "predicted_frames")
     write_png_frames(pred_masks[context:, 0], out / "predicted_masks", prefix="mask")

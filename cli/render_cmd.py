@@ -156,8 +156,10 @@ def render_sheet_video(config: SheetVideoConfig, on_frame=None) -> Path:
         for i in range(config.frames):
             phase = i / config.frames
             vertices = deform_sheet(uv, phase, config.motion)
-            # in_plane_scale 2: nearly opaque splats that close the gaps between neighbours.
-            g = cloth_gaussians(vertices, faces, thickness=config.thickness, sampling=sampling, in_plane_scale=2.0)
+            # in_plane_scale 2: nearly opaque splats that close the gaps between neighbours; the
+            # camera: edges inset so that the silhouette is the mesh's.
+            g = cloth_gaussians(vertices, faces, thickness=config.thickness, sampling=sampling, in_plane_scale=2.0,
+                                camera=camera, opacity=0.95)
             colors = _shade(g, vertices, uv, light)
             opacities = torch.full((g.means.shape[0],), 0.95)
             out = rasterize(g.means, g.covariances, colors, opacities, camera, background, backend=config.backend)

@@ -3,7 +3,8 @@
     [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid
     [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b]
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
-                 size, center, rotation_deg, color, pinned (vertex ids or "corners:2"), velocity,
+                 size, center, rotation_deg, color, color_back (cloth: the other side; default color),
+                 pinned (vertex ids or "corners:2"), velocity,
                  [object.material] model + values, [object.fit] parameter = [low, high] (or true)
     [[collider]] kind = "plane"|"sphere"|"box"|"mesh", geometry, friction, velocity, motion
 
@@ -177,6 +178,7 @@ class ObjectSpec:
     spacing: float  # solids: particle spacing in units of dx (0.5 = 8 per cell)
     scale: float  # mesh files
     texture: str = "checker"  # "checker": 3-D checkerboard of color and a darker shade; "plain"
+    color_back: tuple[float, float, float] | None = None  # cloth: the back side's colour (None: color)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +256,12 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
     color = r.vector("color", default=[0.8, 0.3, 0.2])
     if any(not 0 <= c <= 1 for c in color):
         raise r.err("color", f"components must lie in [0, 1], got {_fmt(list(color))}")
+    # The side of a cloth against its triangles' winding; solids have no back.
+    color_back = r.vector("color_back", default=list(color))
+    if any(not 0 <= c <= 1 for c in color_back):
+        raise r.err("color_back", f"components must lie in [0, 1], got {_fmt(list(color_back))}")
+    if "color_back" in r.table and kind != "cloth":
+        raise r.err("color_back", "is only supported for cloth")
     pinned_raw = r.get("pinned", [])
     if isinstance(pinned_raw, str):
         if not _CORNERS.match(pinned_raw):
@@ -311,7 +319,7 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
     fr.finish()
     r.finish()
     return ObjectSpec(name, kind, mesh, size, center, rotation, color, pinned, pin_velocity, velocity, model, values,
-                      fit, spacing, scale, texture)
+                      fit, spacing, scale, texture, tuple(color_back))
 
 
 def _collider(t: dict, idx: int, file: Path) -> ColliderSpec:
@@ -446,6 +454,7 @@ def to_toml(scene: Scene) -> str:
             f"pinned = {v(o.pinned if isinstance(o.pinned, str) else list(o.pinned))}", f"pin_velocity = {v(o.pin_velocity)}",
             f"velocity = {v(o.velocity)}", f"particle_spacing = {v(o.spacing)}", f"scale = {v(o.scale)}",
             f"texture = {v(o.texture)}",
+            *([f"color_back = {v(o.color_back)}"] if o.kind == "cloth" and o.color_back is not None else []),
             "[object.material]", f"model = {v(o.model)}",
         ]
         lines += [f"{k} = {v(val)}" for k, val in o.values.items()]

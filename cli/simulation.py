@@ -24,6 +24,8 @@ CLOTH_GAUSSIANS_PER_TRIANGLE = 4
 CLOTH_THICKNESS = 2e-3
 # cloth_gaussians' in-plane scale that closes gaps between neighbouring splats (render/gaussians.py)
 CLOTH_IN_PLANE_SCALE = 2.0
+# the opacity Gaussians are rendered with unless fitted; the silhouette correction assumes it
+DEFAULT_OPACITY = 0.95
 
 
 def _corner_ids(nx: int, ny: int, count: int) -> list[int]:
@@ -240,19 +242,27 @@ class SceneRenderer:
             else:
                 sigma = 0.5 * o.spacing * sim.config.grid.dx
                 self._parts.append(("solid", r, sigma))
-        self.default_colors = self._textures(sim)
-
-    def _textures(self, sim: Simulation) -> torch.Tensor:
-        """Per-Gaussian colours ``[G, 3]`` at rest: each object's colour, as a 3-D checkerboard of
-        the colour and a darker shade (8 cells across the object) when its texture is "checker"."""
+        self.is_cloth = torch.cat([
+            torch.full((extra.num_gaussians if kind == "cloth" else r.end - r.start,), kind == "cloth", device=sim.device)
+            for kind, r, extra in self._parts
+        ])
         means, _ = self.geometry(sim.state0.x, sim.state0.F)
+        self.default_colors = self._textures(sim, means, back=False)
+        # Two-sided cloth: the back's colours (the front's where the scene gives no color_back).
+        self.default_back_colors = self._textures(sim, means, back=True)
+
+    def _textures(self, sim: Simulation, means: torch.Tensor, back: bool) -> torch.Tensor:
+        """Per-Gaussian colours ``[G, 3]`` at rest: each object's colour (``color_back`` for the back of
+        a cloth), as a 3-D checkerboard of the colour and a darker shade (8 cells across the object)
+        when its texture is "checker"."""
         colors = []
         start = 0
         for (kind, r, extra), o in zip(self._parts, sim.scene.objects):
             n = extra.num_gaussians if kind == "cloth" else r.end - r.start
             m = means[start : start + n]
             start += n
-            base = torch.tensor(o.color, dtype=sim.dtype, device=sim.device)
+            rgb = o.color_back if back and kind == "cloth" and o.color_back is not None else o.color
+            base = torch.tensor(rgb, dtype=sim.dtype, device=sim.device)
             c = base.expand(n, 3)
             if o.texture == "checker":
                 cell = float((m.max(0).values - m.min(0).values).max()) / 8.0
@@ -267,22 +277,47 @@ class SceneRenderer:
 
     def geometry(self, x: torch.Tensor, F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian means ``[G, 3]`` and covariances ``[G, 3, 3]`` of one frame (``x [N,3]``, ``F [N,3,3]``)."""
-        means, covs = [], []
+        means, covs, _ = self.frame(x, F)
+        return means, covs
+
+    def frame(self, x: torch.Tensor, F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means ``[G, 3]``, covariances ``[G, 3, 3]`` and front normals ``[G, 3]`` (zero for solids)."""
+        means, covs, normals = [], [], []
         for kind, r, extra in self._parts:
             if kind == "cloth":
                 verts = x[r.start : r.start + r.num_vertices]
-                g = R.cloth_gaussians(verts, extra.faces, thickness=CLOTH_THICKNESS, sampling=extra, in_plane_scale=CLOTH_IN_PLANE_SCALE)
+                # With the camera, the boundary rows are inset so that alpha >= R.SILHOUETTE_ALPHA
+                # is the mesh's own silhouette (render/gaussians.py).
+                g = R.cloth_gaussians(verts, extra.faces, thickness=CLOTH_THICKNESS, sampling=extra, in_plane_scale=CLOTH_IN_PLANE_SCALE,
+                                      camera=self.camera, opacity=DEFAULT_OPACITY)
+                normals.append(g.normals)
             else:
                 g = R.solid_gaussians(x[r.start : r.end], F[r.start : r.end], extra)
+                normals.append(torch.zeros_like(g.means))
             means.append(g.means)
             covs.append(g.covariances)
-        return torch.cat(means), torch.cat(covs)
+        return torch.cat(means), torch.cat(covs), torch.cat(normals)
 
-    def render(self, x: torch.Tensor, F: torch.Tensor, colors: torch.Tensor | None = None, opacities: torch.Tensor | None = None) -> R.RenderOutput:
-        """One frame: colour ``[3,H,W]``, alpha ``[1,H,W]``, depth ``[1,H,W]``."""
-        means, covs = self.geometry(x, F)
+    def front_weight(self, means: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """``[G]``: how much each Gaussian shows its front colour (cloth: the side facing the camera,
+        ``R.front_facing``; solids: always 1)."""
+        w = R.front_facing(normals, means, self.camera)
+        return torch.where(self.is_cloth.to(means.device), w, torch.ones_like(w))
+
+    def render(self, x: torch.Tensor, F: torch.Tensor, colors: torch.Tensor | None = None, opacities: torch.Tensor | None = None,
+               back_colors: torch.Tensor | None = None) -> R.RenderOutput:
+        """One frame: colour ``[3,H,W]``, alpha ``[1,H,W]``, depth ``[1,H,W]``.
+
+        ``colors`` / ``back_colors`` ``[G, 3]``: the front and back sides' colours (default: the
+        scene's; ``back_colors`` defaults to ``colors`` when only those are given: one-sided)."""
+        means, covs, normals = self.frame(x, F)
         if colors is None:
-            colors = self.default_colors
+            colors, back = self.default_colors, self.default_back_colors
+        else:
+            back = colors if back_colors is None else back_colors
+        if back is not colors:
+            w = self.front_weight(means, normals)[:, None]
+            colors = back + w * (colors - back)
         if opacities is None:
-            opacities = torch.full((means.shape[0],), 0.95, dtype=means.dtype, device=means.device)
+            opacities = torch.full((means.shape[0],), DEFAULT_OPACITY, dtype=means.dtype, device=means.device)
         return R.rasterize(means, covs, colors, opacities, self.camera, self.background, backend=self.backend)

@@ -160,3 +160,55 @@ def _composite_chunk(pix, pix_tile, mean2d, inv, opac, feats, rect_min, rect_max
     t_before = torch.cat([torch.ones_like(t_after[:, :1]), t_after[:, :-1]], dim=1)
     w = a * t_before
     return w @ feats, t_after[:, -1] if t_after.shape[1] else torch.ones_like(pix[:, 0])
+
+
+def rasterize_mesh_reference(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """Exact silhouette of a triangle mesh: ``[H, W]`` bool, True where the pixel centre lies in a triangle.
+
+    ``vertices [V, 3]`` (world), ``faces [F, 3]``; every vertex must lie in front of the camera
+    (view z > 0), so that a triangle projects to the triangle of its projected vertices (a pinhole
+    maps planes to planes).  Pixel centres are at integer coordinates, as in ``Camera.project``;
+    a centre exactly on an edge counts as inside.  This is the ground truth the splatted
+    silhouette (``alpha >= SILHOUETTE_ALPHA``) is tested against.
+    """
+    v = vertices.detach().to(torch.float64)
+    cam = camera.to_camera(v)
+    if bool((cam[:, 2] <= 0).any()):
+        raise ValueError("rasterize_mesh_reference needs every vertex in front of the camera")
+    uv = camera.project(cam)
+    f = torch.as_tensor(faces, dtype=torch.int64, device=v.device)
+    tri = uv[f]  # [F, 3, 2]
+    # Only the pixel centres in each triangle's bounding box are tested; triangles are processed in
+    # order of box size so that one chunk's [triangles, box pixels] block stays small.
+    lo = torch.ceil(tri.amin(1))
+    hi = torch.floor(tri.amax(1))
+    lo = torch.maximum(lo, torch.zeros_like(lo))
+    hi = torch.minimum(hi, torch.tensor([camera.width - 1.0, camera.height - 1.0], dtype=torch.float64, device=v.device))
+    extent = torch.clamp(hi - lo + 1, min=0).to(torch.int64)  # [F, 2]
+    order = torch.argsort(extent.prod(-1))
+    inside = torch.zeros(camera.height * camera.width, dtype=torch.bool, device=v.device)
+    start = 0
+    while start < order.numel():
+        box = int(extent[order[min(order.numel() - 1, start)]].prod())
+        count = max(1, _CHUNK_ELEMENTS // max(1, box))
+        ids = order[start : start + count]
+        start += count
+        ext = extent[ids]
+        wmax, hmax = int(ext[:, 0].max()), int(ext[:, 1].max())
+        if wmax == 0 or hmax == 0:
+            continue
+        oy, ox = torch.meshgrid(torch.arange(hmax, device=v.device), torch.arange(wmax, device=v.device), indexing="ij")
+        px = lo[ids, 0:1] + ox.reshape(1, -1)  # [C, K]
+        py = lo[ids, 1:2] + oy.reshape(1, -1)
+        valid = (ox.reshape(1, -1) < ext[:, 0:1]) & (oy.reshape(1, -1) < ext[:, 1:2])
+        t = tri[ids]
+        signs = []
+        for i in range(3):
+            a, b = t[:, i], t[:, (i + 1) % 3]
+            # Edge function: the z of (b - a) x (p - a); one sign on all three edges means inside.
+            signs.append((b[:, 0:1] - a[:, 0:1]) * (py - a[:, 1:2]) - (b[:, 1:2] - a[:, 1:2]) * (px - a[:, 0:1]))
+        e = torch.stack(signs)  # [3, C, K]
+        hit = valid & ((e >= 0).all(0) | (e <= 0).all(0))
+        flat = (py * camera.width + px).to(torch.int64)[hit]
+        inside[flat] = True
+    return inside.reshape(camera.height, camera.width)

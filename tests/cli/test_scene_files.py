@@ -116,3 +116,23 @@ def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
     out = CliRunner().invoke(app, ["scene", "check", str(stiff)], terminal_width=400)
     assert out.exit_code == 0, out.output
     assert "not converged" not in out.output
+
+
+def test_color_back_defaults_to_color_and_is_validated_like_it(tmp_path):
+    text = _text()
+    assert "kind = \"cloth\"" in text
+    scene = load_scene(write_drape(tmp_path, text=text))
+    cloth = scene.objects[0]
+    assert cloth.color_back == cloth.color
+    two = text.replace('kind = "cloth"', 'kind = "cloth"\ncolor_back = [0.1, 0.2, 0.9]', 1)
+    scene = load_scene(write_drape(tmp_path, name="two.toml", text=two))
+    assert scene.objects[0].color_back == (0.1, 0.2, 0.9)
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(scene))
+    assert load_scene(again).objects == scene.objects
+    for bad, message in (("[0.1, 0.2, 1.5]", r"object\[0\]\.color_back.*components must lie in \[0, 1\]"),
+                         ("[0.1, 0.2]", r"object\[0\]\.color_back must be a list of 3 numbers")):
+        path = write_drape(tmp_path, name="bad.toml", text=text.replace('kind = "cloth"', f'kind = "cloth"\ncolor_back = {bad}', 1))
+        with pytest.raises(SceneError, match=message) as info:
+            load_scene(path)
+        assert str(path) in str(info.value)
