@@ -317,12 +317,14 @@ def finished_result(job: Job, out: Path) -> JobResult | None:
     return JobResult(**{**res, "skipped": True, "resumed": False, "seconds": res.get("seconds", 0.0)})
 
 
-def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None = None) -> JobResult:
+def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None = None,
+            release_taichi: bool = False) -> JobResult:
     """Run one job in this process, into ``out / job.name``; never raises for a failed job.
 
     ``threads``: pin the process to this many threads first (None: leave it as it is).
     ``stop_after``: end a fit after that many material iterations with its checkpoint, as if it
     had been killed there (status ``interrupted``); the next run resumes it.
+    ``release_taichi``: end Taichi's program after the job (what a Ray task does, see below).
     """
     from .fit_cmd import do_fit, do_predict
 
@@ -364,6 +366,18 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
                            resumed=resumed)
     if folder.is_dir():
         (folder / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2))
+    if release_taichi:
+        from taichi.lang import impl
+
+        if impl.get_runtime().prog is not None:
+            import taichi as ti
+
+            # Taichi writes newly compiled kernels to its offline cache only when its program
+            # ends, and Ray kills idle workers without that: every worker of every batch then
+            # compiled the backward kernels from scratch (~170 s of a 220 s tiny fit here).  Ending
+            # it also frees the job's memory (taichi#8763) before the worker's next job, which
+            # loads the kernels back from the cache.
+            ti.reset()
     return result
 
 
@@ -441,7 +455,7 @@ def run_batch(jobs: list[Job], out: Path, workers: int | None = None, threads: i
                 while pending or in_flight:
                     while pending and len(in_flight) < limit:
                         job = pending.popleft()
-                        in_flight[task.remote(job, out, threads, stop_after)] = job
+                        in_flight[task.remote(job, out, threads, stop_after, True)] = job
                         notify("started", job, None)
                     ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                     for ref in ready:

@@ -33,6 +33,10 @@ def fit_batch(
     if iterations is not None:
         defaults["iterations"] = iterations
     job_list = B.read_jobs(jobs, predict=predict, defaults=defaults)
+    try:
+        B.import_ray()  # before the progress view, so that its absence is the only line printed
+    except B.RayNotInstalledError as exc:
+        raise CliError(str(exc)) from None
     console = Console()
     counts = {"done": 0, "running": 0, "failed": 0, "interrupted": 0, "skipped": 0}
 
@@ -62,8 +66,6 @@ def fit_batch(
 
         try:
             batch = B.run_batch(job_list, out, workers=workers, threads=threads, address=address, on_event=on_event)
-        except B.RayNotInstalledError as exc:
-            raise CliError(str(exc)) from None
         except KeyboardInterrupt:
             raise CliError(f"interrupted: run the same command again to resume ({out})", 130) from None
     table = Table(title=f"fit-batch: {len(job_list)} jobs")
