@@ -50,6 +50,7 @@ def _values(doc):
 
 @pytest.mark.slow
 def test_batch_records_failure_and_resumes_to_the_same_results(batch_data, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the cluster extra: pip install -e '.[test,cluster]' (CI does)")
     folder, jobs = batch_data
     code, output = _run(["fit-batch", str(jobs), "--out", str(tmp_path / "full"), "--workers", "2"])
     assert code == EXIT_JOBS_FAILED, output
