@@ -273,10 +273,11 @@ def read_jobs(path: Path, predict: bool = False, defaults: dict[str, Any] | None
 def pin_threads(threads: int) -> None:
     """Make this process use ``threads`` CPU threads in torch, OpenMP and Taichi.
 
-    N jobs on N cores must not each start a thread per core: on a 2-core machine two jobs with two
-    Taichi threads each ran slower than one.  Taichi reads ``TI_CPU_MAX_NUM_THREADS`` at every
-    ``ti.init`` (both the simulator's and the renderer's runtime call it lazily), so the variable
-    covers them without either knowing about batches.
+    Left alone, each of N jobs on N cores starts a thread per core in Taichi and in torch: N^2
+    busy threads on N cores, where idle spinning threads already made Taichi's backward 2.4x slower
+    (DESIGN.md).  Taichi reads ``TI_CPU_MAX_NUM_THREADS`` at every ``ti.init`` (the simulator's
+    and the renderer's runtimes both start Taichi lazily), so the variable reaches both without
+    either knowing about batches.
     """
     import torch
 
