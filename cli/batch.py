@@ -375,9 +375,8 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
 
             # Taichi writes newly compiled kernels to its offline cache only when its program
             # ends, and Ray kills idle workers without that: every worker of every batch then
-            # compiled the backward kernels from scratch (~170 s of a 220 s tiny fit here).  Ending
-            # it also frees the job's memory (taichi#8763) before the worker's next job, which
-            # loads the kernels back from the cache.
+            # compiled the backward kernels from scratch (~170 s of a 220 s tiny fit here).
+            # Taichi is not started again in this process after this (run_batch: one job per worker).
             ti.reset()
     return result
 
@@ -449,8 +448,10 @@ def run_batch(jobs: list[Job], out: Path, workers: int | None = None, threads: i
         try:
             limit = workers or max(1, int(ray.cluster_resources().get("CPU", threads)) // threads)
             # one retry: a worker lost with its node resumes from the checkpoint elsewhere; a job
-            # that crashes its worker deterministically should not cost four attempts
-            task = ray.remote(num_cpus=threads, max_retries=1)(run_job)
+            # that crashes its worker deterministically should not cost four attempts.  One job
+            # per worker process: a job ends Taichi's program (see run_job), and a second job that
+            # started Taichi again in the same process crashed it (SIGSEGV, Taichi 1.7.4)
+            task = ray.remote(num_cpus=threads, max_retries=1, max_calls=1)(run_job)
             in_flight: dict[Any, Job] = {}
             try:
                 while pending or in_flight:
