@@ -19,6 +19,7 @@ SECTIONS: dict[str, str] = {
     "prior": "bench_prior",
     "accuracy": "accuracy",
     "morph": "bench_morph",
+    "batch": "bench_batch",
 }
 
 

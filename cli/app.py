@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .batch_cmd import fit_batch
 from .errors import report_errors
 from .fit_cmd import fit, predict
 from .morph_cmd import morph_command
@@ -34,6 +35,7 @@ app.add_typer(prior_app, name="prior")
 app.command()(simulate)
 app.command()(fit)
 app.command()(predict)
+app.command("fit-batch")(fit_batch)
 app.add_typer(scene_app, name="scene")
 app.command("morph")(morph_command)
 

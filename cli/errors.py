@@ -19,6 +19,8 @@ F = TypeVar("F", bound=Callable[..., object])
 EXIT_BAD_INPUT = 2
 #: Exit code for a run that started but could not finish (NaN that survives dt halving, ...).
 EXIT_RUN_FAILED = 3
+#: Exit code of ``fit-batch`` when one or more of its jobs failed (the others still ran).
+EXIT_JOBS_FAILED = 4
 
 
 class CliError(Exception):

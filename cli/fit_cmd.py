@@ -174,8 +174,10 @@ def fit(
 
 
 def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: int, cfg, masks: Path | None = None,
-               device: str = "cpu", quiet: bool = False) -> dict:
-    """Fit on the first ``context`` frames, simulate ``horizon`` more, and score them against the video."""
+               device: str = "cpu", quiet: bool = False, resume: bool = False) -> dict:
+    """Fit on the first ``context`` frames, simulate ``horizon`` more, and score them against the video.
+
+    ``resume``: continue the fit from ``out``'s checkpoint (what ``dreamcloth fit-batch`` does with an interrupted job)."""
     import numpy as np
     import torch
     from rich.console import Console
@@ -194,7 +196,8 @@ def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: 
         raise CliError(f"--horizon must be at least 1 frame, got {horizon}")
     scene = load_scene(scene_path)
     results: list = []
-    doc = do_fit(video, scene_path, out, cfg, masks, device, frames=context, quiet=quiet, identify=False, result_out=results)
+    doc = do_fit(video, scene_path, out, cfg, masks, device, frames=context, quiet=quiet, identify=False, result_out=results,
+                 resume=resume)
     problem = results[0].problem
     u = results[0].state.best["u"] if results[0].state.best is not None else results[0].state.u
     total = context + horizon

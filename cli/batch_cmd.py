@@ -1,0 +1,83 @@
+"""``dreamcloth fit-batch``: many fits (or predicts) as Ray tasks, resumable; the pipeline is ``batch``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import EXIT_JOBS_FAILED, CliError, report_errors
+
+
+@report_errors
+def fit_batch(
+    jobs: Annotated[Path, typer.Argument(help="Job list: CSV (header video,scene[,masks,name,iterations,...]) or TOML (an array of tables named job).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one folder per job, results.csv, results.json.")],
+    workers: Annotated[Optional[int], typer.Option(help="Jobs at once (default: cores / --threads, of this machine or the cluster).")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads per job (torch, OpenMP and Taichi are pinned to it).")] = 1,
+    address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster (from `ray start --head`) instead of starting a local one.")] = None,
+    predict: Annotated[bool, typer.Option("--predict", help="Each job is a predict: fit the first --context frames, predict --horizon more.")] = False,
+    context: Annotated[int, typer.Option(help="With --predict: frames the fit sees (a job's own context wins).")] = 11,
+    horizon: Annotated[int, typer.Option(help="With --predict: frames predicted after the context (a job's own horizon wins).")] = 11,
+    iterations: Annotated[Optional[int], typer.Option(help="Material-stage iterations of every job that does not set its own (default 30).")] = None,
+) -> None:
+    """Fit many videos: each job of JOBS is one fit (or predict) run as a Ray task; re-run to resume."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import batch as B
+    from .common import progress_bar
+
+    defaults: dict = {"context": context, "horizon": horizon}
+    if iterations is not None:
+        defaults["iterations"] = iterations
+    job_list = B.read_jobs(jobs, predict=predict, defaults=defaults)
+    try:
+        B.import_ray()  # before the progress view, so that its absence is the only line printed
+    except B.RayNotInstalledError as exc:
+        raise CliError(str(exc)) from None
+    console = Console()
+    counts = {"done": 0, "running": 0, "failed": 0, "interrupted": 0, "skipped": 0}
+
+    def status() -> str:
+        return (f"[green]{counts['done']} done[/] ({counts['skipped']} from earlier runs)  [yellow]{counts['running']} running[/]  "
+                f"[red]{counts['failed']} failed[/]")
+
+    with progress_bar() as bar:
+        task = bar.add_task("jobs", total=len(job_list), status=status())
+
+        def on_event(kind: str, job, result) -> None:
+            if kind == "started":
+                counts["running"] += 1
+                bar.console.print(f"[dim]started[/] {job.name}")
+            else:
+                if kind == "finished":
+                    counts["running"] -= 1
+                else:
+                    counts["skipped"] += 1
+                counts[result.status] += 1
+                if result.status == "failed":
+                    bar.console.print(f"[red]failed[/] {job.name}: {result.error}")
+                elif kind == "finished":
+                    how = " (resumed)" if result.resumed else ""
+                    bar.console.print(f"[green]{result.status}[/] {job.name}{how} in {result.seconds:.0f} s")
+            bar.update(task, completed=counts["done"] + counts["failed"] + counts["interrupted"], status=status())
+
+        try:
+            batch = B.run_batch(job_list, out, workers=workers, threads=threads, address=address, on_event=on_event)
+        except KeyboardInterrupt:
+            raise CliError(f"interrupted: run the same command again to resume ({out})", 130) from None
+    table = Table(title=f"fit-batch: {len(job_list)} jobs")
+    for col in ("job", "status", "parameters", "loss", "mask IoU", "seconds"):
+        table.add_column(col)
+    for r in batch.results:
+        params = ", ".join(f"{p['name']}={p['value']:.4g}" + ("" if p["identifiable"] in (None, True) else " (not identifiable)")
+                           for p in r.parameters)
+        table.add_row(r.name, r.status + (" (earlier run)" if r.skipped else ""), params if r.status != "failed" else r.error or "",
+                      f"{r.loss:.4f}" if r.loss is not None else "", f"{r.mask_iou:.3f}" if r.mask_iou is not None else "",
+                      f"{r.seconds:.0f}")
+    console.print(table)
+    console.print(f"wrote {batch.csv_path}, {batch.json_path}")
+    if batch.failed:
+        raise CliError(f"{batch.failed} of {len(job_list)} jobs failed (see {batch.csv_path})", EXIT_JOBS_FAILED)

@@ -1,0 +1,162 @@
+"""``dreamcloth fit-batch``: a local Ray cluster runs tiny fits; a broken job is recorded, an interrupted
+batch resumes to the uninterrupted result, job files with mistakes are one-line errors."""
+
+import csv
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from dreamcloth.cli.app import app
+from dreamcloth.cli.batch import FIT_KEYS, JobFileError, read_jobs, run_batch
+from dreamcloth.cli.errors import EXIT_JOBS_FAILED
+from dreamcloth.cli.simulate_cmd import run_simulation
+
+from .scenes import drape_text, write_drape
+
+# the smallest fit that still runs every stage: 4 material iterations (one L-BFGS polish), 2 starts
+SETTINGS = "iterations,appearance_steps,starts,horizon_start,identify"
+TINY = "4,10,2,4,false"
+
+
+def _run(args):
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def batch_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batchdata")
+    # 6 frames, and a narrower range than the scenes' [20, 400]: the CFL time step from its upper
+    # bound is longer (36 substeps per frame, not 53).  The grid stays at 16: its size is compiled
+    # into the kernels, and the other fit tests have compiled (and cached) these ones
+    small = {"young_modulus = [20.0, 400.0]": "young_modulus = [20.0, 100.0]"}
+
+    def text(E):
+        t = drape_text(E=E, frames=6)
+        for a, b in small.items():
+            t = t.replace(a, b)
+        return t
+
+    truth = write_drape(folder, "truth.toml", text=text(60.0))
+    run_simulation(truth, folder / "sim", quiet=True)
+    write_drape(folder, "fit.toml", text=text(100.0))
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 500)
+    jobs = folder / "jobs.csv"
+    jobs.write_text(
+        f"name,video,scene,lr,{SETTINGS}\n"
+        f"soft,sim/video.mp4,fit.toml,,{TINY}\n"
+        f"fast,sim/video.mp4,fit.toml,0.3,{TINY}\n"
+        f"broken,corrupt.mp4,fit.toml,,{TINY}\n"
+    )
+    return folder, jobs
+
+
+def _values(doc):
+    return {r["name"]: (r["status"], r["loss"], [(p["name"], p["value"]) for p in r["parameters"]]) for r in doc["results"]}
+
+
+@pytest.mark.slow
+def test_batch_records_failure_and_resumes_to_the_same_results(batch_data, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the cluster extra: pip install -e '.[test,cluster]' (CI does)")
+    folder, jobs = batch_data
+    code, output = _run(["fit-batch", str(jobs), "--out", str(tmp_path / "full"), "--workers", "2"])
+    assert code == EXIT_JOBS_FAILED, output
+    errors = [l for l in output.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "1 of 3 jobs failed" in errors[0], output
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert (full["done"], full["failed"]) == (2, 1)
+    by_name = {r["name"]: r for r in full["results"]}
+    assert "corrupt.mp4" in by_name["broken"]["error"] and "\n" not in by_name["broken"]["error"]
+    for name in ("soft", "fast"):
+        r = by_name[name]
+        (p,) = r["parameters"]
+        assert r["status"] == "done" and p["name"] == "young_modulus" and 20.0 <= p["value"] <= 100.0
+        assert p["range"] == [20.0, 100.0] and 0.0 < r["mask_iou"] <= 1.0
+        assert (tmp_path / "full" / name / "params.json").is_file() and (tmp_path / "full" / name / "fit.mp4").is_file()
+    with (tmp_path / "full" / "results.csv").open() as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["broken"]["status"] == "failed" and rows["soft"]["young_modulus_high"] == "100.0"
+    assert float(rows["fast"]["young_modulus"]) == by_name["fast"]["parameters"][0]["value"]
+
+    # interrupted after 2 iterations of every job (their checkpoints stay), then the same command
+    split = tmp_path / "split"
+    stopped = run_batch(read_jobs(jobs), split, workers=2, stop_after=2)
+    assert [r.status for r in stopped.results] == ["interrupted", "interrupted", "failed"]
+    assert (split / "soft" / "checkpoint.pt").is_file() and not (split / "soft" / "params.json").exists()
+    code, output = _run(["fit-batch", str(jobs), "--out", str(split), "--workers", "2"])
+    assert code == EXIT_JOBS_FAILED, output
+    resumed = json.loads((split / "results.json").read_text())
+    assert all(r["resumed"] for r in resumed["results"] if r["name"] != "broken")
+    assert _values(resumed) == _values(full)  # bit-identical values and losses
+
+    # the finished jobs again: nothing to run (Ray is not even started), the same summary
+    finished = read_jobs(jobs)[:2]
+    again = run_batch(finished, split, workers=2)
+    assert [(r.status, r.skipped) for r in again.results] == [("done", True), ("done", True)]
+    assert _values(json.loads(again.json_path.read_text())) == {k: v for k, v in _values(full).items() if k != "broken"}
+
+
+def test_job_file_errors_are_one_line(batch_data, tmp_path):
+    folder, _ = batch_data
+    cases = {
+        "missing.csv": (None, "missing.csv does not exist"),
+        "unknown.csv": ("video,scene,iters\nsim/video.mp4,fit.toml,3\n", "row 2: unknown key 'iters'"),
+        "novideo.csv": ("name,scene\na,fit.toml\n", "row 2: video is missing"),
+        "badint.csv": ("video,scene,iterations\nsim/video.mp4,fit.toml,many\n", "iterations = 'many' is not an integer"),
+        "range.csv": ("video,scene,iterations\nsim/video.mp4,fit.toml,0\n", "iterations must be >= 1"),
+        "twice.csv": ("video,scene\nsim/video.mp4,fit.toml\nsim/video.mp4,fit.toml\n", "job name 'video' is also used by row 2"),
+        "unknown.toml": ("[[job]]\nvideo = 'sim/video.mp4'\nscene = 'fit.toml'\nspeed = 2\n", "job 1: unknown key 'speed'"),
+        "toplevel.toml": ("[[jobs]]\nvideo = 'a.mp4'\n", "unknown key 'jobs'"),
+        "broken.toml": ("[[job]\n", "not valid TOML"),
+        "jobs.txt": ("video,scene\n", "must end in .csv or .toml"),
+    }
+    for name, (text, expected) in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(JobFileError, match=expected.replace("(", r"\(")):
+            read_jobs(path)
+        code, output = _run(["fit-batch", str(path), "--out", str(tmp_path / "o")])
+        errors = [l for l in output.splitlines() if l.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and expected in errors[0], (name, output)
+        assert len(output.strip().splitlines()) == 1, output
+    assert not (tmp_path / "o").exists()
+
+
+def test_toml_jobs_with_defaults_and_overrides(batch_data, tmp_path):
+    folder, _ = batch_data
+    path = folder / "jobs.toml"
+    path.write_text("[defaults]\niterations = 7\nlr = 0.1\n\n[[job]]\nname = 'one'\nvideo = 'sim/video.mp4'\nscene = 'fit.toml'\n"
+                    "\n[[job]]\nvideo = 'corrupt.mp4'\nscene = 'fit.toml'\niterations = 3\ncontext = 5\n")
+    one, two = read_jobs(path, predict=True, defaults={"iterations": 30, "seed": 2})
+    assert (one.name, two.name) == ("one", "corrupt")
+    assert one.video == (folder / "sim" / "video.mp4").resolve() and one.predict and one.context == 11
+    assert (one.fit_config().iterations, one.fit_config().lr, one.fit_config().seed) == (7, 0.1, 2)
+    assert (two.fit_config().iterations, two.context, two.fit_config().horizon_start) == (3, 5, 5)
+    assert one.spec() != two.spec() and one.spec()["config"]["iterations"] == 7
+    assert "iterations" in FIT_KEYS
+
+
+def test_without_ray_the_command_says_how_to_install_it(batch_data, tmp_path, monkeypatch):
+    folder, jobs = batch_data
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when Ray is not installed
+    code, output = _run(["fit-batch", str(jobs), "--out", str(tmp_path / "o")])
+    assert code != 0 and output.strip() == "error: fit-batch needs Ray: pip install 'dreamcloth[cluster]'", output
+
+
+def test_pin_threads_reaches_taichi_and_torch():
+    # a fresh process: Taichi must not have been initialised before the pin, as in a Ray worker
+    import subprocess
+
+    code = ("from dreamcloth.cli.batch import pin_threads\n"
+            "pin_threads(1)\n"
+            "import torch\n"
+            "from dreamcloth.taichi_mpm import runtime\n"
+            "from taichi.lang import impl\n"
+            "runtime.ensure('cpu', torch.float32)\n"
+            "print(impl.current_cfg().cpu_max_num_threads, torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["1", "1"], out.stdout
