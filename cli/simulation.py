@@ -104,14 +104,18 @@ class Simulation:
 
 
 def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None, bending_rate: float | None = None) -> M.Bounds:
-    """CFL ranges: each parameter's fit range (or its fixed value), over all objects."""
+    """CFL ranges: each parameter's fit range and its value in the scene, over all objects.
+
+    The value counts even when a fit range is given: ``simulate`` and ``predict``'s roll-out run the
+    scene's (or the fit's) values, which may lie outside the range (a young_modulus of 2e4 N/m in a
+    scene fitted over [20, 400] needs a ~7x shorter step, not a NaN at substep 11)."""
     def span(p):
         lo, hi = math.inf, -math.inf
         for o in scene.objects:
-            if p in CLOTH_ONLY and o.kind != "cloth":
+            if p in CLOTH_ONLY and o.kind != "cloth" or p not in o.values:
                 continue
-            a, b = o.fit.get(p, (o.values[p], o.values[p])) if p in o.values else (math.inf, -math.inf)
-            lo, hi = min(lo, a), max(hi, b)
+            a, b = o.fit.get(p, (o.values[p], o.values[p]))
+            lo, hi = min(lo, a, o.values[p]), max(hi, b, o.values[p])
         return (lo, hi) if lo <= hi else None
 
     s = scene.settings

@@ -36,3 +36,18 @@ def test_simulate_bad_device_and_scene(tmp_path):
     scene = write_drape(tmp_path, frames=4)
     code = CliRunner().invoke(app, ["simulate", "--scene", str(scene), "--device", "tpu", "--out", str(tmp_path / "o")])
     assert code.exit_code == 2 and "--device must be" in code.output
+
+
+def test_simulate_steps_for_values_outside_the_fit_range(tmp_path):
+    """A young_modulus 50x above the scene's fit range [20, 400] gets the time step it needs, not a NaN."""
+    from dreamcloth.cli.simulation import build
+
+    inside = build(load_scene(write_drape(tmp_path, "inside.toml", E=60.0, frames=2)))
+    stiff_scene = write_drape(tmp_path, "stiff.toml", E=2e4, frames=2)
+    stiff = build(load_scene(stiff_scene))
+    assert stiff.bounds.young_modulus[1] == 2e4
+    assert stiff.config.substeps_per_frame >= 5 * inside.config.substeps_per_frame
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["simulate", "--scene", str(stiff_scene), "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert np.isfinite(np.load(out / "states.npz")["x"]).all()
