@@ -80,7 +80,7 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option(help="Clips per micro-batch and process.")] = 8,
     grad_accumulation: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 2e-4,
-    precision: Annotated[str, typer.Option(help="Mixed precision: no, bf16 (CPU and recent GPUs) or fp16 (GPU).")] = "bf16",
+    precision: Annotated[str, typer.Option(help="Mixed precision: auto (none on CPU, where bf16 measured slower; bf16 or fp16 on GPU), no, bf16 or fp16.")] = "auto",
     base_channels: Annotated[int, typer.Option(help="U-Net width (48 gives about 3M parameters).")] = 48,
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = 1000,
     sample_every: Annotated[int, typer.Option(help="Write sample mp4s every N steps.")] = 1000,
