@@ -227,6 +227,9 @@ def run(quick: bool = False) -> list[Measurement]:
         if "predict_last_mask_iou" in r:
             out.append(Measurement(SECTION, f"{name}: predict mask IoU (last frame)", r["predict_last_mask_iou"], "",
                                    f"mean over unseen frames {r['predict_mean_mask_iou']:.3f}; goal >= 0.9"))
+    from .cross_sim import run_cross_sim  # videos another simulator (Newton) made: benchmarks/cross_sim.py
+
+    out += run_cross_sim(quick)
     return out
 
 

@@ -1,0 +1,446 @@
+"""Cross-simulator check: cloth videos that another simulator made, scored by ``dreamcloth predict``.
+
+Issue 12, point 7.  NVIDIA Newton (``pip install newton warp-lang``, Apache-2.0; its Vertex Block
+Descent cloth solver, Chen et al. 2024, "Vertex Block Descent", SIGGRAPH) simulates four cloth
+scenes on the CPU; nobody here wrote it and it is not an MPM.  For each case the per-frame vertex
+positions, the triangles and the scene (camera, colliders, pins, the Newton values used) are stored
+in ``benchmarks/data/cross_sim/<case>.npz`` with a dreamcloth scene file ``<case>.toml`` whose
+initial cloth, camera, colliders and pins are the Newton scene's, so that neither CI nor the
+benchmark needs Newton.
+
+Scoring (``score_case``): the trajectory is rendered with the scene's camera (RGB video: dreamcloth's
+own Gaussian renderer; target masks: exact rasterization of the mesh, ``rasterize_mesh_reference``),
+``predict`` fits the first ``CONTEXT`` frames (density given, the other material values fitted) and
+simulates ``HORIZON`` more; the mean mask IoU over those unseen frames is reported next to the
+copy-last-frame baseline (the last context frame's true mask compared with each unseen frame's).
+
+    python -m dreamcloth.benchmarks.cross_sim generate          # needs newton + warp-lang (the crosssim extra)
+    python -m dreamcloth.benchmarks.cross_sim score [case ...]  # what `dreamcloth bench --section accuracy` runs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import Measurement
+
+SECTION = "accuracy"
+DATA = Path(__file__).parent / "data" / "cross_sim"
+FPS = 24
+FRAMES = 24
+CONTEXT = 11
+HORIZON = 13
+GRID_N = 21  # cloth vertices per side (the Newton mesh and the scene's grid:NxN)
+AREAL_DENSITY = 0.2  # kg/m^2, given to the fit (not fitted)
+WIDTH, HEIGHT = 128, 96
+#: material-stage iterations of each predict (bench) and of `--quick`
+ITERATIONS = 8
+QUICK_ITERATIONS = 3
+#: positions are stored as uint16 over the unit box: 1.5e-5 m steps (~0.002 px at 128x96)
+_QUANT = 65535.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NewtonCloth:
+    """The Newton values of one case.  VBD's membrane is a stable neo-Hookean with 2-D Lamé
+    parameters ``tri_ke`` (mu) and ``tri_ka`` (lambda) in N/m; its bending energy is
+    0.5 * edge_ke * rest_length * (theta - theta0)^2 per interior edge; ``tri_kd`` / ``edge_kd`` are
+    Rayleigh (stiffness-proportional) damping factors in seconds."""
+
+    tri_ke: float = 1.0e3
+    tri_ka: float = 1.0e3
+    tri_kd: float = 1.0e-4
+    edge_ke: float = 1.0e-3
+    edge_kd: float = 1.0e-5
+    mu: float = 0.3  # friction with the colliders
+    particle_radius: float = 0.004  # contact thickness (m)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One scene: a square ``GRID_N`` x ``GRID_N`` cloth of side ``size`` (m) placed like a scene's
+    ``grid:NxN`` (``center``, ``rotation_deg``), seen by a 40-degree camera, with its Newton values."""
+
+    name: str
+    description: str
+    size: float
+    center: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    camera_eye: tuple[float, float, float]
+    camera_look_at: tuple[float, float, float]
+    newton: NewtonCloth
+    colliders: tuple[dict, ...] = ()
+    pinned_corners: int = 0
+    color: tuple[float, float, float] = (0.85, 0.35, 0.2)
+    fit_friction: bool = True
+    #: fit ranges different from dreamcloth's defaults (only where the truth lies outside them)
+    fit_overrides: tuple[tuple[str, tuple[float, float]], ...] = ()
+
+
+_SPHERE = {"kind": "sphere", "center": (0.5, 0.45, 0.5), "radius": 0.15}
+_GROUND = {"kind": "plane", "point": (0.0, 0.05, 0.0), "normal": (0.0, 1.0, 0.0)}
+_DROP_VIEW = dict(camera_eye=(0.5, 1.05, 1.75), camera_look_at=(0.5, 0.45, 0.5))
+
+CASES: dict[str, Case] = {
+    "sphere_soft": Case(
+        "sphere_soft", "a soft cloth dropped onto a sphere (drapes over it)", 0.6, (0.53, 0.72, 0.52), (0.0, 25.0, 0.0),
+        newton=NewtonCloth(edge_ke=1.0e-3, mu=0.5), colliders=(_SPHERE, _GROUND), **_DROP_VIEW),
+    "sphere_stiff": Case(
+        "sphere_stiff", "the same drop, a cloth stiff in bending (stays nearly flat, like an umbrella)", 0.6, (0.53, 0.72, 0.52),
+        (0.0, 25.0, 0.0), newton=NewtonCloth(edge_ke=1.0e-1, mu=0.5), colliders=(_SPHERE, _GROUND), color=(0.3, 0.55, 0.8),
+        fit_overrides=(("bending_stiffness", (1e-6, 1e-2)),), **_DROP_VIEW),
+    "swing": Case(
+        "swing", "a cloth pinned at two corners, released horizontal, swinging down", 0.4, (0.5, 0.85, 0.65), (0.0, 0.0, 0.0),
+        camera_eye=(1.35, 1.1, 1.2), camera_look_at=(0.5, 0.6, 0.45), newton=NewtonCloth(edge_ke=1.0e-3),
+        pinned_corners=2, color=(0.2, 0.45, 0.85), fit_friction=False),
+    "tilted_ground": Case(
+        "tilted_ground", "a tilted cloth dropped on the ground (one edge lands first, the rest flops down)", 0.5,
+        (0.5, 0.8, 0.5), (45.0, 20.0, 0.0), newton=NewtonCloth(edge_ke=1.0e-3, mu=0.5), colliders=(_GROUND,),
+        color=(0.3, 0.7, 0.35), **_DROP_VIEW),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# the dreamcloth scene of a case
+
+
+def _vec(v) -> str:
+    return "[" + ", ".join(f"{float(a):g}" for a in v) + "]"
+
+
+def scene_toml(case: Case) -> str:
+    """The dreamcloth scene: the Newton scene's initial cloth, camera, colliders and pins; density
+    given, the other material values fitted (dreamcloth's default ranges unless overridden)."""
+    fit = {"young_modulus": True, "damping": True, "bending_stiffness": True, "drag_coefficient": True}
+    if case.fit_friction:
+        fit["friction"] = True
+    fit.update(dict(case.fit_overrides))
+    lines = [
+        f"# Cross-simulator case {case.name!r}: {case.description}.",
+        "# Made by benchmarks/cross_sim.py from a Newton (VBD) simulation; the values under [object.material]",
+        "# other than density are placeholders that the fit replaces.",
+        "", "[scene]", f"fps = {FPS}", f"frames = {FRAMES}", "grid = 24", "domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]",
+        "", "[camera]", f"width = {WIDTH}", f"height = {HEIGHT}", "fov_y_deg = 40", f"eye = {_vec(case.camera_eye)}",
+        f"look_at = {_vec(case.camera_look_at)}", "background = [1.0, 1.0, 1.0]",
+        "", "[[object]]", 'name = "cloth"', 'kind = "cloth"', f'mesh = "grid:{GRID_N}x{GRID_N}"', f"size = [{case.size:g}, {case.size:g}]",
+        f"center = {_vec(case.center)}", f"rotation_deg = {_vec(case.rotation_deg)}", f"color = {_vec(case.color)}",
+    ]
+    if case.pinned_corners:
+        lines.append(f'pinned = "corners:{case.pinned_corners}"')
+    lines += ["", "[object.material]", f"density = {AREAL_DENSITY:g}", f"friction = {case.newton.mu:g}", "", "[object.fit]"]
+    lines += [f"{k} = " + ("true" if v is True else _vec(v)) for k, v in fit.items()]
+    for c in case.colliders:
+        lines += ["", "[[collider]]", f'kind = "{c["kind"]}"']
+        if c["kind"] == "sphere":
+            lines += [f"center = {_vec(c['center'])}", f"radius = {c['radius']:g}"]
+        else:
+            lines += [f"point = {_vec(c['point'])}", f"normal = {_vec(c['normal'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def initial_mesh(case: Case) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Vertices ``[V, 3]``, triangles ``[F, 3]`` and pinned vertex ids of the scene's ``grid:NxN``
+    cloth (dreamcloth's vertex order and triangulation; Newton gets exactly these)."""
+    from dreamcloth.cli.simulation import _corner_ids
+    from dreamcloth.taichi_mpm.cloth import grid_mesh
+
+    verts, faces = grid_mesh(GRID_N, GRID_N, (case.size, case.size), case.center, case.rotation_deg)
+    pinned = _corner_ids(GRID_N, GRID_N, case.pinned_corners) if case.pinned_corners else []
+    return verts, faces, pinned
+
+
+def bending_rigidity_of_edge_ke(edge_ke: float, verts: np.ndarray, faces: np.ndarray, curvature: float = 1.0) -> float:
+    """The continuum bending rigidity B (N m) that VBD's dihedral energy 0.5 k L theta^2 amounts to
+    on this mesh: the mesh is rolled onto cylinders of ``curvature`` about either in-plane axis and
+    B = 2 E / (kappa^2 A), averaged over the two directions (continuum: E = B/2 kappa^2 A)."""
+    centre = verts.mean(0)
+    local = verts - centre
+    # the mesh's own in-plane axes
+    _, _, vt = np.linalg.svd(local, full_matrices=False)
+    a1, a2 = vt[0], vt[1]
+    p = np.stack([local @ a1, local @ a2], 1)
+    d1, d2 = p[faces[:, 1]] - p[faces[:, 0]], p[faces[:, 2]] - p[faces[:, 0]]
+    area = 0.5 * np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]).sum()
+    edges: dict[tuple[int, int], list[int]] = {}
+    for f in faces:
+        for k in range(3):
+            i, j, o = f[k], f[(k + 1) % 3], f[(k + 2) % 3]
+            edges.setdefault((min(i, j), max(i, j)), []).append(o)
+    rig = []
+    for axis in (0, 1):
+        s, t = p[:, axis], p[:, 1 - axis]
+        r = 1.0 / curvature
+        rolled = np.stack([r * np.sin(s / r), r * (1 - np.cos(s / r)), t], 1)
+        energy = 0.0
+        for (i, j), opp in edges.items():
+            if len(opp) != 2:
+                continue
+            e = rolled[j] - rolled[i]
+            n1 = np.cross(e, rolled[opp[0]] - rolled[i])
+            n2 = np.cross(rolled[opp[1]] - rolled[i], e)
+            cos = np.clip(np.dot(n1, n2) / (np.linalg.norm(n1) * np.linalg.norm(n2)), -1.0, 1.0)
+            theta = math.acos(cos)
+            energy += 0.5 * edge_ke * np.linalg.norm(verts[j] - verts[i]) * theta**2
+        rig.append(2 * energy / (curvature**2 * area))
+    return float(np.mean(rig))
+
+
+def membrane_young_modulus(nc: NewtonCloth) -> tuple[float, float]:
+    """2-D Young's modulus (N/m) and Poisson ratio of VBD's membrane Lamé pair (mu, lambda)."""
+    mu, lam = nc.tri_ke, nc.tri_ka
+    return 4 * mu * (mu + lam) / (lam + 2 * mu), lam / (lam + 2 * mu)
+
+
+# ----------------------------------------------------------------------------------------------
+# generation with Newton (optional dependency)
+
+#: VBD settings (per video frame: SUBSTEPS steps of ITERATIONS Gauss-Seidel sweeps)
+NEWTON_SUBSTEPS = 20
+NEWTON_ITERATIONS = 10
+NEWTON_CONTACT_KE = 1.0e3
+NEWTON_CONTACT_KD = 1.0e-2
+NEWTON_CONTACT_GAP = 0.01
+
+
+def simulate_newton(case: Case) -> tuple[np.ndarray, dict]:
+    """Run ``case`` with Newton's VBD solver on the CPU; positions ``[FRAMES, V, 3]`` and what was used."""
+    import warp as wp  # noqa: PLC0415 - optional: the crosssim extra
+
+    import newton  # noqa: PLC0415
+
+    wp.config.quiet = True
+    wp.set_device("cpu")
+    verts, faces, pinned = initial_mesh(case)
+    nc = case.newton
+    b = newton.ModelBuilder(up_axis=newton.Axis.Y)  # gravity: -9.81 m/s^2 along y
+    shape = b.default_shape_cfg.copy()
+    shape.mu = nc.mu
+    shape.ke = NEWTON_CONTACT_KE
+    shape.kd = NEWTON_CONTACT_KD
+    for c in case.colliders:
+        if c["kind"] == "sphere":
+            b.add_shape_sphere(body=-1, xform=wp.transform(wp.vec3(*c["center"]), wp.quat_identity()), radius=c["radius"], cfg=shape)
+        elif c["kind"] == "plane" and tuple(c["normal"]) == (0.0, 1.0, 0.0):
+            b.add_ground_plane(height=c["point"][1], cfg=shape)
+        else:
+            raise ValueError(f"{case.name}: collider {c} is not supported by the generator")
+    b.add_cloth_mesh(pos=wp.vec3(0.0, 0.0, 0.0), rot=wp.quat_identity(), scale=1.0, vel=wp.vec3(0.0, 0.0, 0.0),
+                     vertices=[wp.vec3(*v) for v in verts], indices=faces.reshape(-1).tolist(), density=AREAL_DENSITY,
+                     tri_ke=nc.tri_ke, tri_ka=nc.tri_ka, tri_kd=nc.tri_kd, edge_ke=nc.edge_ke, edge_kd=nc.edge_kd,
+                     particle_radius=nc.particle_radius)
+    for i in pinned:  # kinematic: zero mass, not active (what add_cloth_grid's fix_* flags do)
+        b.particle_mass[i] = 0.0
+        b.particle_flags[i] = b.particle_flags[i] & ~newton.ParticleFlags.ACTIVE
+    b.color(include_bending=True)
+    model = b.finalize(device="cpu")
+    model.soft_contact_ke = NEWTON_CONTACT_KE
+    model.soft_contact_kd = NEWTON_CONTACT_KD
+    model.soft_contact_mu = nc.mu
+    pipeline = newton.CollisionPipeline(model, soft_contact_gap=NEWTON_CONTACT_GAP)
+    solver = newton.solvers.SolverVBD(model, iterations=NEWTON_ITERATIONS)
+    s0, s1 = model.state(), model.state()
+    control = model.control()
+    contacts = pipeline.contacts()
+    dt = 1.0 / FPS / NEWTON_SUBSTEPS
+    n = len(verts)
+    xs = [s0.particle_q.numpy()[:n].copy()]
+    t0 = time.perf_counter()
+    for _ in range(FRAMES - 1):
+        for _ in range(NEWTON_SUBSTEPS):
+            s0.clear_forces()
+            pipeline.collide(s0, contacts)
+            solver.step(s0, s1, control, contacts, dt)
+            s0, s1 = s1, s0
+        xs.append(s0.particle_q.numpy()[:n].copy())
+    x = np.stack(xs).astype(np.float64)
+    if not np.isfinite(x).all():
+        raise RuntimeError(f"{case.name}: Newton produced non-finite positions")
+    e2d, nu = membrane_young_modulus(nc)
+    info = {
+        "simulator": f"newton {newton.__version__} (warp-lang {wp.__version__}), SolverVBD on the CPU",
+        "solver": {"name": "SolverVBD", "substeps_per_frame": NEWTON_SUBSTEPS, "iterations": NEWTON_ITERATIONS, "dt": dt,
+                   "self_contact": False},
+        "material": {**dataclasses.asdict(nc), "areal_density": AREAL_DENSITY,
+                     "equivalent": {"membrane_young_modulus_N_per_m": e2d, "membrane_poisson_ratio": nu,
+                                    "bending_rigidity_N_m": bending_rigidity_of_edge_ke(nc.edge_ke, verts, faces),
+                                    "air_drag": "none (VBD has no aerodynamic force; Newton's tri_drag acts in SolverSemiImplicit only)"}},
+        "contact": {"soft_contact_ke": NEWTON_CONTACT_KE, "soft_contact_kd": NEWTON_CONTACT_KD, "soft_contact_gap": NEWTON_CONTACT_GAP,
+                    "friction": nc.mu},
+        "colliders": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()} for c in case.colliders],
+        "pinned": pinned, "fps": FPS, "frames": FRAMES, "grid": f"{GRID_N}x{GRID_N}", "size_m": case.size,
+        "center": list(case.center), "rotation_deg": list(case.rotation_deg),
+        "camera": {"eye": list(case.camera_eye), "look_at": list(case.camera_look_at), "fov_y_deg": 40, "width": WIDTH, "height": HEIGHT},
+        "description": case.description, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return x, info
+
+
+def save_case(path: Path, x: np.ndarray, faces: np.ndarray, info: dict) -> None:
+    if x.min() < 0.0 or x.max() > 1.0:
+        raise ValueError(f"{path.name}: positions leave the unit box ({x.min():.3f}, {x.max():.3f}); they are stored quantised in it")
+    q = np.round(x * _QUANT).astype(np.uint16)
+    np.savez_compressed(path, x_q=q, faces=faces.astype(np.int32), info=np.array(json.dumps(info)))
+
+
+def load_case(name: str, folder: Path = DATA) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Positions ``[FRAMES, V, 3]`` (m), triangles ``[F, 3]`` and the description of a stored case."""
+    with np.load(folder / f"{name}.npz") as z:
+        return z["x_q"].astype(np.float64) / _QUANT, z["faces"].astype(np.int64), json.loads(str(z["info"]))
+
+
+def generate(names: list[str] | None = None, folder: Path = DATA) -> list[Path]:
+    """Simulate the cases with Newton and write ``<case>.npz`` and ``<case>.toml`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names or list(CASES):
+        case = CASES[name]
+        x, info = simulate_newton(case)
+        _, faces, _ = initial_mesh(case)
+        save_case(folder / f"{name}.npz", x, faces, info)
+        (folder / f"{name}.toml").write_text(scene_toml(case))
+        print(f"{name}: {info['seconds']} s in Newton, y range {x[..., 1].min():.3f}-{x[..., 1].max():.3f}")
+        out.append(folder / f"{name}.npz")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering and scoring (dreamcloth only)
+
+
+def exact_masks(x: np.ndarray, faces: np.ndarray, scene) -> np.ndarray:
+    """``[T, H, W]`` bool: the mesh's exact silhouette in each frame (pixel centres inside a triangle)."""
+    import torch
+
+    from dreamcloth import render as R
+    from dreamcloth.render._torch_ref import rasterize_mesh_reference
+
+    c = scene.camera
+    cam = R.Camera(eye=c.eye, look_at=c.look_at, up=c.up, fov_y_deg=c.fov_y_deg, width=c.width, height=c.height)
+    f = torch.as_tensor(faces)
+    return np.stack([rasterize_mesh_reference(torch.as_tensor(xt), f, cam).numpy() for xt in x])
+
+
+def copy_last_iou(masks: np.ndarray, context: int) -> list[float]:
+    """The copy-last-frame baseline: IoU of the last context frame's mask with each later frame's."""
+    last = masks[context - 1]
+    out = []
+    for m in masks[context:]:
+        union = np.logical_or(last, m).sum()
+        out.append(float(np.logical_and(last, m).sum() / union) if union else 1.0)
+    return out
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def render_case(name: str, out: Path, folder: Path = DATA) -> dict:
+    """Render a stored case with its scene's camera: ``video.mp4`` (dreamcloth's renderer, the scene's
+    colours), ``masks.mp4`` (exact mesh silhouettes, lossless) and ``masks.npz``."""
+    import torch
+
+    from dreamcloth.cli.common import torch_threads
+    from dreamcloth.cli.scene import load_scene
+    from dreamcloth.cli.simulation import SceneRenderer, build
+    from dreamcloth.render import write_video
+
+    x, faces, info = load_case(name, folder)
+    scene = load_scene(folder / f"{name}.toml")
+    sim = build(scene, torch.float32, "cpu", substeps=1)
+    renderer = SceneRenderer(sim)
+    r = sim.ranges[0]
+    frames = []
+    with torch.no_grad(), torch_threads(1):
+        for xt in x:
+            xx = sim.state0.x.clone()
+            xx[r.start : r.start + r.num_vertices] = torch.as_tensor(xt, dtype=xx.dtype)
+            frames.append(renderer.render(xx, sim.state0.F).color.permute(1, 2, 0).clamp(0, 1).numpy())
+    masks = exact_masks(x, faces, scene)
+    out.mkdir(parents=True, exist_ok=True)
+    write_video(np.stack(frames), out / "video.mp4", fps=FPS)
+    write_video(np.repeat(masks[..., None].astype(np.float32), 3, axis=-1), out / "masks.mp4", fps=FPS, crf=0)
+    np.savez_compressed(out / "masks.npz", masks=masks)
+    return {"video": out / "video.mp4", "masks_video": out / "masks.mp4", "masks": masks, "info": info}
+
+
+def score_case(name: str, out: Path | None = None, iterations: int = ITERATIONS, context: int = CONTEXT, horizon: int = HORIZON,
+               folder: Path = DATA, quiet: bool = True) -> dict:
+    """Render, ``predict`` (fit on ``context`` frames, simulate ``horizon`` more) and score the unseen frames."""
+    import imageio.v3 as iio
+
+    from dreamcloth.cli.fit import FitConfig
+    from dreamcloth.cli.fit_cmd import do_predict
+
+    out = Path(out or tempfile.mkdtemp(prefix=f"cross_sim_{name}_"))
+    rendered = render_case(name, out / "video", folder)
+    masks = rendered["masks"]
+    t0 = time.perf_counter()
+    cfg = FitConfig(iterations=iterations, horizon_start=min(6, context))
+    pred = do_predict(rendered["video"], folder / f"{name}.toml", out / "predict", context, horizon, cfg,
+                      masks=rendered["masks_video"], quiet=quiet)
+    seconds = time.perf_counter() - t0
+    n = min(horizon, masks.shape[0] - context)
+    pred_masks = [iio.imread(out / "predict" / "predicted_masks" / f"mask_{i:04d}.png") for i in range(n)]
+    pred_iou = [mask_iou(pm.reshape(pm.shape[0], pm.shape[1], -1)[..., 0] > 127, masks[context + i]) for i, pm in enumerate(pred_masks)]
+    base_iou = copy_last_iou(masks, context)[:n]
+    params = json.loads((out / "predict" / "params.json").read_text())
+    report = {
+        "case": name, "context": context, "horizon": n, "iterations": iterations,
+        "predict_iou": pred_iou, "copy_last_iou": base_iou,
+        "predict_mean_iou": float(np.mean(pred_iou)), "copy_last_mean_iou": float(np.mean(base_iou)),
+        "predict_own_mean_iou": pred["mean_mask_iou"],  # predict's figure against the decoded mask video
+        "fitted": {p["name"]: p["value"] for p in params["parameters"]},
+        "at_range_edge": {p["name"]: p["at_range_edge"] for p in params["parameters"] if p.get("at_range_edge")},
+        "ranges": {p["name"]: p["range"] for p in params["parameters"]},
+        "substeps_per_frame": params.get("substeps_per_frame"),
+        "seconds": round(seconds, 1), "folder": str(out), "newton": rendered["info"],
+    }
+    (out / "cross_sim.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def run_cross_sim(quick: bool = False, names: list[str] | None = None) -> list[Measurement]:
+    """Measurement rows for ``dreamcloth bench --section accuracy`` (``quick``: fewer fit iterations)."""
+    rows, reports = [], []
+    for name in names or list(CASES):
+        r = score_case(name, iterations=QUICK_ITERATIONS if quick else ITERATIONS)
+        reports.append(r)
+        edges = ", ".join(f"{k} at {'top' if v == 'high' else 'bottom'}" for k, v in r["at_range_edge"].items()) or "none"
+        rows.append(Measurement(
+            SECTION, f"cross-sim {name}: predict mask IoU (unseen frames)", r["predict_mean_iou"], "",
+            f"copy-last-frame {r['copy_last_mean_iou']:.3f}; {'beats' if r['predict_mean_iou'] > r['copy_last_mean_iou'] else 'DOES NOT beat'} "
+            f"copy-last; frames {r['context']}..{r['context'] + r['horizon'] - 1}; {r['iterations']} iterations, {r['seconds']} s; "
+            f"range edges: {edges}; Newton VBD video"))
+    mean = float(np.mean([r["predict_mean_iou"] for r in reports]))
+    beats = sum(r["predict_mean_iou"] > r["copy_last_mean_iou"] for r in reports)
+    rows.append(Measurement(SECTION, "cross-sim: mean predict mask IoU (unseen frames)", mean, "",
+                            f"goal >= 0.9 and beats copy-last-frame on every case: beats it on {beats}/{len(reports)}; "
+                            f"copy-last mean {np.mean([r['copy_last_mean_iou'] for r in reports]):.3f}"))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in ("generate", "score"):
+        print(__doc__)
+        raise SystemExit(2)
+    names = argv[1:] or None
+    if argv[0] == "generate":
+        generate(names)
+        return
+    for name in names or list(CASES):
+        r = score_case(name, out=Path(tempfile.mkdtemp(prefix=f"cross_sim_{name}_")), quiet=True)
+        print(json.dumps({k: v for k, v in r.items() if k != "newton"}, indent=1))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

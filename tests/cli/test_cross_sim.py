@@ -1,0 +1,111 @@
+"""The cross-simulator check's bundled data (benchmarks/cross_sim.py): Newton-made cloth trajectories
+and the dreamcloth scenes that describe them.  Fast: no fit, no Newton; the scoring itself runs in
+``dreamcloth bench --section accuracy`` (and in the slow test below, one case)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dreamcloth.benchmarks import cross_sim as C
+from dreamcloth.cli.scene import load_scene
+from dreamcloth.cli.simulation import build
+
+
+@pytest.mark.parametrize("name", list(C.CASES))
+def test_scene_parses_and_its_cloth_is_frame_zero(name):
+    x, faces, info = C.load_case(name)
+    assert x.shape == (C.FRAMES, C.GRID_N * C.GRID_N, 3)
+    assert np.isfinite(x).all()
+    scene = load_scene(C.DATA / f"{name}.toml")  # what `dreamcloth scene check` parses
+    assert (scene.settings.fps, scene.settings.frames) == (C.FPS, C.FRAMES)
+    cloth = scene.objects[0]
+    assert cloth.values["density"] == C.AREAL_DENSITY and "density" not in cloth.fit  # given, not fitted
+    assert {"young_modulus", "damping", "bending_stiffness", "drag_coefficient"} <= set(cloth.fit)
+    sim = build(scene, torch.float64, "cpu", substeps=1)
+    r = sim.ranges[0]
+    x0 = sim.state0.x[r.start : r.start + r.num_vertices].numpy()
+    # the scene's initial cloth is the Newton mesh's frame 0 (up to the storage quantisation, 1.5e-5 m)
+    assert np.abs(x0 - x[0]).max() < 2e-5
+    np.testing.assert_array_equal(sim.faces[0], faces)
+    # pins, colliders and camera are the ones the trajectory was made with
+    case = C.CASES[name]
+    assert cloth.pinned == (f"corners:{case.pinned_corners}" if case.pinned_corners else ())
+    assert C.initial_mesh(case)[2] == info["pinned"]
+    assert len(scene.colliders) == len(info["colliders"])
+    for col, ref in zip(scene.colliders, info["colliders"]):
+        assert col.kind == ref["kind"]
+        for k, v in ref.items():
+            if k != "kind":
+                assert np.allclose(col.params[k], v)
+    assert list(scene.camera.eye) == info["camera"]["eye"] and list(scene.camera.look_at) == info["camera"]["look_at"]
+    for i in info["pinned"]:  # pinned vertices never move
+        assert np.abs(x[:, i] - x[0, i]).max() < 2e-5
+    # the stored scene file is what the generator writes for the case
+    assert (C.DATA / f"{name}.toml").read_text() == C.scene_toml(C.CASES[name])
+
+
+def test_copy_last_baseline():
+    masks = np.zeros((5, 4, 4), bool)
+    masks[:, 0, 0] = True
+    masks[3, 0, 1] = True  # frame 3: two pixels, one shared with frame 2's
+    masks[4] = False
+    masks[4, 3, 3] = True  # frame 4: disjoint
+    assert C.copy_last_iou(masks, 3) == [0.5, 0.0]
+    assert C.copy_last_iou(masks, 2) == [1.0, 0.5, 0.0]
+
+
+def test_exact_masks_show_the_cloth_and_move():
+    name = "swing"
+    x, faces, _ = C.load_case(name)
+    scene = load_scene(C.DATA / f"{name}.toml")
+    m = C.exact_masks(x[[0, C.CONTEXT - 1, C.FRAMES - 1]], faces, scene)
+    assert m.shape == (3, scene.camera.height, scene.camera.width)
+    assert all(mm.sum() > 50 for mm in m)  # the cloth is in view
+    assert C.mask_iou(m[0], m[1]) < 0.9  # and the video is not static
+
+
+def test_bending_rigidity_conversion_scales_with_edge_ke():
+    x, faces, _ = C.load_case("sphere_soft")
+    b1 = C.bending_rigidity_of_edge_ke(1e-3, x[0], faces)
+    b2 = C.bending_rigidity_of_edge_ke(1e-1, x[0], faces)
+    assert b2 == pytest.approx(100 * b1, rel=1e-6)
+    # a dihedral energy 0.5 k L theta^2 on edges of ~3 cm spacing: B ~ k * (a few cm)
+    assert 5e-6 < b1 < 1e-4
+    e, nu = C.membrane_young_modulus(C.NewtonCloth(tri_ke=1e3, tri_ka=1e3))
+    assert e == pytest.approx(8e3 / 3) and nu == pytest.approx(1 / 3)
+
+
+def test_info_records_the_newton_setup():
+    for name in C.CASES:
+        _, _, info = C.load_case(name)
+        assert info["solver"]["name"] == "SolverVBD" and "newton" in info["simulator"]
+        assert info["material"]["areal_density"] == C.AREAL_DENSITY
+        json.dumps(info)
+
+
+def test_score_case_bookkeeping(tmp_path, monkeypatch):
+    """score_case without the fit: a stand-in predict that "predicts" the true masks must score 1.0,
+    and the baseline is the copy-last IoU of the exact masks (the real predict runs in the bench)."""
+    import dreamcloth.cli.fit_cmd as fit_cmd
+    from dreamcloth.render import write_png_frames
+
+    name = "tilted_ground"
+    x, faces, _ = C.load_case(name)
+    truth = C.exact_masks(x, faces, load_scene(C.DATA / f"{name}.toml"))
+
+    def fake_predict(video, scene_path, out, context, horizon, cfg, masks=None, quiet=True, **kw):
+        assert masks is not None and masks.is_file() and video.is_file()
+        write_png_frames(truth[context : context + horizon].astype(np.float32), out / "predicted_masks", prefix="mask")
+        (out / "params.json").write_text(json.dumps({"parameters": [{"name": "young_modulus", "value": 500.0, "range": [10, 500],
+                                                                     "at_range_edge": "high"}], "substeps_per_frame": 1}))
+        return {"mean_mask_iou": 1.0}
+
+    monkeypatch.setattr(fit_cmd, "do_predict", fake_predict)
+    r = C.score_case(name, tmp_path, iterations=1)
+    assert r["predict_iou"] == [1.0] * C.HORIZON
+    assert r["copy_last_iou"] == pytest.approx(C.copy_last_iou(truth, C.CONTEXT))
+    assert r["at_range_edge"] == {"young_modulus": "high"}
+    saved = np.load(tmp_path / "video" / "masks.npz")["masks"]
+    np.testing.assert_array_equal(saved, truth)
