@@ -373,8 +373,10 @@ def render_case(name: str, out: Path, folder: Path = DATA) -> dict:
 
 
 def score_case(name: str, out: Path | None = None, iterations: int = ITERATIONS, context: int = CONTEXT, horizon: int = HORIZON,
-               folder: Path = DATA, quiet: bool = True) -> dict:
-    """Render, ``predict`` (fit on ``context`` frames, simulate ``horizon`` more) and score the unseen frames."""
+               folder: Path = DATA, quiet: bool = True, resume: bool = False) -> dict:
+    """Render, ``predict`` (fit on ``context`` frames, simulate ``horizon`` more) and score the unseen frames.
+
+    ``resume``: continue an interrupted scoring in ``out`` from its predict checkpoint."""
     import imageio.v3 as iio
 
     from dreamcloth.cli.fit import FitConfig
@@ -386,7 +388,8 @@ def score_case(name: str, out: Path | None = None, iterations: int = ITERATIONS,
     t0 = time.perf_counter()
     cfg = FitConfig(iterations=iterations, horizon_start=min(6, context))
     pred = do_predict(rendered["video"], folder / f"{name}.toml", out / "predict", context, horizon, cfg,
-                      masks=rendered["masks_video"], quiet=quiet)
+                      masks=rendered["masks_video"], quiet=quiet,
+                      resume=resume and (out / "predict" / "checkpoint.pt").is_file())
     seconds = time.perf_counter() - t0
     n = min(horizon, masks.shape[0] - context)
     pred_masks = [iio.imread(out / "predict" / "predicted_masks" / f"mask_{i:04d}.png") for i in range(n)]
