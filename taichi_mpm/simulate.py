@@ -11,6 +11,7 @@ import torch
 from . import cfl as _cfl
 from .config import SimConfig
 from .model import Model, Params, State
+from .parameters import PARAMETERS
 from .solver import Engine, StepParams, pack_material, raise_nonfinite, run_segment
 
 
@@ -74,26 +75,17 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def validate_params(params: Params) -> None:
-    """Physical ranges: E > 0, 0 <= nu < 0.5, density > 0, 0 < damping <= 1, friction >= 0 (all finite)."""
-    checks = (
-        ("young_modulus", params.young_modulus, lambda t: t > 0, "> 0"),
-        ("poisson_ratio", params.poisson_ratio, lambda t: (t >= 0) & (t < 0.5), "in [0, 0.5)"),
-        ("density", params.density, lambda t: t > 0, "> 0"),
-        ("damping", params.damping, lambda t: (t > 0) & (t <= 1), "in (0, 1] (fraction of velocity kept per second)"),
-        ("friction", params.friction, lambda t: t >= 0, ">= 0"),
-        ("shear_stiffness", params.shear_stiffness, lambda t: t >= 0, ">= 0"),
-        ("normal_stiffness", params.normal_stiffness, lambda t: t >= 0, ">= 0"),
-        ("cloth_friction", params.cloth_friction, lambda t: t >= 0, ">= 0"),
-        ("bending_stiffness", params.bending_stiffness, lambda t: t >= 0, ">= 0"),
-        ("drag_coefficient", params.drag_coefficient, lambda t: t >= 0, ">= 0"),
-    )
-    for name, t, ok, rule in checks:
+    """Physical ranges of every given value (``parameters.PARAMETERS``: E > 0, 0 <= nu < 0.5,
+    density > 0, 0 < damping <= 1, friction >= 0, ...), all finite."""
+    for spec in PARAMETERS.values():
+        t = getattr(params, spec.name)
         if t is None:
             continue
-        _check_finite(name, t)
-        if not bool(ok(t.detach()).all()):
-            bad = t.detach().reshape(-1)[~ok(t.detach()).reshape(-1)][0].item()
-            raise ValueError(f"{name} must be {rule}, got {bad:g}")
+        _check_finite(spec.name, t)
+        ok = spec.admits(t.detach())
+        if not bool(ok.all()):
+            bad = t.detach().reshape(-1)[~ok.reshape(-1)][0].item()
+            raise ValueError(f"{spec.name} must be {spec.rule()}, got {bad:g}")
 
 
 def simulate(
