@@ -12,10 +12,10 @@ SECTION = "fit"
 
 
 def run(quick: bool = False) -> list[Measurement]:
-    from dreamcloth.cli import fit as Fm
-    from dreamcloth.cli.common import DEMO_SCENE, DEMO_VIDEO
-    from dreamcloth.cli.scene import load_scene
-    from dreamcloth.cli.simulation import SceneRenderer, build
+    from dreamcloth.cli.pipeline import fit as Fm
+    from dreamcloth.cli.pipeline.demo import DEMO_SCENE, DEMO_VIDEO
+    from dreamcloth.cli.pipeline.scene import load_scene
+    from dreamcloth.cli.pipeline.simulation import SceneRenderer, build
 
     torch.set_num_threads(1)
     scene = load_scene(DEMO_SCENE)
