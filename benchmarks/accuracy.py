@@ -173,11 +173,12 @@ def _placeholders(sc: Scenario) -> dict[str, float]:
     return {k: (math.sqrt(lo * hi) if k in ("young_modulus",) else 0.5 * (lo + hi)) for k, (lo, hi) in sc.fit.items()}
 
 
-def run_scenario(name: str, size: str = "small", folder: Path | None = None, predict: bool = False, quiet: bool = True) -> dict:
+def run_scenario(name: str, size: str = "small", folder: Path | None = None, predict: bool = False) -> dict:
     """Simulate the truth, fit it, report errors (and optionally score ``predict``)."""
-    from dreamcloth.cli.fit import FitConfig
-    from dreamcloth.cli.fit_cmd import do_fit, do_predict
-    from dreamcloth.cli.simulate_cmd import run_simulation
+    from dreamcloth.cli.pipeline.fit import FitConfig
+    from dreamcloth.cli.pipeline.fit_video import fit_video
+    from dreamcloth.cli.pipeline.predict import predict_video
+    from dreamcloth.cli.pipeline.simulate import run_simulation
 
     sc = SCENARIOS[name]
     folder = Path(folder or tempfile.mkdtemp(prefix=f"accuracy_{name}_"))
@@ -188,11 +189,11 @@ def run_scenario(name: str, size: str = "small", folder: Path | None = None, pre
     fit_scene = folder / "fit.toml"
     fit_scene.write_text(scene_text(sc, size, _placeholders(sc), with_fit=True))
     t0 = time.perf_counter()
-    run_simulation(truth_scene, folder / "truth", quiet=quiet)
+    run_simulation(truth_scene, folder / "truth")
     video = folder / "truth" / "video.mp4"
     iters = sc.iterations[0 if size == "small" else 1]
     cfg = FitConfig(iterations=iters, appearance_steps=60 if size == "small" else 80)
-    doc = do_fit(video, fit_scene, folder / "fit", cfg, quiet=quiet, identify=True)
+    doc = fit_video(video, fit_scene, folder / "fit", cfg, identify=True).doc
     errors = {}
     for p in doc["parameters"]:
         tv = sc.truth[p["name"]]
@@ -207,7 +208,8 @@ def run_scenario(name: str, size: str = "small", folder: Path | None = None, pre
     if predict:
         frames = (sc.small if size == "small" else sc.full)["frames"]
         context = frames * 2 // 3
-        pred = do_predict(video, fit_scene, folder / "predict", context, frames - context, FitConfig(iterations=iters, horizon_start=min(6, context)), quiet=quiet)
+        pred = predict_video(video, fit_scene, folder / "predict", context, frames - context,
+                             FitConfig(iterations=iters, horizon_start=min(6, context))).report
         report["predict_mean_mask_iou"] = pred["mean_mask_iou"]
         report["predict_last_mask_iou"] = pred["last_frame"]["mask_iou"]
         report["predict_last_psnr"] = pred["last_frame"]["psnr"]
@@ -239,14 +241,14 @@ def regenerate_demo(folder: Path | None = None) -> Path:
 
     ``python -c "from dreamcloth.benchmarks.accuracy import regenerate_demo; print(regenerate_demo())"``
     """
-    from dreamcloth.cli.common import DEMO_SCENE, DEMO_TRUTH
-    from dreamcloth.cli.scene import load_scene, to_toml
-    from dreamcloth.cli.simulate_cmd import run_simulation
+    from dreamcloth.cli.pipeline.demo import DEMO_SCENE, DEMO_TRUTH
+    from dreamcloth.cli.pipeline.scene import load_scene, to_toml
+    from dreamcloth.cli.pipeline.simulate import run_simulation
 
     folder = Path(folder or tempfile.mkdtemp(prefix="demo_"))
     folder.mkdir(parents=True, exist_ok=True)
     truth = json.loads(DEMO_TRUTH.read_text())
     scene = load_scene(DEMO_SCENE).with_values({(0, k): v for k, v in truth.items()})
     (folder / "truth.toml").write_text(to_toml(scene))
-    run_simulation(folder / "truth.toml", folder / "sim", quiet=True)
+    run_simulation(folder / "truth.toml", folder / "sim")
     return folder / "sim" / "video.mp4"

@@ -22,8 +22,8 @@ SECTION = "batch"
 
 def _make_jobs(folder: Path, quick: bool):
     """Four jobs on one small drape video (the accuracy suite's drape), differing in the seed of their starting points."""
-    from dreamcloth.cli import batch as B
-    from dreamcloth.cli.simulate_cmd import run_simulation
+    from dreamcloth.cli.pipeline import batch as B
+    from dreamcloth.cli.pipeline.simulate import run_simulation
 
     from .accuracy import SCENARIOS, scene_text
 
@@ -31,7 +31,7 @@ def _make_jobs(folder: Path, quick: bool):
     sc = dataclasses.replace(SCENARIOS["drape"], small=dims, fit={"young_modulus": (20.0, 400.0)})
     (folder / "truth.toml").write_text(scene_text(sc, "small", {"young_modulus": 60.0, "damping": 0.3}, with_fit=True))
     (folder / "fit.toml").write_text(scene_text(sc, "small", {"young_modulus": 90.0, "damping": 0.3}, with_fit=True))
-    run_simulation(folder / "truth.toml", folder / "truth", quiet=True)
+    run_simulation(folder / "truth.toml", folder / "truth")
     iterations, appearance = (4, 20) if quick else (12, 60)
     lines = ["name,video,scene,seed,iterations,appearance_steps,starts,identify"]
     lines += [f"drape{k},truth/video.mp4,fit.toml,{k},{iterations},{appearance},2,false" for k in range(4)]
@@ -40,7 +40,7 @@ def _make_jobs(folder: Path, quick: bool):
 
 
 def run(quick: bool = False) -> list[Measurement]:
-    from dreamcloth.cli import batch as B
+    from dreamcloth.cli.pipeline import batch as B
 
     folder = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     jobs = _make_jobs(folder, quick)

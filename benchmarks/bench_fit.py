@@ -1,6 +1,6 @@
-"""The time of one fit iteration (full horizon: simulate, render every frame, loss, backward): on the
-bundled demo, and on a 41x41 cloth at real-fabric membrane stiffness (what the speed and fidelity
-issues ask about: its CFL time step is set by a young_modulus range up to 1e4 N/m)."""
+"""The time of one fit iteration (simulate, render every frame, loss, backward): on the bundled demo
+over its whole horizon, and on a 41x41 cloth at real-fabric membrane stiffness (what the speed and
+fidelity issues ask about: its CFL time step is set by a young_modulus range up to 1e4 N/m)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,17 @@ from .common import Measurement
 
 SECTION = "fit"
 
+#: the real-fabric cloth: the demo's drop with a 41x41 mesh and the values of a woven cotton
+#: (membrane stiffness 1e3-1e4 N/m, 0.2 kg/m^2, bending 2e-5 N m; sources in taichi_mpm's parameter table)
+REAL_FABRIC = dict(values={"grid": 32, "mesh": "grid:41x41", "young_modulus": 3000.0, "density": 0.2, "damping": 0.3},
+                   fit={"young_modulus": (1e3, 1e4), "damping": (0.05, 1.0), "bending_stiffness": (1e-6, 2e-4)})
+#: frames of the real-fabric iteration that are timed, and of the clip a user would fit
+REAL_FABRIC_FRAMES, REAL_FABRIC_CLIP = 4, 24
+
 
 def run(quick: bool = False) -> list[Measurement]:
-    from dreamcloth.cli.common import DEMO_SCENE, DEMO_VIDEO
-    from dreamcloth.cli.scene import load_scene
+    from dreamcloth.cli.pipeline.demo import DEMO_SCENE, DEMO_VIDEO
+    from dreamcloth.cli.pipeline.scene import load_scene
 
     torch.set_num_threads(1)
     out = [_iteration(load_scene(DEMO_SCENE), DEMO_VIDEO, "demo", quick)]
@@ -27,80 +34,30 @@ def run(quick: bool = False) -> list[Measurement]:
     return out
 
 
-#: a 41x41 cloth (0.6 m) dropped onto a sphere with the values of a woven cotton: membrane stiffness
-#: in 1e3-1e4 N/m, 0.2 kg/m^2, bending 2e-5 N m (see cli/scene.py's DEFAULT_RANGES for the sources)
-REAL_FABRIC = """
-[scene]
-fps = 24
-frames = {frames}
-grid = 32
-domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
-
-[camera]
-width = 128
-height = 96
-fov_y_deg = 40
-eye = [0.5, 1.05, 1.75]
-look_at = [0.5, 0.45, 0.5]
-
-[[object]]
-name = "sheet"
-kind = "cloth"
-mesh = "grid:41x41"
-size = [0.6, 0.6]
-center = [0.57, 0.72, 0.55]
-rotation_deg = [0.0, 25.0, 0.0]
-color = [0.85, 0.35, 0.2]
-
-[object.material]
-young_modulus = 3000.0
-density = 0.2
-damping = 0.3
-bending_stiffness = 2e-5
-drag_coefficient = 1.2
-
-[object.fit]
-young_modulus = [1e3, 1e4]
-damping = [0.05, 1.0]
-bending_stiffness = [1e-6, 2e-4]
-
-[[collider]]
-kind = "sphere"
-center = [0.5, 0.45, 0.5]
-radius = 0.15
-
-[[collider]]
-kind = "plane"
-point = [0.0, 0.05, 0.0]
-"""
-
-
-#: frames of the real-fabric iteration that are timed, and of the clip a user would fit
-REAL_FABRIC_FRAMES, REAL_FABRIC_CLIP = 4, 24
-
-
 def _real_fabric() -> Measurement:
     """One iteration of the 41x41 real-fabric fit over its first frames, on a video that
     ``simulate`` renders first.  The full 24-frame horizon is not run: measured on 2026-12-01, one
     3-frame iteration took 729 s at load 6 on 2 cores (4,190 substeps forward and backward), so a
     24-frame one would take hours.  Time is linear in substeps (the per-substep work does not depend
     on the frame), so the note extrapolates to the clip."""
-    from dreamcloth.cli.scene import load_scene
-    from dreamcloth.cli.simulate_cmd import run_simulation
+    from dreamcloth.cli.pipeline.scene import load_scene
+    from dreamcloth.cli.pipeline.simulate import run_simulation
+
+    from .demo_variants import demo_scene_text
 
     folder = Path(tempfile.mkdtemp(prefix="bench_fit_"))
-    (folder / "scene.toml").write_text(REAL_FABRIC.format(frames=REAL_FABRIC_FRAMES))
-    run_simulation(folder / "scene.toml", folder / "sim", quiet=True)
-    m = _iteration(load_scene(folder / "scene.toml"), folder / "sim" / "video.mp4", "41x41 cloth, real-fabric stiffness", False,
-                   repeats=1)
+    scene = folder / "scene.toml"
+    scene.write_text(demo_scene_text({**REAL_FABRIC["values"], "frames": REAL_FABRIC_FRAMES}, REAL_FABRIC["fit"], truth=False))
+    run_simulation(scene, folder / "sim", quiet=True)
+    m = _iteration(load_scene(scene), folder / "sim" / "video.mp4", "41x41 cloth, real-fabric stiffness", False, repeats=1)
     per_frame = m.value / (REAL_FABRIC_FRAMES - 1)
     return dataclasses.replace(m, note=f"{m.note}; a {REAL_FABRIC_CLIP}-frame horizon extrapolates to "
                                           f"{per_frame * (REAL_FABRIC_CLIP - 1) / 60:.0f} min (linear in substeps)")
 
 
 def _iteration(scene, video, name: str, quick: bool, repeats: int = 3) -> Measurement:
-    from dreamcloth.cli import fit as Fm
-    from dreamcloth.cli.simulation import SceneRenderer, build
+    from dreamcloth.cli.pipeline import fit as Fm
+    from dreamcloth.cli.pipeline.simulation import SceneRenderer, build
 
     cfg = Fm.FitConfig(appearance_steps=5 if quick else 80)
     target = Fm.load_target(video, scene)

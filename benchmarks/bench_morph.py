@@ -29,12 +29,11 @@ PEER_INTERVALS, PEER_STEPS = 40, 30
 
 _SCRIPT = r"""
 import json, os, sys, time
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+from dreamcloth.cli.pipeline import environment
+environment.apply()
 import torch
 torch.set_num_threads(1)  # the tensors are small; torch's threads would only compete with Taichi's
-from dreamcloth.taichi_mpm import morph as M
+from dreamcloth.cli.pipeline import morph_control as M
 
 intervals, iterations, resolution = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 grid = M.morph_grid(resolution)

@@ -13,7 +13,6 @@ past-frame prediction PSNR against copying the last frame.
 
 from __future__ import annotations
 
-import math
 import statistics
 import tempfile
 import time
@@ -72,64 +71,28 @@ def _train_step_time(mixed_precision: str, frames: int, size: int, batch: int, r
 
 
 def _wave_law_accuracy() -> list[Measurement]:
-    from dreamcloth.prior import (
-        BuiltinPrior,
-        MaskSamplingConfig,
-        SampleConfig,
-        SDSConfig,
-        TrainConfig,
-        UNetConfig,
-        WaveClips,
-        WaveLaw,
-        predict_frames,
-        score_prediction,
-        train,
-        wave_clip,
-    )
+    from dreamcloth.prior import BuiltinPrior, SampleConfig, SDSConfig, WaveClips, WaveLaw, predict_frames, score_prediction, train
+
+    from .wave_law import denoising_errors, sds_speed_history, wave_training
 
     law = WaveLaw(frames=8, height=8, width=16)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cfg = TrainConfig(
-            steps=1000, batch_size=24, learning_rate=3e-3, warmup_steps=50, mixed_precision="no", ema_decay=0.995,
-            masks=MaskSamplingConfig(none=0.5, first=0.0, past=0.5, all=0.0), checkpoint_every=1000,
-            sample_every=1000, log_every=50,
-        )
-        unet = UNetConfig(base_channels=16, channel_mults=(1, 2), layers_per_level=1, attention_levels=(False, True))
+        cfg, unet = wave_training()
         result = train(WaveClips(law), tmp, cfg, unet, progress=False)
         train_s = time.perf_counter() - t0
         rows.append(Measurement(SECTION, "wave prior: training time (1000 steps)", train_s, "s",
                                 note=f"{result.num_parameters / 1e3:.0f}k params, 8x8x16 clips, batch 24"))
         prior = BuiltinPrior.from_pretrained(result.model_dir, config=SDSConfig(t_min=0.02, t_max=0.5))
-        lam = torch.tensor(8.0)
-        g = torch.Generator().manual_seed(1)
-        n = 64
-        phase = 2 * math.pi * torch.rand(n, generator=g)
-        noise = torch.randn(n, law.frames, 3, law.height, law.width, generator=g)
-        levels = 0.02 + 0.58 * torch.rand(n, generator=g)
         scales = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2]
-        errors = []
-        for s in scales:
-            clip = wave_clip(law, lam.expand(n), law.speed(lam) * s, phase)
-            errors.append(float(prior.denoising_error(clip, levels, noise).mean()))
+        errors = denoising_errors(prior, law, 8.0, scales)
         best = scales[min(range(len(scales)), key=errors.__getitem__)]
         curve = ", ".join(f"{s:g}:{e:.4f}" for s, e in zip(scales, errors))
         rows.append(Measurement(SECTION, "wave prior: speed of lowest denoising error", best, "x lawful",
                                 note=f"error by speed/lawful {curve}"))
         for start in (0.75, 1.3):
-            log_speed = torch.tensor(math.log(float(law.speed(lam)) * start), requires_grad=True)
-            opt = torch.optim.Adam([log_speed], lr=0.03)
-            gen = torch.Generator().manual_seed(2)
-            hist = []
-            for step in range(150):
-                ph = 2 * math.pi * torch.rand(16, generator=gen)
-                clip = wave_clip(law, lam.expand(16), log_speed.exp().expand(16), ph)
-                res = prior.sds(clip, step=step, generator=gen)
-                opt.zero_grad()
-                res.loss.backward()
-                opt.step()
-                hist.append(float(log_speed.detach().exp() / law.speed(lam)))
+            hist = sds_speed_history(prior, law, 8.0, start)
             est = sum(hist[-50:]) / 50
             rows.append(Measurement(SECTION, f"wave prior: SDS speed error from {start:g}x", 100 * abs(est - 1), "%",
                                     note=f"estimate {est:.4f}x lawful after 150 SDS steps"))

@@ -16,7 +16,6 @@ the float64 reference on the same scene.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import statistics
@@ -24,6 +23,8 @@ import tempfile
 import time
 
 import torch
+
+from dreamcloth.cli.pipeline.devices import torch_threads
 
 from .common import Measurement
 
@@ -62,16 +63,6 @@ def _time(fn, repeats: int) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _ensure_cold_runtime() -> str:
@@ -177,7 +168,7 @@ def _portable_step(scene, camera, weights, backward: bool = True):
 
 def _time_portable(scene, camera, weights, repeats: int) -> _PortableTiming:
     fb = _portable_step(scene, camera, weights)
-    with _torch_threads(1):
+    with torch_threads(1):
         t0 = time.perf_counter()
         fb()  # first call: Taichi compiles the float32 forward and backward kernels here
         first = time.perf_counter() - t0
@@ -218,7 +209,7 @@ def _time_loop_orders(scene, camera, repeats: int) -> tuple[float, float]:
 
         return step
 
-    with _torch_threads(1):
+    with torch_threads(1):
         composite("pixel")()  # compile
         tile, _ = _time(composite("tile"), repeats)
         pixel, _ = _time(composite("pixel"), repeats)

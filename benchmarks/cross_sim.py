@@ -149,7 +149,7 @@ def scene_toml(case: Case) -> str:
 def initial_mesh(case: Case) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Vertices ``[V, 3]``, triangles ``[F, 3]`` and pinned vertex ids of the scene's ``grid:NxN``
     cloth (dreamcloth's vertex order and triangulation; Newton gets exactly these)."""
-    from dreamcloth.cli.simulation import _corner_ids
+    from dreamcloth.cli.pipeline.simulation import _corner_ids
     from dreamcloth.taichi_mpm.cloth import grid_mesh
 
     verts, faces = grid_mesh(GRID_N, GRID_N, (case.size, case.size), case.center, case.rotation_deg)
@@ -348,9 +348,9 @@ def render_case(name: str, out: Path, folder: Path = DATA) -> dict:
     colours), ``masks.mp4`` (exact mesh silhouettes, lossless) and ``masks.npz``."""
     import torch
 
-    from dreamcloth.cli.common import torch_threads
-    from dreamcloth.cli.scene import load_scene
-    from dreamcloth.cli.simulation import SceneRenderer, build
+    from dreamcloth.cli.pipeline.devices import torch_threads
+    from dreamcloth.cli.pipeline.scene import load_scene
+    from dreamcloth.cli.pipeline.simulation import SceneRenderer, build
     from dreamcloth.render import write_video
 
     x, faces, info = load_case(name, folder)
@@ -379,17 +379,17 @@ def score_case(name: str, out: Path | None = None, iterations: int = ITERATIONS,
     ``resume``: continue an interrupted scoring in ``out`` from its predict checkpoint."""
     import imageio.v3 as iio
 
-    from dreamcloth.cli.fit import FitConfig
-    from dreamcloth.cli.fit_cmd import do_predict
+    from dreamcloth.cli.pipeline import predict as P
+    from dreamcloth.cli.pipeline.fit import FitConfig
 
     out = Path(out or tempfile.mkdtemp(prefix=f"cross_sim_{name}_"))
     rendered = render_case(name, out / "video", folder)
     masks = rendered["masks"]
     t0 = time.perf_counter()
     cfg = FitConfig(iterations=iterations, horizon_start=min(6, context))
-    pred = do_predict(rendered["video"], folder / f"{name}.toml", out / "predict", context, horizon, cfg,
-                      masks=rendered["masks_video"], quiet=quiet,
-                      resume=resume and (out / "predict" / "checkpoint.pt").is_file())
+    pred = P.predict_video(rendered["video"], folder / f"{name}.toml", out / "predict", context, horizon, cfg,
+                           masks=rendered["masks_video"], resume=resume and (out / "predict" / "checkpoint.pt").is_file(),
+                           log=(lambda m: None) if quiet else print).report
     seconds = time.perf_counter() - t0
     n = min(horizon, masks.shape[0] - context)
     pred_masks = [iio.imread(out / "predict" / "predicted_masks" / f"mask_{i:04d}.png") for i in range(n)]

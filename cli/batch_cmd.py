@@ -26,7 +26,7 @@ def fit_batch(
     from rich.console import Console
     from rich.table import Table
 
-    from . import batch as B
+    from .pipeline import batch as B
     from .common import progress_bar
 
     defaults: dict = {"context": context, "horizon": horizon}

@@ -1,8 +1,9 @@
 """One-line errors for the command line.
 
-Library code raises ordinary exceptions (``ValueError`` subclasses with a message that names the
-offending key, value and file).  The CLI turns every expected failure into ``error: <message>`` on
-stderr and a non-zero exit code, so a user never has to read a traceback for bad input.
+Library and pipeline code raise ordinary, typed exceptions (``ValueError`` subclasses with a message
+that names the offending key, value and file; the pipeline's ``InputError`` and ``RunFailedError``).
+The commands turn every expected failure into ``error: <message>`` on stderr and a non-zero exit
+code, so a user never has to read a traceback for bad input.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from typing import Callable, TypeVar
 
 import typer
+
+from .pipeline.errors import RunFailedError, one_line
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -24,17 +27,11 @@ EXIT_JOBS_FAILED = 4
 
 
 class CliError(Exception):
-    """An error the CLI reports as one line and exits with ``code``."""
+    """An error of a command's own (its options, its terminal) reported as one line; exits with ``code``."""
 
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
         super().__init__(message)
         self.code = code
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message squeezed onto one line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
 
 
 def _simulation_error():
@@ -47,7 +44,8 @@ def report_errors(func: F) -> F:
     """Decorator for Typer commands: expected failures become one line on stderr and an exit code.
 
     ``ValueError`` (which our configuration and input errors subclass), ``OSError`` (missing or
-    unreadable files) and ``CliError`` are expected; anything else is a bug and keeps its traceback.
+    unreadable files), ``CliError`` and the pipeline's ``RunFailedError`` are expected; anything
+    else is a bug and keeps its traceback.
     """
 
     @functools.wraps(func)
@@ -57,7 +55,7 @@ def report_errors(func: F) -> F:
         except CliError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             raise typer.Exit(exc.code) from None
-        except _simulation_error() as exc:
+        except (RunFailedError, _simulation_error()) as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             raise typer.Exit(EXIT_RUN_FAILED) from None
         except (ValueError, OSError) as exc:

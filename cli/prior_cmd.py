@@ -1,6 +1,6 @@
 """``dreamcloth prior ...``: train the builtin video prior on a folder of videos and sample from it.
 
-The CLI owns files: it decodes videos (``cli.video_io.read_video``), hands tensors to
+The CLI owns files: it decodes videos (``cli.pipeline.video_io.read_video``), hands tensors to
 ``dreamcloth.prior`` and writes what comes back (``render.video.write_video``).  Heavy imports
 happen inside the commands so ``dreamcloth --help`` stays fast.
 """
@@ -61,7 +61,7 @@ def find_videos(data: str) -> list[Path]:
 
 def load_training_videos(files: list[Path], fps: float, size: tuple[int, int], frames: int):
     """Decode every file at ``fps`` and ``size``; each must have at least ``frames`` frames."""
-    from .video_io import read_video
+    from .pipeline.video_io import read_video
 
     return [read_video(f, fps=fps, size=size, min_frames=frames).as_tensor() for f in files]
 
@@ -174,7 +174,7 @@ def sample_cmd(
     from dreamcloth.prior import Conditioning, SampleConfig, load_builtin_model, parse_given, psnr, sample_clips, ssim
     from dreamcloth.render.video import side_by_side, write_video
 
-    from .video_io import read_video
+    from .pipeline.video_io import read_video
 
     if given is not None and cond is None:
         raise CliError("--given needs --cond (the video the given frames come from)")
@@ -247,34 +247,8 @@ def make_data_cmd(
 ) -> None:
     """Write a training set: the scene simulated and rendered with parameters drawn from its fit ranges
     (log-uniform for stiffnesses and densities, uniform otherwise); clip_NNNN.mp4 plus params.jsonl."""
-    import json
-    import math
-    import random
+    from .common import bar_progress, progress_bar
+    from .pipeline.training_data import make_training_videos
 
-    from dreamcloth.render import write_video
-
-    from .common import progress_bar, resolve_device
-    from .scene import LOG_SPACE, load_scene
-    from .simulate_cmd import simulate_and_render
-
-    if count < 1:
-        raise ValueError(f"--count must be >= 1, got {count}")
-    base = load_scene(scene)
-    keys = base.fit_parameters
-    if not keys:
-        raise ValueError(f"{scene}: no [object.fit] ranges to sample")
-    dev = resolve_device(device)
-    rng = random.Random(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    with progress_bar() as bar, (out / "params.jsonl").open("w") as log:
-        task = bar.add_task("make-data", total=count, status="")
-        for i in range(count):
-            values = {}
-            for obj, p in keys:
-                lo, hi = base.objects[obj].fit[p]
-                values[(obj, p)] = math.exp(rng.uniform(math.log(lo), math.log(hi))) if p in LOG_SPACE else rng.uniform(lo, hi)
-            sim, _, video, _ = simulate_and_render(base.with_values(values), dev)
-            path = write_video(video, out / f"clip_{i:04d}.mp4", fps=base.settings.fps)
-            log.write(json.dumps({"file": path.name, **{f"{base.objects[o].name}.{p}": v for (o, p), v in values.items()}}) + "\n")
-            log.flush()
-            bar.update(task, advance=1, status=", ".join(f"{p}={v:.3g}" for (_, p), v in values.items()))
+    with progress_bar() as bar:
+        make_training_videos(scene, out, count, seed, device, progress=bar_progress(bar))

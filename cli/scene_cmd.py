@@ -19,8 +19,8 @@ def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> N
     from rich.console import Console
     from rich.table import Table
 
-    from .scene import load_scene
-    from .simulation import build, resolution_notes
+    from .pipeline.scene import load_scene
+    from .pipeline.simulation import build, resolution_notes
 
     scene = load_scene(file)
     sim = build(scene)

@@ -144,7 +144,24 @@ class UNet3DPrior(_LatentPrior):
         return out.permute(0, 2, 1, 3, 4)
 
 
-class SVDPrior(_LatentPrior):
+class _SigmaLadder:
+    """Noise levels on a descending ladder of scheduler sigmas (``self._sigmas``) with their
+    continuous timesteps (``self._timesteps``): what SVD's Karras and Wan's flow-matching
+    schedulers share.  A noise level in [0, 1] picks a rung; a timestep finds its rung back."""
+
+    def _index(self, timesteps):
+        return torch.searchsorted(-self._timesteps, -timesteps.cpu().float()).clamp(max=len(self._timesteps) - 1)
+
+    def timesteps_for(self, noise_levels):
+        idx = ((1 - noise_levels.clamp(0, 1)) * (len(self._sigmas) - 1)).round().long()
+        return self._timesteps[idx].to(self.runtime.device)
+
+    def _sigma(self, timesteps, like):
+        s = self._sigmas[self._index(timesteps)].to(like.device)
+        return s.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class SVDPrior(_SigmaLadder, _LatentPrior):
     """Stable Video Diffusion (``UNetSpatioTemporalConditionModel``): image-to-video, EDM v-prediction.
 
     The first given frame of the conditioning is the image; its VAE latent is concatenated to every
@@ -189,17 +206,6 @@ class SVDPrior(_LatentPrior):
     def encode(self, clip):
         return self._encode_frames(clip) * self.vae.config.scaling_factor
 
-    def _index(self, timesteps):
-        return torch.searchsorted(-self._timesteps, -timesteps.cpu().float()).clamp(max=len(self._timesteps) - 1)
-
-    def timesteps_for(self, noise_levels):
-        idx = ((1 - noise_levels.clamp(0, 1)) * (len(self._sigmas) - 1)).round().long()
-        return self._timesteps[idx].to(self.runtime.device)
-
-    def _sigma(self, timesteps, like):
-        s = self._sigmas[self._index(timesteps)].to(like.device)
-        return s.reshape(-1, *([1] * (like.ndim - 1)))
-
     def add_noise(self, latents, noise, timesteps):
         return latents + self._sigma(timesteps, latents) * noise
 
@@ -240,7 +246,7 @@ class SVDPrior(_LatentPrior):
         return (noisy - denoised) / sigma
 
 
-class WanPrior(_LatentPrior):
+class WanPrior(_SigmaLadder, _LatentPrior):
     """Wan 2.x (``WanTransformer3DModel`` + ``AutoencoderKLWan``), rectified flow, velocity prediction.
 
     Text-to-video when the transformer's ``in_channels`` equals the VAE's ``z_dim``; image/frames-to-
@@ -324,16 +330,6 @@ class WanPrior(_LatentPrior):
 
     def encode(self, clip):
         return self._vae_encode(clip)
-
-    def _index(self, timesteps):
-        return torch.searchsorted(-self._timesteps, -timesteps.cpu().float()).clamp(max=len(self._timesteps) - 1)
-
-    def timesteps_for(self, noise_levels):
-        idx = ((1 - noise_levels.clamp(0, 1)) * (len(self._sigmas) - 1)).round().long()
-        return self._timesteps[idx].to(self.runtime.device)
-
-    def _sigma(self, timesteps, like):
-        return self._sigmas[self._index(timesteps)].to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, latents, noise, timesteps):
         return self.scheduler.scale_noise(latents, timesteps.cpu(), noise)

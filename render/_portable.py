@@ -65,6 +65,17 @@ _SKIP_MARGIN = 1e-3
 
 
 @ti.func
+def _tile_pixels(tile, tiles_x, height, width):
+    """Pixel rows ``[y0, y1)`` and columns ``[x0, x1)`` of ``tile`` (row-major over ``tiles_x`` columns).
+
+    The tile loops run one task per tile: threads pick tiles dynamically, so a thread preempted by
+    another process (or by torch's spinning OpenMP workers) does not hold the whole kernel up."""
+    y0 = (tile // tiles_x) * TILE
+    x0 = (tile % tiles_x) * TILE
+    return y0, x0, ti.min(y0 + TILE, height), ti.min(x0 + TILE, width)
+
+
+@ti.func
 def _alpha(pairs: ti.template(), k, pxf, pyf, dt: ti.template()):
     """``(alpha, raw, falloff, dx, dy)`` of pair ``k`` at pixel centre ``(pxf, pyf)``; alpha = 0 if skipped.
 
@@ -127,14 +138,9 @@ def _forward_by_tile(
     height = out.shape[1]
     width = out.shape[2]
     tiles_y = (height + TILE - 1) // TILE
-    # One task per tile: threads pick tiles dynamically, so a thread preempted by another process
-    # (or by torch's spinning OpenMP workers) does not hold the whole kernel up.
-    ti.loop_config(block_dim=1)
+    ti.loop_config(block_dim=1)  # one task per tile (see _tile_pixels)
     for tile in range(tiles_x * tiles_y):
-        y0 = (tile // tiles_x) * TILE
-        x0 = (tile % tiles_x) * TILE
-        y1 = ti.min(y0 + TILE, height)
-        x1 = ti.min(x0 + TILE, width)
+        y0, x0, y1, x1 = _tile_pixels(tile, tiles_x, height, width)
         start = ranges[tile, 0]
         end = ranges[tile, 1]
         for py in range(y0, y1):
@@ -189,14 +195,9 @@ def _backward_by_tile(
     height = final_t.shape[0]
     width = final_t.shape[1]
     tiles_y = (height + TILE - 1) // TILE
-    # One task per tile: threads pick tiles dynamically, so a thread preempted by another process
-    # (or by torch's spinning OpenMP workers) does not hold the whole kernel up.
-    ti.loop_config(block_dim=1)
+    ti.loop_config(block_dim=1)  # one task per tile (see _tile_pixels)
     for tile in range(tiles_x * tiles_y):
-        y0 = (tile // tiles_x) * TILE
-        x0 = (tile % tiles_x) * TILE
-        y1 = ti.min(y0 + TILE, height)
-        x1 = ti.min(x0 + TILE, width)
+        y0, x0, y1, x1 = _tile_pixels(tile, tiles_x, height, width)
         start = ranges[tile, 0]
         last = start
         for py in range(y0, y1):

@@ -33,7 +33,8 @@ def ensure_runtime(device: torch.device) -> torch.device:
     import taichi as ti
 
     if not taichi_initialised():
-        # The version check would try the network (5 s timeout offline) and the banner is noise.
+        # The version check would try the network (5 s timeout offline) and the banner is noise (the
+        # application's defaults, cli/pipeline/environment.py, repeated: this library works alone).
         os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
         os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
         arch = ti.cuda if device.type == "cuda" else ti.cpu

@@ -1,21 +1,29 @@
 """Differentiable MLS-MPM in Taichi, bridged to PyTorch with exact long-horizon gradients.
 
+A physics library: it imports neither the renderer, the prior nor the application.  Layers,
+top-down: ``simulate`` (the public rollout) -> ``segment`` (the autograd Function of one
+checkpointed segment) -> ``solver.Engine`` (sequences the kernels) -> ``kernels``/``cloth``
+(Taichi kernels on the packed layouts of ``layout``).  Scenes are built with ``ModelBuilder``,
+colliders and sampling; ``parameters`` is the table of material parameters.
+
     from dreamcloth.taichi_mpm import GridSpec, SimConfig, Model, State, Params, Plane, simulate
 """
 
 from .builder import ModelBuilder, ObjectRange
 from .cfl import Bounds, max_dt, stable_config, substeps_for
 from .cloth import ClothGroup, grid_mesh
-from .colliders import Box, MeshCollider, Plane, Sphere, euler_xyz
+from .colliders import Box, MeshCollider, Plane, Sphere
 from .config import GridSpec, SimConfig
 from .errors import SimulationError
+from .geometry import euler_xyz, load_mesh
 from .model import MaterialGroup, Model, Params, State
-from .sampling import ParticleSet, load_mesh, sample_box, sample_mesh, sample_sphere
+from .parameters import PARAMETERS, Parameter, parameters_of
+from .sampling import ParticleSet, sample_box, sample_mesh, sample_sphere
 from .simulate import Trajectory, bending_rate, lame, min_rest_edge, simulate
 
 __all__ = [
     "ClothGroup", "MeshCollider", "ModelBuilder", "ObjectRange", "euler_xyz", "grid_mesh", "min_rest_edge",
     "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "Bounds",
     "Sphere", "State", "Trajectory", "bending_rate", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
-    "ParticleSet", "load_mesh", "sample_box", "sample_mesh", "sample_sphere",
+    "ParticleSet", "load_mesh", "sample_box", "sample_mesh", "sample_sphere", "PARAMETERS", "Parameter", "parameters_of",
 ]

@@ -19,6 +19,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .geometry import euler_xyz, load_mesh
+
 #: floats per collider row: 15 geometry slots + 3 for the collider's linear velocity
 ROW = 18
 
@@ -118,16 +120,6 @@ class Box:
 Collider = Union[Plane, Sphere, Box, "MeshCollider"]
 
 
-def euler_xyz(deg: Sequence[float]) -> np.ndarray:
-    """Rotation matrix R = Rz @ Ry @ Rx for angles in degrees about x, then y, then z."""
-    ax, ay, az = (math.radians(a) for a in deg)
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def pack(colliders: Sequence[Collider]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """Kinds (compile-time), geometry rows ``[C, ROW]`` and default frictions ``[C]``."""
     if sum(c.kind == "mesh" for c in colliders) > 1:
@@ -175,8 +167,6 @@ class MeshCollider:
     @staticmethod
     def from_files(files: Sequence[str], scale: float = 1.0, offset=(0.0, 0.0, 0.0), friction: float = 0.5, fps: float = 24.0) -> "MeshCollider":
         """One mesh file per animation frame (a single file: static)."""
-        from .sampling import load_mesh
-
         meshes = [load_mesh(f) for f in files]
         # trimesh's processing may merge vertices; a sequence must keep one topology
         frames = [np.asarray(m.vertices) * scale + np.asarray(offset) for m in meshes]

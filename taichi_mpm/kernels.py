@@ -41,27 +41,11 @@ from .materials import (
     neo_hookean_stress_adjoint,
 )
 
-# state layout [N, 24]
-X, V, C, F = 0, 3, 6, 15
-STATE_DIM = 24
-# material layout [N, 12]: mu, lambda, rest volume (area for cloth elements), mass, external force,
-# and for cloth elements the shear and normal stiffness, the friction of the return mapping, the
-# bending stiffness and the drag coefficient (the last two are read by torch, see cloth_forces)
-MU, LAM, VOL, MASS, FORCE, SHEAR, NORMAL, CFRIC, BEND, DRAG = 0, 1, 2, 3, 4, 7, 8, 9, 10, 11
-MAT_DIM = 12
-# pins [N, 4]: flag (0/1), prescribed velocity
-PIN_DIM = 4
-# scatter record [N, 16]: position, mass, momentum m v + dt f, affine matrix A
-WX, WMASS, WMOM, WA = 0, 3, 4, 7
-W_DIM = 16
-# The adjoint of g2p's transfer is a scatter of the same form as p2g (``g_v_i += w_ip (g_v + g_B dpos)``),
-# so its record R has W's layout and runs through the same scatter kernels: position (WX), zero (WMASS),
-# dL/dv_new (WMOM), (4/dx^2) dL/dC (WA; B = sum w v_i dpos^T)
-
-ARR = ti.types.ndarray(ndim=2)
-SDF = ti.types.ndarray(ndim=4)  # a mesh collider's field [X, Y, Z, 7]: phi, normal, velocity
-VEC = ti.types.ndarray(ndim=1)
-INT = ti.types.ndarray(dtype=ti.i32, ndim=1)
+# the packed layouts and their accessors, shared with the cloth kernels (see layout.py)
+from .layout import (  # noqa: F401 - also this module's surface (K.X, K.W_DIM, ...)
+    ARR, BEND, CFRIC, DRAG, FORCE, INT, LAM, MASS, MAT_DIM, MU, NORMAL, PIN_DIM, SDF, SHEAR, STATE_DIM, VEC, VOL, W_DIM,
+    WA, WMASS, WMOM, WX, C, F, V, X, add3, mat3, put3, put33, vec3,
+)
 
 #: grid nodes lighter than this (kg) count as empty: a node at the far edge of one particle's
 #: stencil can get a weight of 1e-30, and its velocity's adjoint 1/m would overflow float32
@@ -72,38 +56,6 @@ MASS_EPS = 1e-20
 SLAB = 2
 #: the two slab colours
 COLOURS = 2
-
-
-# --------------------------------------------------------------------------------------------
-# packed-array access
-
-
-@ti.func
-def vec3(a: ti.template(), p, col: ti.template()):
-    return ti.Vector([a[p, col], a[p, col + 1], a[p, col + 2]])
-
-
-@ti.func
-def mat3(a: ti.template(), p, col: ti.template()):
-    return ti.Matrix([[a[p, col + 3 * i + j] for j in ti.static(range(3))] for i in ti.static(range(3))])
-
-
-@ti.func
-def put3(a: ti.template(), p, col: ti.template(), v):
-    for i in ti.static(range(3)):
-        a[p, col + i] = v[i]
-
-
-@ti.func
-def put33(a: ti.template(), p, col: ti.template(), m):
-    for i, j in ti.static(ti.ndrange(3, 3)):
-        a[p, col + 3 * i + j] = m[i, j]
-
-
-@ti.func
-def add3(a: ti.template(), p, col: ti.template(), v):
-    for i in ti.static(range(3)):
-        a[p, col + i] += v[i]
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import os
 import torch
 
 # Taichi asks the network for a newer version (a 5 s timeout on machines without internet) and
-# prints a banner unless told not to; both must be set before ``import taichi``.
+# prints a banner unless told not to; both must be set before ``import taichi``.  The application
+# sets them with the rest of its environment (cli/pipeline/environment.py); this library sets the
+# same defaults itself because it must also work alone.
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .colliders import euler_xyz
+from .geometry import euler_xyz, load_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,22 +63,6 @@ def sample_sphere(radius: float, center: Sequence[float], spacing: float) -> Par
     pts = pts[np.linalg.norm(pts, axis=1) <= radius]
     vol = np.full(len(pts), 4.0 / 3.0 * np.pi * radius**3 / len(pts))
     return ParticleSet(pts + np.asarray(center, dtype=np.float64), vol)
-
-
-def load_mesh(path: str | Path):
-    """Load a triangle mesh with trimesh (OBJ, PLY, STL, ...); clear errors for bad files."""
-    import trimesh
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mesh {path} does not exist")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=True)
-    except Exception as exc:  # trimesh raises many types for unreadable files
-        raise ValueError(f"cannot read mesh {path}: {exc}") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise ValueError(f"{path} contains no triangles")
-    return mesh
 
 
 def sample_mesh(mesh, spacing: float, center=None, scale: float = 1.0, rotation_deg=(0.0, 0.0, 0.0), name: str | None = None) -> ParticleSet:

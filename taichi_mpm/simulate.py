@@ -11,7 +11,10 @@ import torch
 from . import cfl as _cfl
 from .config import SimConfig
 from .model import Model, Params, State
-from .solver import Engine, StepParams, pack_material, raise_nonfinite, run_segment
+from .parameters import PARAMETERS
+from .layout import pack_material
+from .segment import run_segment
+from .solver import Engine, StepParams, raise_nonfinite
 
 
 @dataclasses.dataclass
@@ -74,26 +77,17 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def validate_params(params: Params) -> None:
-    """Physical ranges: E > 0, 0 <= nu < 0.5, density > 0, 0 < damping <= 1, friction >= 0 (all finite)."""
-    checks = (
-        ("young_modulus", params.young_modulus, lambda t: t > 0, "> 0"),
-        ("poisson_ratio", params.poisson_ratio, lambda t: (t >= 0) & (t < 0.5), "in [0, 0.5)"),
-        ("density", params.density, lambda t: t > 0, "> 0"),
-        ("damping", params.damping, lambda t: (t > 0) & (t <= 1), "in (0, 1] (fraction of velocity kept per second)"),
-        ("friction", params.friction, lambda t: t >= 0, ">= 0"),
-        ("shear_stiffness", params.shear_stiffness, lambda t: t >= 0, ">= 0"),
-        ("normal_stiffness", params.normal_stiffness, lambda t: t >= 0, ">= 0"),
-        ("cloth_friction", params.cloth_friction, lambda t: t >= 0, ">= 0"),
-        ("bending_stiffness", params.bending_stiffness, lambda t: t >= 0, ">= 0"),
-        ("drag_coefficient", params.drag_coefficient, lambda t: t >= 0, ">= 0"),
-    )
-    for name, t, ok, rule in checks:
+    """Physical ranges of every given value (``parameters.PARAMETERS``: E > 0, 0 <= nu < 0.5,
+    density > 0, 0 < damping <= 1, friction >= 0, ...), all finite."""
+    for spec in PARAMETERS.values():
+        t = getattr(params, spec.name)
         if t is None:
             continue
-        _check_finite(name, t)
-        if not bool(ok(t.detach()).all()):
-            bad = t.detach().reshape(-1)[~ok(t.detach()).reshape(-1)][0].item()
-            raise ValueError(f"{name} must be {rule}, got {bad:g}")
+        _check_finite(spec.name, t)
+        ok = spec.admits(t.detach())
+        if not bool(ok.all()):
+            bad = t.detach().reshape(-1)[~ok.reshape(-1)][0].item()
+            raise ValueError(f"{spec.name} must be {spec.rule()}, got {bad:g}")
 
 
 def simulate(
@@ -130,6 +124,43 @@ def simulate(
     Tensors must share one device and dtype; they decide Taichi's arch and precision.
     """
     n = model.num_particles
+    _check_inputs(model, state, params, config, num_frames)
+    if bounds is None:
+        bounds = _bounds_of(model, state, params, config, num_frames)
+    _check_cfl(config, bounds)
+    material, friction, damping = _packed_params(model, params)
+
+    engine = Engine(model, config)
+    spf = config.substeps_per_frame
+    total = (num_frames - 1) * spf
+    seg = config.segment_length(total) if total else 1
+    cur = [state.x.contiguous(), state.v.contiguous(), state.C.contiguous(), state.F.contiguous()]
+    xs, Fs = [state.x.unsqueeze(0)], [state.F.unsqueeze(0)]
+    ctrl_at = _control_schedule(control, control_stride, n, total)
+    start = 0
+    while start < total:
+        if start in ctrl_at:
+            # applied between segments with plain torch ops, so autograd differentiates it directly
+            cur[3] = (control[ctrl_at[start]] @ cur[3]).contiguous()
+        nxt_ctrl = min([c for c in ctrl_at if c > start], default=total)
+        count = min(seg, total - start, nxt_ctrl - start)
+        record = [j for j in range(1, count + 1) if (start + j) % spf == 0]
+        x, v, C, F, fx, fF = run_segment(engine, start, count, record, cur, material, friction, damping)
+        if not (torch.isfinite(x).all() and torch.isfinite(F).all() and torch.isfinite(v).all()):
+            P = StepParams(material.detach(), friction.detach(), damping.detach())
+            raise_nonfinite(engine, cur, P, start, count)
+        cur = [x, v, C, F]
+        xs.append(fx)
+        Fs.append(fF)
+        start += count
+        if progress is not None:
+            progress(start, total)
+    final = State(*cur)
+    return Trajectory(x=torch.cat(xs), F=torch.cat(Fs), final=final, dt=config.dt, substeps=total)
+
+
+def _check_inputs(model: Model, state: State, params: Params, config: SimConfig, num_frames: int) -> None:
+    """Dtype/device, finite values, physical parameter ranges, particles inside the domain."""
     dev, dtype = model.volume.device, model.volume.dtype
     for name, t in (("x", state.x), ("v", state.v), ("C", state.C), ("F", state.F)):
         if t.dtype != dtype or t.device != dev:
@@ -154,25 +185,32 @@ def simulate(
             f"{tuple(round(a, 4) for a in lo)} - {tuple(round(a, 4) for a in hi)}"
         )
 
-    if bounds is None:
-        def rng(t):
-            t = t.detach()
-            return (float(t.min()), float(t.max()))
 
-        speed = float(state.v.detach().norm(dim=-1).max()) if n else 0.0
-        duration = (num_frames - 1) / config.fps
-        g = math.sqrt(sum(a * a for a in config.gravity))
-        coll = max([math.sqrt(sum(a * a for a in c.velocity)) for c in model.colliders], default=0.0)
-        cloth = bool(model.cloth)
-        bounds = _cfl.Bounds(
-            rng(params.young_modulus), rng(params.poisson_ratio), rng(params.density),
-            max_speed=speed + g * duration + coll,
-            shear_stiffness=rng(params.shear_stiffness) if cloth else None,
-            normal_stiffness=rng(params.normal_stiffness) if cloth else None,
-            min_length=min_rest_edge(model),
-            bending_stiffness=rng(params.bending_stiffness) if cloth and params.bending_stiffness is not None else None,
-            bending_rate=bending_rate(model),
-        )
+def _bounds_of(model: Model, state: State, params: Params, config: SimConfig, num_frames: int) -> _cfl.Bounds:
+    """CFL bounds from the current values (when the caller gives no parameter ranges)."""
+    n = model.num_particles
+
+    def rng(t):
+        t = t.detach()
+        return (float(t.min()), float(t.max()))
+
+    speed = float(state.v.detach().norm(dim=-1).max()) if n else 0.0
+    duration = (num_frames - 1) / config.fps
+    g = math.sqrt(sum(a * a for a in config.gravity))
+    coll = max([math.sqrt(sum(a * a for a in c.velocity)) for c in model.colliders], default=0.0)
+    cloth = bool(model.cloth)
+    return _cfl.Bounds(
+        rng(params.young_modulus), rng(params.poisson_ratio), rng(params.density),
+        max_speed=speed + g * duration + coll,
+        shear_stiffness=rng(params.shear_stiffness) if cloth else None,
+        normal_stiffness=rng(params.normal_stiffness) if cloth else None,
+        min_length=min_rest_edge(model),
+        bending_stiffness=rng(params.bending_stiffness) if cloth and params.bending_stiffness is not None else None,
+        bending_rate=bending_rate(model),
+    )
+
+
+def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
     dt_max = _cfl.max_dt(config.grid.dx, bounds)
     if config.dt > dt_max * (1 + 1e-9):
         raise ValueError(
@@ -180,6 +218,11 @@ def simulate(
             f"use at least {_cfl.substeps_for(config.fps, dt_max)} substeps per frame"
         )
 
+
+def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The engine's inputs: packed per-particle ``material [N, 12]``, ``friction [max(C, 1)]``, ``damping [1]``."""
+    n = model.num_particles
+    dev, dtype = model.volume.device, model.volume.dtype
     mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
     mass = _per_particle(params.density, n, "density") * model.mass_volume
     shear = normal = cloth_friction = bending = drag = None
@@ -210,13 +253,11 @@ def simulate(
     damping = params.damping.reshape(1).contiguous()
     force = torch.zeros(n, 3, dtype=dtype, device=dev)
     material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag)
+    return material, friction, damping
 
-    engine = Engine(model, config)
-    spf = config.substeps_per_frame
-    total = (num_frames - 1) * spf
-    seg = config.segment_length(total) if total else 1
-    cur = [state.x.contiguous(), state.v.contiguous(), state.C.contiguous(), state.F.contiguous()]
-    xs, Fs = [state.x.unsqueeze(0)], [state.F.unsqueeze(0)]
+
+def _control_schedule(control: torch.Tensor | None, control_stride: int, n: int, total: int) -> dict[int, int]:
+    """Substep -> index of the control applied before it (checked: ``control [K, N, 3, 3]``, stride >= 1)."""
     ctrl_at: dict[int, int] = {}
     if control is not None:
         if control.dim() != 4 or tuple(control.shape[1:]) != (n, 3, 3):
@@ -225,23 +266,4 @@ def simulate(
             raise ValueError(f"control_stride must be >= 1, got {control_stride}")
         _check_finite("control", control)
         ctrl_at = {k * control_stride: k for k in range(control.shape[0]) if k * control_stride < total}
-    start = 0
-    while start < total:
-        if start in ctrl_at:
-            # applied between segments with plain torch ops, so autograd differentiates it directly
-            cur[3] = (control[ctrl_at[start]] @ cur[3]).contiguous()
-        nxt_ctrl = min([c for c in ctrl_at if c > start], default=total)
-        count = min(seg, total - start, nxt_ctrl - start)
-        record = [j for j in range(1, count + 1) if (start + j) % spf == 0]
-        x, v, C, F, fx, fF = run_segment(engine, start, count, record, cur, material, friction, damping)
-        if not (torch.isfinite(x).all() and torch.isfinite(F).all() and torch.isfinite(v).all()):
-            P = StepParams(material.detach(), friction.detach(), damping.detach())
-            raise_nonfinite(engine, cur, P, start, count)
-        cur = [x, v, C, F]
-        xs.append(fx)
-        Fs.append(fF)
-        start += count
-        if progress is not None:
-            progress(start, total)
-    final = State(*cur)
-    return Trajectory(x=torch.cat(xs), F=torch.cat(Fs), final=final, dt=config.dt, substeps=total)
+    return ctrl_at

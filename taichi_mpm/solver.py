@@ -1,15 +1,14 @@
-"""Sequencing the kernels: one substep forward, one substep backward, checkpointed segments.
+"""The engine: sequencing the kernels, one substep forward, one substep backward, whole segments.
 
-``Engine`` owns the grid fields and scratch buffers of one model/config and runs substeps.  The
-PyTorch bridge is :class:`_Segment`, one ``torch.autograd.Function`` per segment of K substeps:
-its forward keeps only the segment's start state; its backward re-simulates the segment (storing
-the K intermediate particle states), then walks back through it with the adjoint kernels.  Memory
-is O(N (T/K + K)) and the gradient is exact over the whole horizon.
+``Engine`` owns the grid fields and scratch buffers of one model/config and runs substeps forward
+(:meth:`Engine.run`) and a segment's adjoint (:meth:`Engine.backward_segment`, which re-simulates
+the segment and walks back through it).  The PyTorch bridge above it is ``segment._Segment``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Sequence
 
@@ -24,32 +23,8 @@ from . import runtime
 from .colliders import pack
 from .config import SimConfig
 from .errors import SimulationError
+from .layout import pack_material, pack_state, unpack_state  # noqa: F401 - pack_material, unpack_state: this module's surface too
 from .model import Model
-
-
-def pack_state(x, v, C, F) -> torch.Tensor:
-    """``[N, 24]`` packed state (see kernels' data layout)."""
-    n = x.shape[0]
-    return torch.cat([x, v, C.reshape(n, 9), F.reshape(n, 9)], dim=1).contiguous()
-
-
-def unpack_state(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x [N,3], v [N,3], C [N,3,3], F [N,3,3]) as fresh tensors."""
-    n = S.shape[0]
-    return (
-        S[:, K.X : K.X + 3].clone(), S[:, K.V : K.V + 3].clone(),
-        S[:, K.C : K.C + 9].reshape(n, 3, 3).clone(), S[:, K.F : K.F + 9].reshape(n, 3, 3).clone(),
-    )
-
-
-def pack_material(mu, lam, vol, mass, force, shear=None, normal=None, cloth_friction=None, bending=None, drag=None) -> torch.Tensor:
-    """``[N, 12]`` packed per-particle material: mu, lambda, rest volume, mass, force, and the cloth
-    elements' shear stiffness, normal stiffness, friction, bending stiffness and drag coefficient
-    (zeros where not given)."""
-    z = torch.zeros_like(mu)
-    cols = [mu, lam, vol, mass]
-    extra = [t if t is not None else z for t in (shear, normal, cloth_friction, bending, drag)]
-    return torch.cat([c[:, None] for c in cols] + [force] + [e[:, None] for e in extra], dim=1).contiguous()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +58,35 @@ def serial_bins(n: int, device) -> torch.Tensor:
     bins[:n] = torch.arange(n, dtype=torch.int32)
     bins[2 * n + n_keys + 1 :] = n  # slab starts: [0, n, ..., n]
     return bins.to(device)
+
+
+class Launcher:
+    """A kernel called by argument names, with the arguments that are fixed for an engine bound once.
+
+    Taichi kernels take vectors as scalars (a ``ti.math.vec3`` argument costs ~60 us of Python per
+    launch here, three floats ~15 us), which makes long positional lists where one reordering would
+    silently swap two parameters.  ``Launcher(kernel, ox=..., dx=...)(S=..., grid_v=...)`` checks
+    every name against the kernel's signature and passes them in its order (Taichi's own keyword
+    path costs more per launch)."""
+
+    def __init__(self, kernel, **fixed):
+        self.kernel = kernel
+        self.names = tuple(inspect.signature(kernel).parameters)
+        self.fixed = fixed
+        self._check(fixed)
+
+    def _check(self, args: dict) -> None:
+        unknown = sorted(set(args) - set(self.names))
+        if unknown:
+            raise TypeError(f"{self.kernel.__name__} has no argument {unknown[0]!r}")
+
+    def __call__(self, **args):
+        merged = {**self.fixed, **args}
+        if len(merged) != len(self.names):
+            self._check(args)
+            missing = [n for n in self.names if n not in merged]
+            raise TypeError(f"{self.kernel.__name__} is missing {', '.join(missing)}")
+        return self.kernel(*[merged[n] for n in self.names])
 
 
 class _Grid:
@@ -137,7 +141,7 @@ class Engine:
         if rows.shape[0] == 0:
             rows = np.zeros((1, rows.shape[1]))
         self.coll = torch.tensor(rows, dtype=self.dtype, device=self.device).contiguous()
-        self.grid_update, self.grid_update_adjoint = K.grid_kernels(self.kinds)
+        grid_update, grid_update_adjoint = K.grid_kernels(self.kinds)
         self.mesh_collider = next((c for c in model.colliders if c.kind == "mesh"), None)
         self._sdf_frame = None
         self.sdf = torch.zeros((1, 1, 1, 7), dtype=self.dtype, device=self.device)
@@ -149,6 +153,21 @@ class Engine:
         eps = 1e-6 * g.dx
         self.clamp = tuple(o + g.dx for o in g.origin) + tuple(o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res))
         self.pins = torch.cat([model.pinned.to(self.dtype)[:, None], model.pin_velocity], dim=1).contiguous()
+        # the kernels' arguments that are fixed for this engine, bound by name once
+        ox, oy, oz = self.origin
+        at_origin = dict(ox=ox, oy=oy, oz=oz, inv_dx=g.inv_dx)
+        transfer = dict(at_origin, dx=g.dx)
+        inside = dict(zip(("lo_x", "lo_y", "lo_z", "hi_x", "hi_y", "hi_z"), self.clamp))
+        gvx, gvy, gvz = self.gravity
+        grid = dict(coll=self.coll, dt=config.dt, gvx=gvx, gvy=gvy, gvz=gvz, ox=ox, oy=oy, oz=oz, dx=g.dx, boundary=g.boundary)
+        self.grid_update = Launcher(grid_update, **grid)
+        self.grid_update_adjoint = Launcher(grid_update_adjoint, **grid)
+        self.p2g_atomic = Launcher(K.p2g_atomic, **transfer)
+        self.p2g_colored = Launcher(K.p2g_colored, **transfer)
+        self.transfer_adjoint = Launcher(K.transfer_adjoint, **transfer)
+        self.bin_particles = Launcher(K.bin_particles, **at_origin)
+        self.g2p = Launcher(K.g2p, pins=self.pins, dt=config.dt, **transfer, **inside)
+        self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx, **inside)
         n = model.num_particles
         self.n = n
         scatter = config.scatter
@@ -212,12 +231,11 @@ class Engine:
     def _scatter(self, rec, bins, grid_a, grid_b) -> None:
         """p2g-form scatter of a ``[N, 16]`` record into two grid fields (p2g itself, and the
         scatter half of g2p's adjoint)."""
-        g = self.config.grid
         if self.scatter == "atomic":
-            K.p2g_atomic(rec, *self.origin, g.inv_dx, g.dx, grid_a, grid_b)
+            self.p2g_atomic(W=rec, grid_mv=grid_a, grid_m=grid_b)
             return
         for colour in self.colours:
-            K.p2g_colored(rec, bins, colour, self.blocks_per_colour, *self.origin, g.inv_dx, g.dx, grid_a, grid_b)
+            self.p2g_colored(W=rec, bins=bins, colour=colour, blocks_per_colour=self.blocks_per_colour, grid_mv=grid_a, grid_m=grid_b)
 
     # ------------------------------------------------------------------ forward
 
@@ -249,7 +267,7 @@ class Engine:
         if self.colored:
             r = self.region  # slabs across the longest side of the particles' box
             axis = max(range(3), key=lambda d: r[3 + d] - r[d])
-            K.bin_particles(W, *self.origin, g.inv_dx, axis, bins)
+            self.bin_particles(W=W, axis=axis, bins=bins)
         self._scatter(W, bins, G.mv, G.m)
         self._update_sdf(substep)
         tape = self._no_tape
@@ -259,8 +277,8 @@ class Engine:
             tape = torch.empty((max(nodes, 1), GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
             keep.append((W, bins, r, tape))
         self.grid_update(
-            G.mv, G.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
-            g.boundary, self.sdf, *self.region, G.v, tape, int(keep is not None),
+            grid_mv=G.mv, grid_m=G.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
+            **self._region_args(), grid_v=G.v, tape=tape, save=int(keep is not None),
         )
         G.clean = True
 
@@ -286,6 +304,10 @@ class Engine:
         hi = np.floor((mx - self.origin) / g.dx - 0.5).astype(np.int64) + 3
         self.region = (*(max(int(v), 0) for v in lo), *(min(int(h), r) for h, r in zip(hi, g.res)))
 
+    def _region_args(self) -> dict[str, int]:
+        """This substep's node box (see :meth:`_region`) as the grid kernels' arguments."""
+        return dict(zip(("lo_i", "lo_j", "lo_k", "hi_i", "hi_j", "hi_k"), self.region))
+
     def _update_sdf(self, substep: int) -> None:
         """Load the mesh collider's field for the animation frame of this substep (cached per frame)."""
         if self.mesh_collider is None:
@@ -301,8 +323,7 @@ class Engine:
         """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``); see
         :meth:`_to_grid` for the optional arguments."""
         self._to_grid(S, S_out, P, substep, W, bins, keep)
-        g = self.config.grid
-        K.g2p(S, self.grid.v, self.pins, self.config.dt, *self.origin, g.inv_dx, g.dx, *self.clamp, S_out)
+        self.g2p(S=S, grid_v=self.grid.v, S_out=S_out)
         for c in self.model.cloth:
             CL.sync_centroids(c.faces, c.element_start, S_out)
 
@@ -345,15 +366,16 @@ class Engine:
             CL.sync_centroids_adjoint(c.faces, c.element_start, G_next)
         R = self._buf("R", (self.n, K.W_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
-        K.g2p_adjoint_prepare(S, S_next, G_next, W, self.pins, cfg.dt, g.inv_dx, *self.clamp, R, G_out)
+        self.g2p_adjoint_prepare(S=S, S_out=S_next, G_out=G_next, W=W, R=R, G_in=G_out)
         # into g_v (zero between substeps); R's mass column is zero, and grid_update_adjoint overwrites g_m
         self._scatter(R, bins, Gr.g_v, Gr.g_m)
         self.grid_update_adjoint(
-            Gr.mv, Gr.m, self.coll, P.friction, P.damping, cfg.dt, substep * cfg.dt, *self.gravity, *self.origin, g.dx,
-            g.boundary, self.sdf, *self.region, Gr.g_v, Gr.g_mv, Gr.g_m, g_params, g_params.shape[0] > 1,
+            grid_mv=Gr.mv, grid_m=Gr.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
+            **self._region_args(), g_grid_v=Gr.g_v, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m, g_params=g_params,
+            deterministic=g_params.shape[0] > 1,
         )
         Gr.clean = True
-        K.transfer_adjoint(W, R, Gr.v, *self.origin, g.inv_dx, g.dx, Gr.g_mv, Gr.g_m, G_W)
+        self.transfer_adjoint(W=W, R=R, grid_v=Gr.v, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m, G_W=G_W)
         for grp in self.model.groups:
             _, adjoint = K.CONSTITUTIVE[grp.model]
             adjoint(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, G_next, G_W, G_out, GP.material)
@@ -451,55 +473,6 @@ class Engine:
             if self.kinds:
                 GP.friction.add_(sums[1:])
             return G[0], GP
-
-
-class _Segment(torch.autograd.Function):
-    """``count`` substeps from ``start``: (x, v, C, F, material, friction, damping) -> (end state, recorded frames)."""
-
-    @staticmethod
-    def forward(ctx, engine: Engine, start: int, count: int, record: tuple, x, v, C, F, material, friction, damping):
-        # Taichi looks at ``.grad`` of tensors that require grad: hand it plain data.
-        S0 = pack_state(x.detach(), v.detach(), C.detach(), F.detach())
-        P = StepParams(material.detach().contiguous(), friction.detach().contiguous(), damping.detach().contiguous())
-        S_end, frames = engine.run(S0, P, start, count, record)
-        ctx.engine, ctx.start, ctx.count, ctx.record = engine, start, count, record
-        ctx.save_for_backward(x, v, C, F, material, friction, damping)
-        n = x.shape[0]
-        if frames:
-            stacked = torch.stack(frames)
-            frames_x = stacked[:, :, K.X : K.X + 3].clone()
-            frames_F = stacked[:, :, K.F : K.F + 9].reshape(len(frames), n, 3, 3).clone()
-        else:
-            frames_x, frames_F = x.new_zeros((0, n, 3)), x.new_zeros((0, n, 3, 3))
-        return (*unpack_state(S_end), frames_x, frames_F)
-
-    @staticmethod
-    def backward(ctx, gx, gv, gC, gF, gfx, gfF):
-        x, v, C, F, material, friction, damping = ctx.saved_tensors
-        engine = ctx.engine
-        n, k = x.shape[0], len(ctx.record)
-
-        def z(g, ref):
-            return torch.zeros_like(ref) if g is None else g
-
-        G_end = pack_state(z(gx, x), z(gv, v), z(gC, C), z(gF, F))
-        G_frames = None
-        if k:
-            G_frames = torch.zeros(k, n, K.STATE_DIM, dtype=x.dtype, device=x.device)
-            if gfx is not None:
-                G_frames[:, :, K.X : K.X + 3] = gfx
-            if gfF is not None:
-                G_frames[:, :, K.F : K.F + 9] = gfF.reshape(k, n, 9)
-        S0 = pack_state(x.detach(), v.detach(), C.detach(), F.detach())
-        P = StepParams(material, friction, damping)
-        G0, GP = engine.backward_segment(S0, P, ctx.start, ctx.count, ctx.record, G_end, G_frames)
-        return (None, None, None, None, *unpack_state(G0), GP.material, GP.friction, GP.damping)
-
-
-def run_segment(engine: Engine, start: int, count: int, record: Sequence[int], state: Sequence[torch.Tensor],
-                material, friction, damping):
-    """Differentiable segment (see :class:`_Segment`): returns ``(x, v, C, F, frames_x, frames_F)``."""
-    return _Segment.apply(engine, start, count, tuple(record), *state, material, friction, damping)
 
 
 def locate_nonfinite(engine: Engine, state, P: StepParams, start: int, count: int) -> int | None:

@@ -1,10 +1,7 @@
 """Test-session settings shared by every test package."""
 
-import os
+# Before torch is imported: the application's environment (OMP_WAIT_POLICY, Taichi's version check
+# and banner), see dreamcloth/cli/pipeline/environment.py.
+from dreamcloth.cli.pipeline import environment
 
-# Before torch is imported (see dreamcloth/cli/__init__.py): torch's spinning OpenMP threads starve Taichi.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# Taichi asks the network for a newer version unless told not to, and prints a banner.
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+environment.apply()

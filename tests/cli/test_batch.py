@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.batch import FIT_KEYS, JobFileError, read_jobs, run_batch
+from dreamcloth.cli.pipeline.batch import FIT_KEYS, JobFileError, read_jobs, run_batch
 from dreamcloth.cli.errors import EXIT_JOBS_FAILED
-from dreamcloth.cli.simulate_cmd import run_simulation
+from dreamcloth.cli.pipeline.simulate import run_simulation
 
 from .scenes import drape_text, write_drape
 
@@ -40,7 +40,7 @@ def batch_data(tmp_path_factory):
         return t
 
     truth = write_drape(folder, "truth.toml", text=text(60.0))
-    run_simulation(truth, folder / "sim", quiet=True)
+    run_simulation(truth, folder / "sim")
     write_drape(folder, "fit.toml", text=text(100.0))
     (folder / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 500)
     jobs = folder / "jobs.csv"
@@ -150,7 +150,7 @@ def test_pin_threads_reaches_taichi_and_torch():
     # a fresh process: Taichi must not have been initialised before the pin, as in a Ray worker
     import subprocess
 
-    code = ("from dreamcloth.cli.batch import pin_threads\n"
+    code = ("from dreamcloth.cli.pipeline.batch import pin_threads\n"
             "pin_threads(1)\n"
             "import torch\n"
             "from dreamcloth.taichi_mpm import runtime\n"

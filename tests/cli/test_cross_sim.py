@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dreamcloth.benchmarks import cross_sim as C
-from dreamcloth.cli.scene import load_scene
-from dreamcloth.cli.simulation import build
+from dreamcloth.cli.pipeline.scene import load_scene
+from dreamcloth.cli.pipeline.simulation import build
 
 
 @pytest.mark.parametrize("name", list(C.CASES))
@@ -88,21 +88,21 @@ def test_info_records_the_newton_setup():
 def test_score_case_bookkeeping(tmp_path, monkeypatch):
     """score_case without the fit: a stand-in predict that "predicts" the true masks must score 1.0,
     and the baseline is the copy-last IoU of the exact masks (the real predict runs in the bench)."""
-    import dreamcloth.cli.fit_cmd as fit_cmd
+    from dreamcloth.cli.pipeline import predict as P
     from dreamcloth.render import write_png_frames
 
     name = "tilted_ground"
     x, faces, _ = C.load_case(name)
     truth = C.exact_masks(x, faces, load_scene(C.DATA / f"{name}.toml"))
 
-    def fake_predict(video, scene_path, out, context, horizon, cfg, masks=None, quiet=True, **kw):
+    def fake_predict(video, scene_path, out, context, horizon, cfg, masks=None, **kw):
         assert masks is not None and masks.is_file() and video.is_file()
         write_png_frames(truth[context : context + horizon].astype(np.float32), out / "predicted_masks", prefix="mask")
         (out / "params.json").write_text(json.dumps({"parameters": [{"name": "young_modulus", "value": 500.0, "range": [10, 500],
                                                                      "at_range_edge": "high"}], "substeps_per_frame": 1}))
-        return {"mean_mask_iou": 1.0}
+        return P.Prediction({"mean_mask_iou": 1.0}, None)
 
-    monkeypatch.setattr(fit_cmd, "do_predict", fake_predict)
+    monkeypatch.setattr(P, "predict_video", fake_predict)
     r = C.score_case(name, tmp_path, iterations=1)
     assert r["predict_iou"] == [1.0] * C.HORIZON
     assert r["copy_last_iou"] == pytest.approx(C.copy_last_iou(truth, C.CONTEXT))

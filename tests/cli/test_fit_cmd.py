@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.fit import FitConfig
-from dreamcloth.cli.fit_cmd import do_fit
-from dreamcloth.cli.simulate_cmd import run_simulation
+from dreamcloth.cli.pipeline.fit import FitConfig
+from dreamcloth.cli.pipeline.fit_video import fit_video
+from dreamcloth.cli.pipeline.simulate import run_simulation
 
 from .scenes import drape_text, write_drape
 
@@ -19,7 +19,7 @@ from .scenes import drape_text, write_drape
 def tiny_video(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fitdata")
     truth = write_drape(folder, "truth.toml", E=60.0, damping=0.3, frames=10)
-    run_simulation(truth, folder / "sim", quiet=True)
+    run_simulation(truth, folder / "sim")
     scene = write_drape(folder, "fit.toml", E=100.0, damping=0.3, frames=10)  # placeholder E: the fit ignores it
     return folder / "sim" / "video.mp4", scene, folder
 
@@ -30,7 +30,7 @@ CFG = FitConfig(iterations=6, appearance_steps=30, horizon_start=6, starts=2)
 @pytest.mark.slow
 def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path):
     video, scene, _ = tiny_video
-    full = do_fit(video, scene, tmp_path / "full", CFG, quiet=True, identify=True)
+    full = fit_video(video, scene, tmp_path / "full", CFG, identify=True).doc
     for name in ("params.json", "fit.mp4", "loss.png", "params.png", "checkpoint.pt"):
         assert (tmp_path / "full" / name).is_file(), name
     doc = json.loads((tmp_path / "full" / "params.json").read_text())
@@ -41,10 +41,10 @@ def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path):
     assert len(json.loads((tmp_path / "full" / "params.json").read_text())["parameters"]) == 1
 
     # killed after 3 iterations, then resumed: the same result as the uninterrupted run
-    stopped = do_fit(video, scene, tmp_path / "split", CFG, quiet=True, identify=False, stop_after=3)
-    assert stopped == {"stopped_at": 3}
+    stopped = fit_video(video, scene, tmp_path / "split", CFG, identify=False, stop_after=3)
+    assert stopped.stopped_at == 3 and stopped.doc is None
     assert not (tmp_path / "split" / "params.json").exists()
-    resumed = do_fit(video, scene, tmp_path / "split", CFG, quiet=True, identify=False, resume=True)
+    resumed = fit_video(video, scene, tmp_path / "split", CFG, identify=False, resume=True).doc
     a, b = full["parameters"][0]["value"], resumed["parameters"][0]["value"]
     print(f"uninterrupted {a!r}, resumed {b!r}")
     assert a == b

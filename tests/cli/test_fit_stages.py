@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dreamcloth import taichi_mpm as M
-from dreamcloth.cli import fit as Fm
-from dreamcloth.cli.scene import load_scene
-from dreamcloth.cli.simulate_cmd import run_simulation
+from dreamcloth.cli.pipeline import fit as Fm
+from dreamcloth.cli.pipeline.scene import load_scene
+from dreamcloth.cli.pipeline.simulate import run_simulation
 from dreamcloth.prior import VideoUNet, save_builtin_model, training_scheduler
 
 from .scenes import write_drape
@@ -22,13 +22,13 @@ CFG = Fm.FitConfig(iterations=2, appearance_steps=10, horizon_start=4, starts=1,
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stages")
     truth = write_drape(folder, "truth.toml", frames=6)
-    run_simulation(truth, folder / "sim", quiet=True)
+    run_simulation(truth, folder / "sim")
     scene = load_scene(write_drape(folder, "fit.toml", E=100.0, frames=6))
     return scene, Fm.load_target(folder / "sim" / "video.mp4", scene), folder
 
 
 def test_prior_adds_a_score_distillation_term(data, tmp_path):
-    from dreamcloth.cli.fit_cmd import load_prior
+    from dreamcloth.cli.pipeline.fit_video import load_prior
 
     scene, target, _ = data
     torch.manual_seed(0)

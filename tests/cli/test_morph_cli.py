@@ -6,8 +6,8 @@ import trimesh
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.morph_cmd import write_ply
-from dreamcloth.cli.video_io import read_video
+from dreamcloth.cli.pipeline.export import write_points as write_ply
+from dreamcloth.cli.pipeline.video_io import read_video
 
 
 def _one_line_error(result, *needles):
@@ -92,7 +92,7 @@ def test_morph_writes_video_plys_chamfer_and_plot(tmp_path):
 
 
 def test_a_failed_run_is_a_one_line_error_with_exit_code_3(tmp_path, monkeypatch):
-    import dreamcloth.taichi_mpm.morph as morph_module
+    import dreamcloth.cli.pipeline.morph_control as morph_module
 
     def failing(*args, **kwargs):
         raise FloatingPointError("the gradient of the morph objective is not finite")

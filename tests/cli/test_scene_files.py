@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.scene import SceneError, load_scene, to_toml
+from dreamcloth.cli.pipeline.scene import SceneError, load_scene, to_toml
 
 from .scenes import drape_text, write_drape
 
@@ -84,8 +84,8 @@ def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     import json
     import types
 
-    from dreamcloth.cli.fit import ParamSpace
-    from dreamcloth.cli.report import write_params_json
+    from dreamcloth.cli.pipeline.fit import ParamSpace
+    from dreamcloth.cli.pipeline.report import write_params_json
 
     text = drape_text().replace("[object.fit]", "[object.fit]\ndamping = [0.05, 1.0]")
     scene = load_scene(write_drape(tmp_path, text=text))

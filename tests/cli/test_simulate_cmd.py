@@ -5,8 +5,8 @@ import trimesh
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.scene import load_scene
-from dreamcloth.cli.video_io import read_video
+from dreamcloth.cli.pipeline.scene import load_scene
+from dreamcloth.cli.pipeline.video_io import read_video
 
 from .scenes import write_drape
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from dreamcloth.cli.fit import FitConfig, Target, fit_appearance
-from dreamcloth.cli.scene import load_scene
-from dreamcloth.cli.simulation import CLOTH_IN_PLANE_SCALE, CLOTH_THICKNESS, DEFAULT_OPACITY, SceneRenderer, build
+from dreamcloth.cli.pipeline.fit import FitConfig, Target, fit_appearance
+from dreamcloth.cli.pipeline.scene import load_scene
+from dreamcloth.cli.pipeline.simulation import CLOTH_IN_PLANE_SCALE, CLOTH_THICKNESS, DEFAULT_OPACITY, SceneRenderer, build
 from dreamcloth.render import SILHOUETTE_ALPHA, cloth_gaussians, rasterize
 from dreamcloth.render._torch_ref import rasterize_mesh_reference
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dreamcloth.cli.video_io import read_video
+from dreamcloth.cli.pipeline.video_io import read_video
 from dreamcloth.render.video import side_by_side, write_video
 
 

@@ -7,25 +7,12 @@ through a differentiable wave generator, pulls a wrong speed to the lawful one f
 given the first frames of held-out clips it predicts the rest far better than copying the last frame.
 """
 
-import math
 
 import pytest
 import torch
 
-from dreamcloth.prior import (
-    BuiltinPrior,
-    MaskSamplingConfig,
-    SDSConfig,
-    SampleConfig,
-    TrainConfig,
-    UNetConfig,
-    WaveClips,
-    WaveLaw,
-    predict_frames,
-    score_prediction,
-    train,
-    wave_clip,
-)
+from dreamcloth.benchmarks.wave_law import denoising_errors, sds_speed_history, wave_training
+from dreamcloth.prior import BuiltinPrior, SDSConfig, SampleConfig, WaveClips, WaveLaw, predict_frames, score_prediction, train
 
 pytestmark = pytest.mark.slow
 
@@ -46,20 +33,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def wave_prior(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("wave_prior")
-    config = TrainConfig(
-        steps=1000,
-        batch_size=24,
-        learning_rate=3e-3,
-        warmup_steps=50,
-        mixed_precision="no",
-        ema_decay=0.995,
-        masks=MaskSamplingConfig(none=0.5, first=0.0, past=0.5, all=0.0),
-        checkpoint_every=1000,
-        sample_every=1000,
-        log_every=50,
-        seed=0,
-    )
-    unet = UNetConfig(base_channels=16, channel_mults=(1, 2), layers_per_level=1, attention_levels=(False, True))
+    config, unet = wave_training()
     result = train(WaveClips(LAW), out, config, unet, progress=False)
     assert result.final_step == 1000
     assert result.losses[1000] < 0.1 * result.losses[1]
@@ -68,17 +42,8 @@ def wave_prior(tmp_path_factory, one_thread):
 
 def test_denoising_error_is_lowest_at_the_lawful_speed(wave_prior):
     prior = BuiltinPrior.from_pretrained(wave_prior)
-    g = torch.Generator().manual_seed(1)
-    n = 64
-    lam = torch.full((n,), WAVELENGTH)
-    phase = 2 * math.pi * torch.rand(n, generator=g)
-    noise = torch.randn(n, LAW.frames, 3, LAW.height, LAW.width, generator=g)
-    levels = 0.02 + 0.58 * torch.rand(n, generator=g)
     scales = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2]
-    errors = []
-    for s in scales:
-        clip = wave_clip(LAW, lam, LAW.speed(lam) * s, phase)
-        errors.append(float(prior.denoising_error(clip, levels, noise).mean()))
+    errors = denoising_errors(prior, LAW, WAVELENGTH, scales)
     print("denoising error vs speed/lawful:", dict(zip(scales, [round(e, 5) for e in errors])))
     assert scales[min(range(len(errors)), key=errors.__getitem__)] == 1.0
     # Not a flat valley: 20% off the law costs clearly more than the lawful speed.
@@ -88,21 +53,11 @@ def test_denoising_error_is_lowest_at_the_lawful_speed(wave_prior):
 @pytest.mark.parametrize("start", [0.75, 1.3])
 def test_sds_alone_recovers_the_lawful_speed(wave_prior, start):
     prior = BuiltinPrior.from_pretrained(wave_prior, config=SDSConfig(t_min=0.02, t_max=0.5))
-    lam = torch.tensor(WAVELENGTH)
-    true_speed = float(LAW.speed(lam))
-    log_speed = torch.tensor(math.log(true_speed * start), requires_grad=True)
-    opt = torch.optim.Adam([log_speed], lr=0.03)
-    g = torch.Generator().manual_seed(2)
-    history = []
-    for step in range(150):
-        phase = 2 * math.pi * torch.rand(16, generator=g)
-        clip = wave_clip(LAW, lam.expand(16), log_speed.exp().expand(16), phase)
-        result = prior.sds(clip, step=step, generator=g)
-        opt.zero_grad()
-        result.loss.backward()
+
+    def check(log_speed):
         assert log_speed.grad is not None and torch.isfinite(log_speed.grad)
-        opt.step()
-        history.append(float(log_speed.detach().exp()) / true_speed)
+
+    history = sds_speed_history(prior, LAW, WAVELENGTH, start, on_step=check)
     estimate = sum(history[-50:]) / 50  # Polyak average of the noisy SDS iterates
     print(f"SDS from {start:.2f}x lawful speed -> {estimate:.4f}x")
     assert abs(history[0] - 1.0) > 0.15  # after one step it is still far from the law

@@ -14,16 +14,9 @@ def save_unet3d(path: Path) -> Path:
 
     torch.manual_seed(0)
     UNet3DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=4,
+        sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        cross_attention_dim=8, attention_head_dim=4,
     ).save_pretrained(path / "unet")
     AutoencoderKL(
         in_channels=3,
@@ -48,18 +41,11 @@ def save_svd(path: Path) -> Path:
 
     torch.manual_seed(0)
     UNetSpatioTemporalConditionModel(
-        sample_size=8,
-        in_channels=8,
-        out_channels=4,
+        sample_size=8, in_channels=8, out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        block_out_channels=(32, 64),
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=24,
-        layers_per_block=1,
-        cross_attention_dim=16,
-        num_attention_heads=(2, 4),
-        num_frames=4,
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), block_out_channels=(32, 64),
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=24, layers_per_block=1, cross_attention_dim=16,
+        num_attention_heads=(2, 4), num_frames=4,
     ).save_pretrained(path / "unet")
     AutoencoderKLTemporalDecoder(
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),

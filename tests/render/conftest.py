@@ -91,3 +91,14 @@ def pixel_centre_ray(camera: Camera, u: float, v: float, depth: float) -> torch.
 @pytest.fixture
 def ray_point():
     return pixel_centre_ray
+
+
+def grid_faces(n: int) -> torch.Tensor:
+    """The ``2 (n-1)^2`` triangles ``[F, 3]`` of an n x n vertex grid numbered row by row; each
+    quad's two triangles wind the same way (counter-clockwise with rows along +y and columns along +x)."""
+    faces = []
+    for i in range(n - 1):
+        for j in range(n - 1):
+            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
+            faces += [[a, b, c], [b, d, c]]
+    return torch.tensor(faces)

@@ -1,5 +1,6 @@
 """The ``cuda`` backend (official 3DGS rasterizer): API detection everywhere, images and gradients on a GPU."""
 
+import collections
 import types
 from typing import NamedTuple
 
@@ -14,35 +15,11 @@ from .conftest import CAMERAS, make_scene
 AVAILABLE, WHY_NOT = cuda_backend_available("cuda")
 
 
-class _SettingsMain(NamedTuple):  # graphdeco-inria/diff-gaussian-rasterization, 2023 main: 12 fields
-    image_height: int
-    image_width: int
-    tanfovx: float
-    tanfovy: float
-    bg: torch.Tensor
-    scale_modifier: float
-    viewmatrix: torch.Tensor
-    projmatrix: torch.Tensor
-    sh_degree: int
-    campos: torch.Tensor
-    prefiltered: bool
-    debug: bool
-
-
-class _SettingsAA(NamedTuple):  # dr_aa: one more field
-    image_height: int
-    image_width: int
-    tanfovx: float
-    tanfovy: float
-    bg: torch.Tensor
-    scale_modifier: float
-    viewmatrix: torch.Tensor
-    projmatrix: torch.Tensor
-    sh_degree: int
-    campos: torch.Tensor
-    prefiltered: bool
-    debug: bool
-    antialiasing: bool
+#: graphdeco-inria/diff-gaussian-rasterization, 2023 main: 12 fields
+_MAIN_FIELDS = ("image_height", "image_width", "tanfovx", "tanfovy", "bg", "scale_modifier", "viewmatrix", "projmatrix",
+                "sh_degree", "campos", "prefiltered", "debug")
+_SettingsMain = collections.namedtuple("_SettingsMain", _MAIN_FIELDS)
+_SettingsAA = collections.namedtuple("_SettingsAA", _MAIN_FIELDS + ("antialiasing",))  # dr_aa: one more field
 
 
 class _SettingsUnknown(NamedTuple):

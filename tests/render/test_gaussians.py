@@ -3,6 +3,8 @@ import torch
 
 from dreamcloth.render import cloth_gaussians, cloth_sampling, solid_gaussians
 
+from .conftest import grid_faces
+
 F64 = torch.float64
 
 
@@ -10,12 +12,7 @@ def _grid(n=3, dtype=F64):
     """An n x n vertex grid on the unit square (z = 0) and its 2 (n-1)^2 triangles."""
     ys, xs = torch.meshgrid(torch.arange(n, dtype=dtype), torch.arange(n, dtype=dtype), indexing="ij")
     verts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.zeros(n * n, dtype=dtype)], -1) / (n - 1)
-    faces = []
-    for i in range(n - 1):
-        for j in range(n - 1):
-            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
-            faces += [[a, b, c], [b, d, c]]
-    return verts, torch.tensor(faces)
+    return verts, grid_faces(n)
 
 
 @pytest.mark.parametrize("per_triangle", [1, 4, 9, 16])

@@ -7,6 +7,8 @@ import torch
 
 from dreamcloth.render import Camera, cloth_gaussians, front_facing, rasterize, two_sided_colors
 
+from .conftest import grid_faces
+
 F64 = torch.float64
 RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9)
 
@@ -16,12 +18,7 @@ def _square(n=5, size=0.6, dtype=F64):
     t = torch.linspace(-size / 2, size / 2, n, dtype=dtype)
     ys, xs = torch.meshgrid(t, t, indexing="ij")
     verts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.zeros(n * n, dtype=dtype)], -1)
-    faces = []
-    for i in range(n - 1):
-        for j in range(n - 1):
-            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
-            faces += [[a, b, c], [b, d, c]]
-    return verts, torch.tensor(faces)
+    return verts, grid_faces(n)
 
 
 def _centre_colour(verts, faces, camera):

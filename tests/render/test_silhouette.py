@@ -9,7 +9,7 @@ import torch
 from dreamcloth.render import SILHOUETTE_ALPHA, Camera, cloth_gaussians, cloth_sampling, rasterize
 from dreamcloth.render._torch_ref import rasterize_mesh_reference
 
-from .conftest import pixel_centre_ray
+from .conftest import grid_faces, pixel_centre_ray
 
 F64 = torch.float64
 
@@ -19,12 +19,7 @@ def _sheet(n: int, size: float, dtype=F64):
     t = torch.linspace(-size / 2, size / 2, n, dtype=dtype)
     zs, xs = torch.meshgrid(t, t, indexing="ij")
     verts = torch.stack([xs.reshape(-1), torch.zeros(n * n, dtype=dtype), zs.reshape(-1)], -1)
-    faces = []
-    for i in range(n - 1):
-        for j in range(n - 1):
-            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
-            faces += [[a, b, c], [b, d, c]]
-    return verts, torch.tensor(faces)
+    return verts, grid_faces(n)
 
 
 def _camera(elevation_deg: float, yaw_deg: float = 0.0, distance: float = 1.6) -> Camera:

@@ -69,7 +69,7 @@ def test_an_interrupted_substep_does_not_leak_into_the_next():
     clean, _ = eng.run(S, P, 0, 1)
     real_update = eng.grid_update
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     eng.grid_update = interrupted

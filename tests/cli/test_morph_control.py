@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dreamcloth.taichi_mpm import GridSpec, ParticleSet, State, sample_box, sample_sphere
-from dreamcloth.taichi_mpm import morph as M
+from dreamcloth.cli.pipeline import morph_control as M
 
 F64 = torch.float64
 

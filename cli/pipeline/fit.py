@@ -29,9 +29,9 @@ import torch
 
 from dreamcloth import taichi_mpm as M
 
-from .errors import EXIT_RUN_FAILED, CliError
+from .errors import InputError, RunFailedError
 from .losses import image_loss, soft_foreground
-from .scene import LOG_SPACE, Scene
+from .scene import Scene
 from .simulation import SceneRenderer, Simulation, build
 
 CHECKPOINT_VERSION = 1
@@ -87,9 +87,9 @@ class ParamSpace:
     def __init__(self, scene: Scene):
         self.keys = scene.fit_parameters
         self.ranges = [scene.objects[i].fit[p] for i, p in self.keys]
-        self.log = [p in LOG_SPACE for _, p in self.keys]
+        self.log = [M.PARAMETERS[p].log_space for _, p in self.keys]
         if not self.keys:
-            raise CliError(f"{scene.path}: no [object.fit] parameters: nothing to fit")
+            raise InputError(f"{scene.path}: no [object.fit] parameters: nothing to fit")
 
     @property
     def size(self) -> int:
@@ -149,25 +149,34 @@ class Target:
     digest: str
     background: tuple[float, float, float] | None = None
 
+    def first(self, frames: int) -> "Target":
+        """The first ``frames`` frames (and masks) of this target: what a fit on a prefix sees."""
+        return Target(self.frames[:frames], self.masks[:frames], self.path, self.digest, self.background)
 
-def load_target(video: Path, scene: Scene, masks_video: Path | None = None, frames: int | None = None) -> Target:
-    """Decode, resample to the scene's fps and resize to the camera; masks from the background colour or a mask video."""
-    from .common import foreground_masks
+
+def load_footage(video: Path, scene: Scene, masks_video: Path | None = None, min_frames: int | None = None) -> Target:
+    """Every frame of ``video`` (at least ``min_frames``, default the scene's), decoded at the scene's
+    fps and resized to the camera, with masks from the background colour or a mask video."""
+    from .masks import foreground_masks, read_mask_video
     from .video_io import read_video
 
-    need = frames or scene.settings.frames
+    need = min_frames or scene.settings.frames
     c = scene.camera
-    v = read_video(video, fps=scene.settings.fps, size=(c.height, c.width), min_frames=need)
-    fr = v.as_tensor()[:need]
+    size = (c.height, c.width)
+    fr = read_video(video, fps=scene.settings.fps, size=size, min_frames=need).as_tensor()
     if masks_video is not None:
-        mv = read_video(masks_video, fps=scene.settings.fps, size=(c.height, c.width), min_frames=need)
-        masks = (mv.as_tensor()[:need].mean(1, keepdim=True) > 0.5).float()
+        masks = read_mask_video(masks_video, scene.settings.fps, size, min_frames=need)
     else:
         masks = foreground_masks(fr, c.background)
     if float(masks[0].mean()) < 1e-4:
-        raise CliError(f"{video}: frame 0 shows nothing but background ({c.background}); check the camera and the background colour")
+        raise InputError(f"{video}: frame 0 shows nothing but background ({c.background}); check the camera and the background colour")
     digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()[:16]
     return Target(fr, masks, Path(video), digest, None if masks_video is not None else tuple(c.background))
+
+
+def load_target(video: Path, scene: Scene, masks_video: Path | None = None, frames: int | None = None) -> Target:
+    """The fit's target: the first ``frames`` (default: the scene's) frames and masks of the video."""
+    return load_footage(video, scene, masks_video, frames).first(frames or scene.settings.frames)
 
 
 @dataclasses.dataclass
@@ -201,7 +210,7 @@ def _check_visible(sim: Simulation, renderer: SceneRenderer) -> None:
     with torch.no_grad():
         out = renderer.render(sim.state0.x, sim.state0.F)
     if float(out.alpha.sum()) < 1.0:
-        raise CliError(f"{sim.scene.path}: the camera sees nothing of the objects in frame 0 (check eye/look_at/fov)")
+        raise InputError(f"{sim.scene.path}: the camera sees nothing of the objects in frame 0 (check eye/look_at/fov)")
 
 
 def fit_appearance(sim: Simulation, renderer: SceneRenderer, target: Target, cfg: FitConfig, log: Callable[[str], None]) -> Appearance:
@@ -367,10 +376,10 @@ def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
 
 def load_checkpoint(path: Path) -> tuple[FitState, dict]:
     if not path.is_file():
-        raise CliError(f"--resume: no checkpoint at {path}")
+        raise InputError(f"--resume: no checkpoint at {path}")
     data = torch.load(path, weights_only=False)
     if data.get("version") != CHECKPOINT_VERSION:
-        raise CliError(f"{path}: checkpoint version {data.get('version')} is not {CHECKPOINT_VERSION}")
+        raise InputError(f"{path}: checkpoint version {data.get('version')} is not {CHECKPOINT_VERSION}")
     s = data.pop("state")
     app = s.pop("appearance")
     st = FitState(**s, appearance=Appearance(app["color_logits"], app["opacity_logits"], app.get("back_color_logits")))
@@ -406,9 +415,9 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     if resume:
         st, saved = load_checkpoint(ckpt)
         if saved["video_digest"] != target.digest:
-            raise CliError(f"--resume: {ckpt} was made for another video")
+            raise InputError(f"--resume: {ckpt} was made for another video")
         if [tuple(k) for k in saved["keys"]] != space.keys or saved["config"] != dataclasses.asdict(cfg):
-            raise CliError(f"--resume: {ckpt} was made with other fit settings or parameters")
+            raise InputError(f"--resume: {ckpt} was made with other fit settings or parameters")
         problem = FitProblem(sim, renderer, target, space, cfg, st.appearance, prior)
         problem.with_substeps(st.substeps)
         problem.v0 = st.v0
@@ -483,7 +492,7 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
                 if polish:
                     opt = make_optimizer(True)  # its history was built with the other dt
             if attempt == cfg.max_dt_halvings:
-                raise CliError(f"iteration {st.iteration}: {why}; still failing after halving dt {cfg.max_dt_halvings} times", EXIT_RUN_FAILED)
+                raise RunFailedError(f"iteration {st.iteration}: {why}; still failing after halving dt {cfg.max_dt_halvings} times")
             st.substeps *= 2
             problem.with_substeps(st.substeps)
             msg = f"iteration {st.iteration}: {why}; halving dt ({st.substeps} substeps per frame) and retrying"
@@ -531,7 +540,7 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     final_u = st.best["u"] if st.best is not None else st.u
     values = {k: float(v) for k, v in space.values(final_u).items()}
     if not all(math.isfinite(v) for v in values.values()):  # never reached: u is finite by construction
-        raise CliError("the fit produced a non-finite parameter; nothing written", EXIT_RUN_FAILED)
+        raise RunFailedError("the fit produced a non-finite parameter; nothing written")
     final_loss = st.best["loss"] if st.best is not None else (st.history[-1]["loss"] if st.history else math.nan)
     return FitResult(values, initial, final_loss, st.history, st, problem)
 

@@ -107,7 +107,7 @@ def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float) -> dict:
     target = problem.target.frames.float()
     diff = difference(target, color, gain=4.0)
     write_video(side_by_side([target, color, diff]), out / "fit.mp4", fps=fps)
-    from .common import foreground_masks
+    from .masks import foreground_masks
 
     # silhouettes cut from the fitted images the way the video's masks were cut (colour vs background)
     fit_masks = foreground_masks(color, problem.renderer.background.float().cpu())

@@ -1,4 +1,4 @@
-"""Shape morphing by optimised per-particle deformation-gradient control.
+"""Shape morphing by optimised per-particle deformation-gradient control: an application of the simulator.
 
 The method is that of Xu, Song, Levin and Hyde 2024 ("A differentiable material point method
 framework for shape morphing", arXiv:2409.15746): an elastic body is simulated with MPM, and
@@ -41,11 +41,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cfl import Bounds, max_dt, p_wave_speed
-from .config import GridSpec, SimConfig
-from .model import Model, Params, State
-from .sampling import ParticleSet, sample_box, sample_mesh, sample_sphere
-from .simulate import Trajectory, simulate
+from dreamcloth.taichi_mpm import (Bounds, GridSpec, Model, Params, ParticleSet, SimConfig, State, Trajectory, max_dt,
+                                   sample_box, sample_mesh, sample_sphere, simulate)
+from dreamcloth.taichi_mpm.cfl import p_wave_speed
 
 LOSS_KINDS = ("squared", "log")
 METHODS = ("adam", "gd")

@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import CliError, one_line
+from .errors import PipelineError, one_line
 from .fit import FitConfig
 
 #: keys of a job besides the fit settings: paths are relative to the job file's folder
@@ -297,7 +297,7 @@ def _error_line(exc: BaseException) -> str:
     # our input errors read well on their own; anything else needs its type to make sense
     from dreamcloth.taichi_mpm.errors import SimulationError
 
-    if isinstance(exc, (CliError, ValueError, SimulationError)):
+    if isinstance(exc, (PipelineError, ValueError, SimulationError)):
         return one_line(exc)
     return f"{type(exc).__name__}: {one_line(exc)}"
 
@@ -327,7 +327,8 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
     had been killed there (status ``interrupted``); the next run resumes it.
     ``release_taichi``: end Taichi's program after the job (what a Ray task does, see below).
     """
-    from .fit_cmd import do_fit, do_predict
+    from .fit_video import fit_video
+    from .predict import predict_video
 
     folder = (Path(out) / job.name).resolve()
     t0 = time.perf_counter()
@@ -349,14 +350,15 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
             raise FileNotFoundError(f"video {job.video} does not exist")
         cfg = job.fit_config()
         if job.predict:
-            report = do_predict(job.video, job.scene, folder, job.context, job.horizon, cfg, job.masks, quiet=True, resume=resumed)
-            doc = json.loads((folder / "params.json").read_text())
-            mask_iou = report["mean_mask_iou"]
+            prediction = predict_video(job.video, job.scene, folder, job.context, job.horizon, cfg, job.masks, resume=resumed)
+            doc = prediction.fit.doc
+            mask_iou = prediction.report["mean_mask_iou"]
         else:
-            doc = do_fit(job.video, job.scene, folder, cfg, job.masks, quiet=True, identify=job.identify, resume=resumed,
-                         stop_after=stop_after)
-            if "stopped_at" in doc:
+            outcome = fit_video(job.video, job.scene, folder, cfg, job.masks, identify=job.identify, resume=resumed,
+                                stop_after=stop_after)
+            if outcome.stopped_at is not None:
                 return JobResult(job.name, "interrupted", str(folder), seconds=round(time.perf_counter() - t0, 2), resumed=resumed)
+            doc = outcome.doc
             mask_iou = doc["mask_iou_last_frame"]
         params = [{"name": p["name"], "value": p["value"], "range": p["range"], "identifiable": p.get("identifiable")}
                   for p in doc["parameters"]]
@@ -397,9 +399,10 @@ def import_ray():
 def _worker_env(threads: int) -> dict[str, str]:
     # set when a worker process starts, before torch or Taichi are imported (on every node of a
     # cluster, whose workers do not inherit this shell's environment)
+    from .environment import DEFAULTS
+
     n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TI_CPU_MAX_NUM_THREADS": n, "OMP_WAIT_POLICY": "PASSIVE",
-            "TI_SKIP_VERSION_CHECK": "ON", "ENABLE_TAICHI_HEADER_PRINT": "0"}
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TI_CPU_MAX_NUM_THREADS": n, **DEFAULTS}
 
 
 def _connect(ray, address: str | None, workers: int, threads: int) -> None:

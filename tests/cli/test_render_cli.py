@@ -4,8 +4,8 @@ import torch
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.render_cmd import deform_sheet, sheet_mesh
-from dreamcloth.cli.video_io import read_video
+from dreamcloth.cli.pipeline.sheet import deform_sheet, sheet_mesh
+from dreamcloth.cli.pipeline.video_io import read_video
 
 
 @pytest.mark.parametrize("motion", ["wave", "fold"])

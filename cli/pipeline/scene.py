@@ -20,59 +20,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-#: the material parameters dreamcloth can fit, in a fixed order
-PARAMETERS = ("young_modulus", "poisson_ratio", "density", "damping", "friction", "shear_stiffness", "normal_stiffness",
-              "bending_stiffness", "drag_coefficient")
-CLOTH_ONLY = ("shear_stiffness", "normal_stiffness", "bending_stiffness", "drag_coefficient")
+from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
 
-#: default fit ranges (damping per DESIGN.md section 2: fraction kept per second).  Cloth, from
-#: measured fabrics where the quantity has a measurement:
-#: - density (kg/m^2): apparel fabrics weigh 30 (chiffon, voile) to 500 g/m^2 (heavy denim, canvas)
-#:   by ASTM D3776; the ten fabrics of Wang, O'Brien and Ramamoorthi 2011 ("Data-driven elastic
-#:   models for cloth", SIGGRAPH; their public material files) weigh 0.187-0.324 kg/m^2.
-#: - bending_stiffness (N m): Wang et al. 2011 measured 7e-6 (t-shirt interlock, weakest direction)
-#:   to 1.2e-4 (11 oz denim, strongest); KES-FB2 bending rigidities of apparel fabrics span
-#:   ~1e-6-1e-4 N m (Kawabata 1980, "The standardization and analysis of hand evaluation").
-#: - drag_coefficient: a flat plate normal to the flow has C_d ~ 1.17 (square) to ~2 (long strip)
-#:   (Hoerner 1965, "Fluid-dynamic drag", ch. 3); 0 allows for a video without air.
-#: - young_modulus (membrane, N/m): real woven fabrics are ~1e3-1e4 N/m, which costs 5-10x the
-#:   substeps (CFL); the range stays below that until a strain limit or a faster engine pays for it.
-DEFAULT_RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "cloth": {
-        "young_modulus": (10.0, 500.0),
-        "poisson_ratio": (0.1, 0.49),
-        "density": (0.03, 0.5),
-        "damping": (0.05, 1.0),
-        "friction": (0.0, 1.0),
-        "shear_stiffness": (100.0, 1000.0),
-        "normal_stiffness": (100.0, 1000.0),
-        "bending_stiffness": (1e-6, 2e-4),
-        "drag_coefficient": (0.0, 3.0),
-    },
-    "solid": {
-        "young_modulus": (1e3, 1e6),
-        "poisson_ratio": (0.1, 0.45),
-        "density": (100.0, 3000.0),
-        "damping": (0.05, 1.0),
-        "friction": (0.0, 1.0),
-    },
-}
-
-#: physically admissible values (a value outside is an error, not a clamp)
-LIMITS: dict[str, tuple[float, float, bool, bool]] = {  # low, high, low inclusive, high inclusive
-    "young_modulus": (0.0, math.inf, False, False),
-    "poisson_ratio": (0.0, 0.5, True, False),
-    "density": (0.0, math.inf, False, False),
-    "damping": (0.0, 1.0, False, True),
-    "friction": (0.0, math.inf, True, False),
-    "shear_stiffness": (0.0, math.inf, True, False),
-    "normal_stiffness": (0.0, math.inf, True, False),
-    "bending_stiffness": (0.0, math.inf, True, False),
-    "drag_coefficient": (0.0, math.inf, True, False),
-}
-
-#: stiffness-like and density parameters are fitted in log space; bounded ones in squashed boxes
-LOG_SPACE = ("young_modulus", "density", "shear_stiffness", "normal_stiffness", "bending_stiffness")
+#: the material parameters a scene can set and fit, in a fixed order (the simulator's table, less
+#: the engine-only ``cloth_friction``: a scene's ``friction`` is the cloth's too)
+PARAMETERS = tuple(p.name for p in MATERIAL.values() if p.defaults)
+CLOTH_ONLY = tuple(p.name for p in MATERIAL.values() if p.defaults and "solid" not in p.defaults)
 
 
 class SceneError(ValueError):
@@ -216,13 +169,11 @@ _CORNERS = re.compile(r"^corners:([1-4])$")
 
 
 def _check_value(r: _Reader, name: str, v) -> float:
-    lo, hi, lo_in, hi_in = LIMITS[name]
+    spec = MATERIAL[name]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise r.err(name, f"must be a finite number, got {_fmt(v)}")
-    ok = (v > lo or (lo_in and v == lo)) and (v < hi or (hi_in and v == hi))
-    if not ok:
-        rng = ("[" if lo_in else "(") + f"{lo:g}, {hi:g}" + ("]" if hi_in else ")")
-        raise r.err(name, f"= {_fmt(v)} is out of range {rng}")
+    if not spec.admits(v):
+        raise r.err(name, f"= {_fmt(v)} is out of range {spec.interval()}")
     return float(v)
 
 
@@ -284,12 +235,8 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
     mr = _Reader(r.get("material", {}), f"object[{idx}].material", file)
     models = ("cloth",) if kind == "cloth" else ("neo_hookean", "fixed_corotated")
     model = mr.string("model", models[0], choices=models)
-    defaults = {
-        # bending: Wang et al. 2011's t-shirt knit (see DEFAULT_RANGES); drag: a square plate (Hoerner 1965)
-        "cloth": dict(young_modulus=100.0, poisson_ratio=0.3, density=1.0, damping=0.6, friction=0.3,
-                      shear_stiffness=200.0, normal_stiffness=200.0, bending_stiffness=2e-5, drag_coefficient=1.2),
-        "solid": dict(young_modulus=5e4, poisson_ratio=0.3, density=1000.0, damping=0.9, friction=0.5),
-    }[kind]
+    # default values and fit ranges per kind, cited in the simulator's parameter table
+    defaults = {p.name: p.defaults[kind] for p in parameters_of(kind)}
     values = {p: _check_value(mr, p, mr.get(p, d)) for p, d in defaults.items()}
     mr.finish()
 
@@ -300,7 +247,7 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
             raise fr.err(p, f"is not a parameter of a {kind} (fittable: {', '.join(defaults)})")
         v = fr.get(p)
         if v is True:
-            fit[p] = DEFAULT_RANGES[kind][p]
+            fit[p] = MATERIAL[p].ranges[kind]
         elif v is False:
             continue
         elif isinstance(v, list) and len(v) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
@@ -311,7 +258,7 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
                 raise fr.err(p, f"range [{lo:g}, {hi:g}] has low > high")
             _check_value(fr, p, lo)
             _check_value(fr, p, hi)
-            if p in LOG_SPACE and lo <= 0:
+            if MATERIAL[p].log_space and lo <= 0:
                 raise fr.err(p, f"range must be positive (fitted in log space), got {_fmt(v)}")
             fit[p] = (lo, hi)
         else:
