@@ -151,7 +151,8 @@ class Target:
 
 
 def load_target(video: Path, scene: Scene, masks_video: Path | None = None, frames: int | None = None) -> Target:
-    """Decode, resample to the scene's fps and resize to the camera; masks from the background colour or a mask video."""
+    """Decode, resample to the scene's fps and resize to the camera; masks from a mask video, else the
+    background colour or (scene ``[camera] masks = "colour"``) a cloth colour model."""
     from .common import foreground_masks
     from .video_io import read_video
 
@@ -162,12 +163,17 @@ def load_target(video: Path, scene: Scene, masks_video: Path | None = None, fram
     if masks_video is not None:
         mv = read_video(masks_video, fps=scene.settings.fps, size=(c.height, c.width), min_frames=need)
         masks = (mv.as_tensor()[:need].mean(1, keepdim=True) > 0.5).float()
+    elif c.masks == "colour":  # no flat background: a cloth colour model from frame 0 (colour_masks.py)
+        from .colour_masks import colour_masks_for_scene
+
+        masks = colour_masks_for_scene(fr, scene)
     else:
         masks = foreground_masks(fr, c.background)
     if float(masks[0].mean()) < 1e-4:
         raise CliError(f"{video}: frame 0 shows nothing but background ({c.background}); check the camera and the background colour")
     digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()[:16]
-    return Target(fr, masks, Path(video), digest, None if masks_video is not None else tuple(c.background))
+    cut_from_background = masks_video is None and c.masks == "background"
+    return Target(fr, masks, Path(video), digest, tuple(c.background) if cut_from_background else None)
 
 
 @dataclasses.dataclass

@@ -207,7 +207,8 @@ def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: 
     color = color.clamp(0, 1).float().cpu()
     # the predicted silhouette is cut from the predicted image exactly as the video's are cut from
     # the video (colour distance to the background), so the IoU compares like with like
-    pred_masks = foreground_masks(color, scene.camera.background) if masks is None else (alpha >= SILHOUETTE_ALPHA).float().cpu()
+    cut_from_background = masks is None and scene.camera.masks == "background"
+    pred_masks = foreground_masks(color, scene.camera.background) if cut_from_background else (alpha >= SILHOUETTE_ALPHA).float().cpu()
     write_video(color, out / "predicted.mp4", fps=scene.settings.fps)
     write_png_frames(color[context:], out / "predicted_frames")
     write_png_frames(pred_masks[context:, 0], out / "predicted_masks", prefix="mask")
@@ -217,6 +218,10 @@ def do_predict(video: Path, scene_path: Path, out: Path, context: int, horizon: 
     if masks is not None:
         mv = read_video(masks, fps=scene.settings.fps, size=(c.height, c.width))
         true_masks = (mv.as_tensor().mean(1, keepdim=True) > 0.5).float()
+    elif scene.camera.masks == "colour":
+        from .colour_masks import colour_masks_for_scene
+
+        true_masks = colour_masks_for_scene(frames, scene)
     else:
         true_masks = foreground_masks(frames, c.background)
     scores = []
