@@ -156,7 +156,8 @@ class Target:
 
 def load_footage(video: Path, scene: Scene, masks_video: Path | None = None, min_frames: int | None = None) -> Target:
     """Every frame of ``video`` (at least ``min_frames``, default the scene's), decoded at the scene's
-    fps and resized to the camera, with masks from the background colour or a mask video."""
+    fps and resized to the camera, with masks from a mask video, else the background colour or (scene
+    ``[camera] masks = "colour"``) a cloth colour model."""
     from .masks import foreground_masks, read_mask_video
     from .video_io import read_video
 
@@ -166,12 +167,17 @@ def load_footage(video: Path, scene: Scene, masks_video: Path | None = None, min
     fr = read_video(video, fps=scene.settings.fps, size=size, min_frames=need).as_tensor()
     if masks_video is not None:
         masks = read_mask_video(masks_video, scene.settings.fps, size, min_frames=need)
+    elif c.masks == "colour":  # no flat background: a cloth colour model from frame 0 (colour_masks.py)
+        from .colour_masks import colour_masks_for_scene
+
+        masks = colour_masks_for_scene(fr, scene)
     else:
         masks = foreground_masks(fr, c.background)
     if float(masks[0].mean()) < 1e-4:
         raise InputError(f"{video}: frame 0 shows nothing but background ({c.background}); check the camera and the background colour")
     digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()[:16]
-    return Target(fr, masks, Path(video), digest, None if masks_video is not None else tuple(c.background))
+    cut_from_background = masks_video is None and c.masks == "background"
+    return Target(fr, masks, Path(video), digest, tuple(c.background) if cut_from_background else None)
 
 
 def load_target(video: Path, scene: Scene, masks_video: Path | None = None, frames: int | None = None) -> Target:

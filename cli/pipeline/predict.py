@@ -57,8 +57,10 @@ def predict_video(video: Path, scene_path: Path, out: Path, context: int, horizo
         color, alpha = problem.render(traj, range(total))
     color = color.clamp(0, 1).float().cpu()
     # the predicted silhouette is cut from the predicted image exactly as the video's are cut from
-    # the video (colour distance to the background), so the IoU compares like with like
-    pred_masks = foreground_masks(color, scene.camera.background) if masks is None else (alpha >= SILHOUETTE_ALPHA).float().cpu()
+    # the video (colour distance to the background), so the IoU compares like with like; masks from a
+    # mask video or the colour model are compared with the rendered silhouette
+    cut_from_background = masks is None and scene.camera.masks == "background"
+    pred_masks = foreground_masks(color, scene.camera.background) if cut_from_background else (alpha >= SILHOUETTE_ALPHA).float().cpu()
     write_video(color, out / "predicted.mp4", fps=scene.settings.fps)
     write_png_frames(color[context:], out / "predicted_frames")
     write_png_frames(pred_masks[context:, 0], out / "predicted_masks", prefix="mask")

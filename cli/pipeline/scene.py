@@ -1,7 +1,8 @@
 """Scene files (TOML): parsing, validation with errors that name the key, the value and the file.
 
     [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid
-    [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b]
+    [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b],
+                 masks = "background" (cut from the background colour) | "colour" (pipeline/colour_masks.py)
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
                  size, center, rotation_deg, color, color_back (cloth: the other side; default color),
                  pinned (vertex ids or "corners:2"), velocity,
@@ -111,6 +112,7 @@ class CameraSpec:
     look_at: tuple[float, float, float]
     up: tuple[float, float, float]
     background: tuple[float, float, float]
+    masks: str = "background"  # how the video's masks are cut: "background" | "colour"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +353,7 @@ def load_scene(path: str | Path) -> Scene:
         look_at=cr.vector("look_at"),
         up=cr.vector("up", default=[0.0, 1.0, 0.0]),
         background=cr.vector("background", default=[1.0, 1.0, 1.0]),
+        masks=cr.string("masks", "background", choices=("background", "colour", "color")).replace("color", "colour"),
     )
     if any(not 0 <= c <= 1 for c in camera.background):
         raise cr.err("background", f"components must lie in [0, 1], got {list(camera.background)}")
@@ -392,7 +395,7 @@ def to_toml(scene: Scene) -> str:
         f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", "",
         "[camera]",
         f"width = {v(c.width)}", f"height = {v(c.height)}", f"fov_y_deg = {v(c.fov_y_deg)}", f"eye = {v(c.eye)}",
-        f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", "",
+        f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", f"masks = {v(c.masks)}", "",
     ]
     for o in scene.objects:
         lines += [
