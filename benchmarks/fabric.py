@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_bvp
 
-from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, bending_rate, grid_mesh, simulate, stable_config
+from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, grid_mesh, simulate, stable_config
 from dreamcloth.taichi_mpm.cloth_forces import AIR_DENSITY
 
 F64 = torch.float64
@@ -52,8 +52,7 @@ def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, 
     params = Params.create(membrane, 0.0, density, math.exp(-2 * omega), 0.0, membrane, membrane,
                            bending_stiffness=bending, drag_coefficient=0.0, dtype=F64)
     bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
-                    normal_stiffness=(membrane, membrane), min_length=h, bending_stiffness=(bending, bending),
-                    bending_rate=bending_rate(model))
+                    normal_stiffness=(membrane, membrane), min_length=h)
     cfg = stable_config(grid, 10.0, bounds)
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * 10) + 1, bounds=bounds)

@@ -19,11 +19,11 @@ from .geometry import euler_xyz, load_mesh
 from .model import MaterialGroup, Model, Params, State
 from .parameters import PARAMETERS, Parameter, parameters_of
 from .sampling import ParticleSet, sample_box, sample_mesh, sample_sphere
-from .simulate import Trajectory, bending_rate, lame, min_rest_edge, simulate
+from .simulate import Trajectory, lame, min_rest_edge, simulate
 
 __all__ = [
     "ClothGroup", "MeshCollider", "ModelBuilder", "ObjectRange", "euler_xyz", "grid_mesh", "min_rest_edge",
     "Box", "GridSpec", "MaterialGroup", "Model", "Params", "Plane", "SimConfig", "SimulationError", "Bounds",
-    "Sphere", "State", "Trajectory", "bending_rate", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
+    "Sphere", "State", "Trajectory", "lame", "max_dt", "simulate", "stable_config", "substeps_for",
     "ParticleSet", "load_mesh", "sample_box", "sample_mesh", "sample_sphere", "PARAMETERS", "Parameter", "parameters_of",
 ]

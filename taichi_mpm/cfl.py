@@ -24,8 +24,7 @@ class Bounds:
     For cloth, young_modulus and the stiffnesses are membrane stiffnesses (N/m) and density is
     areal (kg/m^2); the signal speed has the same form.  ``min_length`` is the shortest cloth
     rest edge (the Lagrangian forces act over it), ``max_speed`` a bound on particle speeds.
-    ``bending_stiffness`` (N m) with ``bending_rate`` (the mesh's stiffest bending mode, omega^2 per
-    unit B / rho; ``simulate.bending_rate``) bound the explicit bending force's time step.
+    Bending does not bound dt: its step is implicit (``cloth_forces.ImplicitBending``).
     """
 
     young_modulus: tuple[float, float]
@@ -35,13 +34,6 @@ class Bounds:
     shear_stiffness: tuple[float, float] | None = None
     normal_stiffness: tuple[float, float] | None = None
     min_length: float | None = None
-    bending_stiffness: tuple[float, float] | None = None
-    bending_rate: float | None = None
-
-
-#: symplectic Euler is stable for an oscillator while omega dt < 2; half that keeps a margin for the
-#: coupling of the bending force with the membrane and the grid
-BENDING_OMEGA_DT = 1.0
 
 
 def p_wave_speed(young_modulus: float, poisson_ratio: float, density: float) -> float:
@@ -61,11 +53,7 @@ def max_dt(dx: float, bounds: Bounds, cfl: float = CFL_NUMBER, cfl_cloth: float 
         if k is not None:
             c = max(c, math.sqrt(k[1] / bounds.density[0]))
     length = min(dx, bounds.min_length) if bounds.min_length else dx
-    dt = cfl_cloth * length / (c + bounds.max_speed)
-    if bounds.bending_stiffness is not None and bounds.bending_rate and bounds.bending_stiffness[1] > 0:
-        omega = math.sqrt(bounds.bending_rate * bounds.bending_stiffness[1] / bounds.density[0])
-        dt = min(dt, BENDING_OMEGA_DT / omega)
-    return dt
+    return cfl_cloth * length / (c + bounds.max_speed)
 
 
 def substeps_for(fps: float, dt_max: float) -> int:

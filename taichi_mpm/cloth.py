@@ -353,7 +353,7 @@ class ClothGroup:
             vertex_areas=torch.tensor(vertex_area, **t),
             local_faces=faces.astype(np.int32),
             faces_local=torch.tensor(faces, dtype=torch.int64, device=device),
-            bending=build_bending(vertices, faces, vertex_area, 1.0 - ELEMENT_MASS_FRACTION, dtype, device),
+            bending=build_bending(vertices, faces, dtype, device),
         )
 
 

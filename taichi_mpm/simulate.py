@@ -55,14 +55,6 @@ def min_rest_edge(model: Model) -> float | None:
     return float(torch.stack(lengths).min())
 
 
-def bending_rate(model: Model) -> float | None:
-    """The stiffest bending mode's omega^2 per unit (bending stiffness / areal density) over the
-    model's cloths (None without cloth); see ``cloth_forces.BendingOperator.rate``."""
-    if not model.cloth:
-        return None
-    return max(c.bending.rate for c in model.cloth)
-
-
 def _per_particle(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
     if t.dim() == 0 or t.numel() == 1:
         return t.reshape(()).expand(n).contiguous()
@@ -205,8 +197,6 @@ def _bounds_of(model: Model, state: State, params: Params, config: SimConfig, nu
         shear_stiffness=rng(params.shear_stiffness) if cloth else None,
         normal_stiffness=rng(params.normal_stiffness) if cloth else None,
         min_length=min_rest_edge(model),
-        bending_stiffness=rng(params.bending_stiffness) if cloth and params.bending_stiffness is not None else None,
-        bending_rate=bending_rate(model),
     )
 
 

@@ -193,6 +193,9 @@ class Engine:
         # would push the free vertices that share its nodes (a clamped strip bent ~1.6x too far)
         self.free = [(1 - model.pinned[c.vertex_start : c.vertex_start + c.num_vertices]).to(self.dtype)[:, None]
                      for c in model.cloth]
+        # per cloth: the banded system of its backward-Euler bending step (cloth_forces.ImplicitBending),
+        # built at the first substep with bending on
+        self.implicit: list[CF.ImplicitBending | None] = [None] * len(model.cloth)
         self._no_tape = torch.zeros((1, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
 
     def set_mesh_forces(self, material: torch.Tensor) -> None:
@@ -204,13 +207,20 @@ class Engine:
             flags.append((bend, drag) if (bend or drag) else None)
         self.mesh_forces = flags
 
-    @staticmethod
-    def _mesh_force(c, S: torch.Tensor, material: torch.Tensor, flags: tuple[bool, bool]):
-        """Bending and drag forces on cloth ``c``'s vertices ``[V, 3]`` and elements ``[E, 3]`` or None (``cloth_forces``)."""
+    def _implicit(self, i: int, mass: torch.Tensor):
+        """``cloth_forces.mesh_forces``'s ``implicit`` argument for cloth ``i`` (vertex ``mass [V]``)."""
+        if self.implicit[i] is None:
+            self.implicit[i] = CF.ImplicitBending(self.model.cloth[i].bending, self.free[i][:, 0])
+        return self.implicit[i], mass, self.free[i][:, 0], self.config.dt
+
+    def _mesh_force(self, i: int, S: torch.Tensor, material: torch.Tensor, flags: tuple[bool, bool]):
+        """Bending and drag forces on cloth ``i``'s vertices ``[V, 3]`` and elements ``[E, 3]`` or None (``cloth_forces``)."""
+        c = self.model.cloth[i]
         vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         el = material[c.element_start : c.element_start + c.num_elements]
         return CF.mesh_forces(S[vs, K.X : K.X + 3], S[vs, K.V : K.V + 3], el[:, K.BEND], el[:, K.DRAG], c.bending,
-                              c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags)
+                              c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
+                              implicit=self._implicit(i, material[vs, K.MASS]) if flags[0] else None)
 
     def _begin_substep(self) -> None:
         """Mark the grid busy; clear it whole if an earlier substep did not finish (see :class:`_Grid`)."""
@@ -258,7 +268,7 @@ class Engine:
             CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
             CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
             if self.mesh_forces[i] is not None:
-                fv, fe = self._mesh_force(c, S, P.material, self.mesh_forces[i])
+                fv, fe = self._mesh_force(i, S, P.material, self.mesh_forces[i])
                 W[c.vertex_start : c.vertex_start + c.num_vertices, K.WMOM : K.WMOM + 3] += cfg.dt * fv * self.free[i]
                 if fe is not None:
                     W[c.element_start : c.element_start + c.num_elements, K.WMOM : K.WMOM + 3] += cfg.dt * fe
@@ -391,7 +401,7 @@ class Engine:
         if self.mesh_forces[i] is not None:
             # after cloth_vertices_adjoint, which overwrites the vertices' dL/dv, and before the
             # element kernel's autodiff, which may consume dL/dW of the element rows
-            self._mesh_force_adjoint(c, S, P, GP, self.mesh_forces[i], self.free[i], G_W, G_out)
+            self._mesh_force_adjoint(i, S, P, GP, G_W, G_out)
 
         # The element kernel is differentiated by Taichi's autodiff, which reads and writes the
         # ``.grad`` of torch tensors that require grad: these scratch leaves only carry those
@@ -414,9 +424,10 @@ class Engine:
         G_out[el, K.F : K.F + 9] = S_in.grad[el, K.F : K.F + 9]
         CL.gather_vertices_adjoint(EX.grad, c.faces, G_out)
 
-    def _mesh_force_adjoint(self, c, S, P: StepParams, GP: StepParams, flags, free, G_W, G_out) -> None:
+    def _mesh_force_adjoint(self, i: int, S, P: StepParams, GP: StepParams, G_W, G_out) -> None:
         """The mesh forces entered the vertices' momentum as ``dt f``: their vector-Jacobian product
         with ``dt dL/d(momentum)``, by torch's autograd on a recomputation from this substep's state."""
+        c, flags, free = self.model.cloth[i], self.mesh_forces[i], self.free[i]
         vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         el = slice(c.element_start, c.element_start + c.num_elements)
         with torch.enable_grad():
@@ -424,18 +435,22 @@ class Engine:
             v = S[vs, K.V : K.V + 3].detach().requires_grad_(True)
             bend = P.material[el, K.BEND].detach().requires_grad_(True)
             drag = P.material[el, K.DRAG].detach().requires_grad_(True)
-            fv, fe = CF.mesh_forces(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags)
+            mass = P.material[vs, K.MASS].detach().requires_grad_(True)
+            fv, fe = CF.mesh_forces(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
+                                    implicit=self._implicit(i, mass) if flags[0] else None)
             outs, grads = [fv], [self.config.dt * G_W[vs, K.WMOM : K.WMOM + 3] * free]
             if fe is not None:
                 outs.append(fe)
                 grads.append(self.config.dt * G_W[el, K.WMOM : K.WMOM + 3])
-            gx, gv, gb, gd = torch.autograd.grad(outs, (x, v, bend, drag), grads, allow_unused=True)
+            gx, gv, gb, gd, gm = torch.autograd.grad(outs, (x, v, bend, drag, mass), grads, allow_unused=True)
         for rows, col, g in ((vs, K.X, gx), (vs, K.V, gv)):
             if g is not None:
                 G_out[rows, col : col + 3] += g
         for col, g in ((K.BEND, gb), (K.DRAG, gd)):
             if g is not None:
                 GP.material[el, col] += g
+        if gm is not None:
+            GP.material[vs, K.MASS] += gm
 
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
                          G_end: torch.Tensor, G_frames: torch.Tensor | None):

@@ -103,7 +103,7 @@ class Simulation:
         )
 
 
-def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None, bending_rate: float | None = None) -> M.Bounds:
+def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None) -> M.Bounds:
     """CFL ranges: each parameter's fit range and its value in the scene, over all objects.
 
     The value counts even when a fit range is given: ``simulate`` and ``predict``'s roll-out run the
@@ -126,8 +126,7 @@ def _bounds(scene: Scene, grid: M.GridSpec, min_length: float | None, bending_ra
     speed += max([math.sqrt(sum(a * a for a in c.params.get("velocity", (0, 0, 0)))) for c in scene.colliders], default=0.0)
     speed += max(math.sqrt(sum(a * a for a in o.pin_velocity)) for o in scene.objects)
     return M.Bounds(span("young_modulus"), span("poisson_ratio"), span("density"), max_speed=speed,
-                    shear_stiffness=span("shear_stiffness"), normal_stiffness=span("normal_stiffness"), min_length=min_length,
-                    bending_stiffness=span("bending_stiffness"), bending_rate=bending_rate)
+                    shear_stiffness=span("shear_stiffness"), normal_stiffness=span("normal_stiffness"), min_length=min_length)
 
 
 #: a fabric's folds need a cell of at most this fraction of its bending length (B / (rho g))^(1/3).
@@ -220,7 +219,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
         xs = state.x[r.start : r.end]
         if bool(((xs < torch.tensor(lo, dtype=dtype)) | (xs > torch.tensor(hi, dtype=dtype))).any()):
             raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
-    bounds = _bounds(scene, grid, M.min_rest_edge(model), M.bending_rate(model))
+    bounds = _bounds(scene, grid, M.min_rest_edge(model))
     if substeps is None:
         substeps = s.substeps or M.substeps_for(s.fps, M.max_dt(grid.dx, bounds))
     config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity)

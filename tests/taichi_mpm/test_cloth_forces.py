@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from dreamcloth.taichi_mpm import Bounds, Params, State, bending_rate, grid_mesh, simulate, stable_config
-from dreamcloth.taichi_mpm.cloth_forces import AIR_DENSITY, bending_energy, bending_force, build_bending, drag_force
+from dreamcloth.taichi_mpm import Bounds, Params, State, grid_mesh, simulate, stable_config
+from dreamcloth.taichi_mpm.cloth_forces import (
+    AIR_DENSITY, ImplicitBending, bending_energy, bending_force, build_bending, drag_force, implicit_bending_force,
+)
 
 from .cloth_scenes import F64, drape_scene
 
 
 def _operator(verts, faces):
-    area = 0.5 * np.linalg.norm(np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1)
-    va = np.zeros(len(verts))
-    for c in range(3):
-        np.add.at(va, faces[:, c], area / 3)
-    return build_bending(verts, faces, va, 0.5, F64)
+    return build_bending(verts, faces, F64)
 
 
 def _cylinder(verts, radius, angle_deg):
@@ -65,6 +63,47 @@ def test_bending_force_is_minus_the_energy_gradient():
     assert torch.allclose(f, -g, rtol=1e-10, atol=1e-12 * float(g.abs().max()))
 
 
+def _implicit_case(n=5, pinned=(0, 4)):
+    verts, faces = grid_mesh(n, n, (0.2, 0.2))
+    verts = np.asarray(verts, dtype=np.float64)
+    op = _operator(verts, np.asarray(faces))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.tensor(verts) + 0.01 * torch.randn(len(verts), 3, generator=gen, dtype=F64)
+    v = 0.3 * torch.randn(len(verts), 3, generator=gen, dtype=F64)
+    free = torch.ones(len(verts), dtype=F64)
+    free[list(pinned)] = 0.0
+    mass = 1e-4 * (1.0 + torch.rand(len(verts), generator=gen, dtype=F64))
+    stiffness = 1e-3 * (1.0 + torch.rand(len(faces), generator=gen, dtype=F64))
+    return op, torch.as_tensor(np.asarray(faces)), x, v, free, mass, stiffness
+
+
+def test_implicit_bending_is_one_backward_euler_step():
+    """On the free vertices M dv = dt f(x + dt (v + dv)) (flat rest mesh: f linear in x); nothing on pinned ones."""
+    op, faces, x, v, free, mass, stiffness = _implicit_case()
+    dt = 2e-3
+    f = implicit_bending_force(x, v, stiffness, mass, free, dt, ImplicitBending(op, free), faces)
+    dv = dt * f / mass[:, None]
+    want = dt * bending_force(x + dt * (v + dv), stiffness, op, faces) / mass[:, None]
+    free_rows = free.bool()
+    assert torch.allclose(dv[free_rows], want[free_rows], rtol=1e-10, atol=1e-12 * float(want.abs().max()))
+    assert float(f[~free_rows].abs().max()) == 0.0
+    # a stiff step is bounded where the explicit force is not: k_eff dt^2 / m <= 1 on every mode
+    explicit = bending_force(x, stiffness, op, faces)
+    assert float((dt * dt * explicit / mass[:, None]).abs().max()) > 10 * float((dt * dt * f / mass[:, None]).abs().max())
+    # and a small step is the explicit force of the current positions
+    small = implicit_bending_force(x, torch.zeros_like(v), stiffness, mass, free, 1e-7, ImplicitBending(op, free), faces)
+    assert torch.allclose(small[free_rows], explicit[free_rows], rtol=1e-4, atol=1e-4 * float(explicit.abs().max()))
+
+
+def test_implicit_bending_gradcheck():
+    """float64 gradcheck of the backward-Euler bending force in positions, velocities, stiffness and masses (the banded solve's adjoint)."""
+    op, faces, x, v, free, mass, stiffness = _implicit_case(n=4, pinned=(0,))
+    system = ImplicitBending(op, free)
+    inputs = [t.clone().requires_grad_(True) for t in (x, v, stiffness, mass)]
+    assert torch.autograd.gradcheck(lambda a, b, k, m: implicit_bending_force(a, b, k, m, free, 5e-3, system, faces),
+                                    inputs, eps=1e-7, atol=1e-7, rtol=1e-5)
+
+
 def test_curved_rest_mesh_is_at_rest_in_any_orientation():
     """Rest curvature: a mesh bent at rest feels no force at rest, after a rigid motion either, and
     a force when bent further."""
@@ -100,8 +139,7 @@ def test_drag_on_a_plate_is_the_flat_plate_formula():
 def _rollout_loss(frames=6):
     grid, model, state, _ = drape_scene(n=5, res=12)
     bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
-                    normal_stiffness=(150.0, 250.0), min_length=0.1, bending_stiffness=(0.0, 1e-2),
-                    bending_rate=bending_rate(model))
+                    normal_stiffness=(150.0, 250.0), min_length=0.1)
     cfg = stable_config(grid, 30.0, bounds)
     n = model.num_particles
     wx = torch.randn(frames, n, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -145,7 +183,7 @@ def test_bending_and_drag_gradcheck_tiny():
     """float64 gradcheck of positions and velocities (through the torch mesh forces' adjoint) and of both parameters."""
     grid, model, state, _ = drape_scene(n=3, res=10)
     bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
-                    normal_stiffness=(150.0, 250.0), min_length=0.2, bending_stiffness=(0.0, 1e-2), bending_rate=bending_rate(model))
+                    normal_stiffness=(150.0, 250.0), min_length=0.2)
     cfg = stable_config(grid, 30.0, bounds, segment_substeps=3)
     nv = 9
 
