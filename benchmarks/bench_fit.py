@@ -48,7 +48,7 @@ def _real_fabric() -> Measurement:
     folder = Path(tempfile.mkdtemp(prefix="bench_fit_"))
     scene = folder / "scene.toml"
     scene.write_text(demo_scene_text({**REAL_FABRIC["values"], "frames": REAL_FABRIC_FRAMES}, REAL_FABRIC["fit"], truth=False))
-    run_simulation(scene, folder / "sim", quiet=True)
+    run_simulation(scene, folder / "sim")
     m = _iteration(load_scene(scene), folder / "sim" / "video.mp4", "41x41 cloth, real-fabric stiffness", False, repeats=1)
     per_frame = m.value / (REAL_FABRIC_FRAMES - 1)
     return dataclasses.replace(m, note=f"{m.note}; a {REAL_FABRIC_CLIP}-frame horizon extrapolates to "
