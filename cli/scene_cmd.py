@@ -49,3 +49,29 @@ def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> N
 
     for note in resolution_notes(sim):
         console.print(f"[yellow]not converged:[/] {escape(note)}")
+
+
+@scene_app.command("init")
+@report_errors
+def init(
+    video: Annotated[Path, typer.Option("--video", help="The video; its first frame shows the cloth flat and at rest.")],
+    cloth_size: Annotated[str, typer.Option("--cloth-size", help="The cloth's size WIDTHxHEIGHT in metres, e.g. 0.6x0.4.")],
+    out: Annotated[Path, typer.Option("--out", help="Scene file to write (and OUT.png: the estimate over frame 0).")] = Path("scene.toml"),
+    fov: Annotated[float, typer.Option("--fov", help="Vertical field of view in degrees, when known (else estimated).")] = None,
+    height: Annotated[float, typer.Option("--height", help="The cloth's height above the ground (m); 0: it lies on the ground.")] = 0.0,
+    masks: Annotated[Path, typer.Option("--masks", help="Mask video (white = cloth), when the background is not one flat colour.")] = None,
+    width: Annotated[int, typer.Option("--width", help="Render width of the scene's camera (pixels); the height follows the video.")] = 128,
+) -> None:
+    """Write a scene for a video: camera pose (and fov) from the flat cloth in frame 0, a ground plane, default fit ranges."""
+    from rich.console import Console
+
+    from .pipeline.scene_init import init_scene, parse_size
+
+    result = init_scene(video, parse_size(cloth_size), out, fov_y_deg=fov, height=height, masks_path=masks, width=width)
+    e = result.estimate
+    console = Console()
+    console.print(f"wrote {result.scene_path}: camera {e.distance:.3g} m from the cloth's centre, {e.elevation_deg:.1f} deg above "
+                  f"its plane, fov_y {e.camera.fov_y_deg:.2f} deg ({'given' if e.fov_given else 'estimated'}); silhouette IoU "
+                  f"{e.silhouette_iou:.3f}")
+    console.print(f"check the estimate in {result.overlay_path} (red: the scene's cloth over frame 0), add colliders and pins, "
+                  f"then `dreamcloth scene check {result.scene_path}`")

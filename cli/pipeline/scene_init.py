@@ -1,0 +1,630 @@
+"""A scene from a video: camera and cloth pose from the first frame (``dreamcloth scene init``).
+
+The cloth starts flat and at rest as a rectangle of known size.  From frame 0:
+
+1. its silhouette: the pixels that differ from the background colour (the median of the image's
+   border, or a mask video), the largest connected region, holes filled;
+2. its four corners: the silhouette's convex hull; its diameter is one diagonal of the
+   quadrilateral, the hull points farthest from that diagonal on either side are the other two
+   corners;
+3. a first camera from the plane-to-image homography of the corners (4-point DLT, Hartley and
+   Zisserman, "Multiple View Geometry", 2nd ed., 4.1): with square pixels and the principal point
+   at the image centre, the columns h1, h2 of K^-1 H are the plane's axes scaled alike and
+   orthogonal, which gives the focal length when ``fov`` is not given (Zhang 2000, "A flexible new
+   technique for camera calibration", section 2.3), then the rotation and translation;
+4. the pose (and focal length) refined by differentiable rendering: the scene's own Gaussian
+   renderer draws the flat cloth, and Adam moves a rigid motion of the cloth in the camera frame
+   (and a scale of the image plane, i.e. the focal length) to match the silhouette.
+
+The cloth's plane is taken as horizontal (its normal is "up"): the cloth lies on the ground or is
+held level, as in a drop.  ``height`` says how far above the ground plane it is (a single flat view
+cannot tell; 0: it lies on the ground).  The scene puts the cloth axis-aligned in the middle of the
+domain and carries the estimated pose in its camera.  A rectangle's silhouette is symmetric, so the
+camera is found up to the half-turn (quarter-turn for a square) about the cloth's normal; pins and
+textures that break the symmetry are the user's to add.
+
+Everything a user can get wrong is an ``InputError`` naming the video: no cloth-like region in
+frame 0, a cloth that is not a flat rectangle there, a size whose aspect the image contradicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+#: Refined silhouette IoU below which frame 0 does not show a flat rectangle of the given size (lower
+#: for small silhouettes, where a pixel along the edge costs more).
+MIN_FLAT_IOU = 0.93
+#: Relative disagreement between the given aspect ratio and the one the corners show.
+MAX_ASPECT_ERROR = 0.3
+#: The estimation runs at most at this many pixels along the longer image side.
+MAX_ESTIMATION_SIDE = 480
+#: Where the ground plane sits in the written scene (y, m) and how far below the domain's top the cloth may start.
+GROUND_Y = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraEstimate:
+    """The camera relative to a cloth centred at the origin, lying in the x-z plane (normal +y)."""
+
+    rotation: np.ndarray  # [3, 3] world -> camera (rows: right, down, forward)
+    translation: np.ndarray  # [3], x_cam = R x_world + t
+    fov_y_deg: float
+    width: int
+    height: int
+
+    @property
+    def eye(self) -> np.ndarray:
+        return -self.rotation.T @ self.translation
+
+    def shifted(self, offset) -> "CameraEstimate":
+        """The same view of the cloth moved by ``offset`` in the world."""
+        off = np.asarray(offset, dtype=np.float64)
+        return dataclasses.replace(self, translation=self.translation - self.rotation @ off)
+
+    def as_camera(self, width: int | None = None, height: int | None = None):
+        """A ``render.Camera`` (optionally at another resolution with the same field of view)."""
+        from dreamcloth import render as R
+
+        eye = self.eye
+        forward, down = self.rotation[2], self.rotation[1]
+        distance = float(np.linalg.norm(self.translation))
+        return R.Camera(eye=tuple(eye), look_at=tuple(eye + forward * distance), up=tuple(-down), fov_y_deg=self.fov_y_deg,
+                        width=width or self.width, height=height or self.height)
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneEstimate:
+    camera: CameraEstimate  # relative to the cloth centred at the origin
+    corners_px: np.ndarray  # [4, 2] the silhouette's corners found in frame 0 (estimation resolution)
+    fov_given: bool
+    silhouette_iou: float  # rendered flat cloth vs frame 0's silhouette after refinement
+    aspect_seen: float  # width / height the corners show (with the estimated focal length)
+    background: tuple[float, float, float]
+    background_uniform: bool
+    cloth_color: tuple[float, float, float]
+
+    @property
+    def elevation_deg(self) -> float:
+        """The camera's angle above the cloth's plane, seen from the cloth's centre."""
+        e = self.camera.eye
+        return math.degrees(math.asin(e[1] / np.linalg.norm(e)))
+
+    @property
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.camera.eye))
+
+
+# -- the silhouette and its corners ------------------------------------------------------------------
+
+
+def border_colour(frame: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Median colour of the image's 2-pixel border ``[3]`` in [0, 1], and whether the border is one flat colour."""
+    f = frame.astype(np.float64) / 255.0
+    border = np.concatenate([f[:2].reshape(-1, 3), f[-2:].reshape(-1, 3), f[:, :2].reshape(-1, 3), f[:, -2:].reshape(-1, 3)])
+    med = np.median(border, axis=0)
+    spread = np.quantile(np.abs(border - med).max(1), 0.9)
+    return med, bool(spread < 0.06)
+
+
+def cloth_silhouette(frame: np.ndarray, background: np.ndarray | None = None, mask: np.ndarray | None = None,
+                     threshold: float = 0.08) -> np.ndarray:
+    """``[H, W]`` bool: the largest connected region that differs from ``background`` (or of ``mask``), holes filled.
+
+    Cut from the background colour, the region's edge is then placed where the pixels are half
+    cloth, half background (their colour projected on the line from the background to the
+    cloth's median colour), not where they first differ from the background: the lens and the
+    codec blur the edge over a pixel or two, and a low threshold would make the cloth fatter.
+    """
+    from scipy import ndimage
+
+    def largest(m):
+        labels, n = ndimage.label(m)
+        if n == 0:
+            return np.zeros(m.shape, bool)
+        sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+        return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+    if mask is not None:
+        return largest(mask)
+    f = frame.astype(np.float64) / 255.0
+    bg = np.asarray(background, dtype=np.float64)
+    region = largest(np.abs(f - bg).max(-1) > threshold)
+    inner = ndimage.binary_erosion(region, iterations=2)
+    if not inner.any():
+        return region
+    d = np.median(f[inner], axis=0) - bg
+    contrast2 = float(d @ d)
+    if contrast2 < 0.15**2:
+        return region
+    alpha = ((f - bg) @ d) / contrast2
+    band = ndimage.binary_dilation(region, iterations=2) & ~inner
+    return largest(np.where(band, alpha > 0.5, region))
+
+
+def quad_corners(silhouette: np.ndarray) -> np.ndarray:
+    """Four corners ``[4, 2]`` (x right, y down; pixel centres at integers) of a quadrilateral
+    silhouette, in order around it: the largest-area quadrilateral on its convex hull."""
+    from scipy.spatial import ConvexHull
+
+    ys, xs = np.nonzero(silhouette)
+    # Each pixel as its four corners: the hull then hugs the region's outer edge, not its pixel centres.
+    pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)]).astype(np.float64)
+    hull = pts[ConvexHull(pts).vertices]  # counter-clockwise in (x, y)
+    n = len(hull)
+    if n < 4:
+        raise ValueError("the silhouette has fewer than four corners")
+    idx = np.arange(n)
+    upper = idx[:, None] < idx[None, :]
+    best, quad = -1.0, None
+    for i in range(n):
+        # Hull points in order starting at i, relative to point i: cross[j, k] is twice the area of (i, j, k).
+        p = np.roll(hull, -i, axis=0) - hull[i]
+        cross = p[:, None, 0] * p[None, :, 1] - p[:, None, 1] * p[None, :, 0]
+        first = np.where(upper, cross, -np.inf)  # (i, j, k), j < k
+        j_best = first.argmax(0)  # for each k, the best j before it
+        a1 = first.max(0)
+        a2 = np.where(upper, cross, -np.inf).max(1)  # for each k, the best l after it: (i, k, l)
+        l_best = np.where(upper, cross, -np.inf).argmax(1)
+        total = a1 + a2
+        total[:2] = -np.inf
+        total[-1] = -np.inf
+        k = int(np.argmax(total))
+        if total[k] > best:
+            best = float(total[k])
+            quad = np.stack([hull[i], hull[(i + j_best[k]) % n], hull[(i + k) % n], hull[(i + l_best[k]) % n]])
+    return quad
+
+
+def refine_corners(silhouette: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """Corners ``[4, 2]`` as the intersections of lines fitted (total least squares) to the
+    silhouette's edge pixels along each side of ``quad``, away from the corners, which blur rounds off."""
+    from scipy import ndimage
+
+    edge = silhouette & ~ndimage.binary_erosion(silhouette)
+    ys, xs = np.nonzero(edge)
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    centre = quad.mean(0)
+    lines = []
+    for q in range(4):
+        a, b = quad[q], quad[(q + 1) % 4]
+        ab = b - a
+        length = float(np.linalg.norm(ab))
+        s = (pts - a) @ ab / (length * length)
+        normal = np.array([-ab[1], ab[0]]) / length
+        if normal @ (centre - a) > 0:
+            normal = -normal  # outward
+        dist = (pts - a) @ normal
+        near = (s > 0.2) & (s < 0.8) & (np.abs(dist) < max(2.0, 0.05 * length))
+        if near.sum() < 4:
+            return quad
+        p = pts[near]
+        mean = p.mean(0)
+        direction = np.linalg.svd(p - mean)[2][0]
+        n = np.array([-direction[1], direction[0]])
+        if n @ normal < 0:
+            n = -n
+        # Edge pixels' centres lie half a pixel inside the edge.
+        lines.append((n, n @ mean + 0.5))
+    out = []
+    for q in range(4):
+        (n1, c1), (n2, c2) = lines[q - 1], lines[q]
+        m = np.stack([n1, n2])
+        if abs(np.linalg.det(m)) < 1e-6:
+            return quad
+        out.append(np.linalg.solve(m, np.array([c1, c2])))
+    out = np.asarray(out)
+    # Keep the fit only where it stays close to the hull's corners (a region that is not a quadrilateral is rejected later).
+    return out if np.abs(out - quad).max() < 0.25 * np.linalg.norm(quad[2] - quad[0]) else quad
+
+
+def polygon_area(p: np.ndarray) -> float:
+    return 0.5 * abs(sum(p[q, 0] * p[(q + 1) % len(p), 1] - p[(q + 1) % len(p), 0] * p[q, 1] for q in range(len(p))))
+
+
+# -- the camera from the corners ------------------------------------------------------------------------
+
+
+def homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``H [3, 3]`` with ``dst ~ H src`` from 4 (or more) point pairs (DLT, the SVD's null vector)."""
+    rows = []
+    for (x, y), (u, v) in zip(src, dst):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y, -u])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y, -v])
+    return np.linalg.svd(np.asarray(rows))[2][-1].reshape(3, 3)
+
+
+def focal_from_homography(h: np.ndarray) -> float | None:
+    """Focal length (pixels) that makes the homography's first two columns orthogonal and of equal
+    length (least squares over the two equations in 1/f^2); None when they do not determine it."""
+    a1 = h[0, 0] * h[0, 1] + h[1, 0] * h[1, 1]
+    b1 = h[2, 0] * h[2, 1]
+    a2 = h[0, 0] ** 2 + h[1, 0] ** 2 - h[0, 1] ** 2 - h[1, 1] ** 2
+    b2 = h[2, 0] ** 2 - h[2, 1] ** 2
+    den = a1 * a1 + a2 * a2
+    if den <= 0:
+        return None
+    w = -(a1 * b1 + a2 * b2) / den
+    return 1.0 / math.sqrt(w) if w > 0 else None
+
+
+def _pose(h: np.ndarray, focal: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """World -> camera ``R, t`` of the plane (plane coords (a, b) = world (a, 0, b)) and the aspect
+    |r1| / |r2| of the unnormalised columns (1 when the plane's coordinates are metric and true)."""
+    kinv = np.diag([1.0 / focal, 1.0 / focal, 1.0])
+    m = kinv @ h
+    n1, n2 = np.linalg.norm(m[:, 0]), np.linalg.norm(m[:, 1])
+    lam = 2.0 / (n1 + n2)
+    if m[2, 2] * lam < 0:  # the cloth must lie in front of the camera
+        lam = -lam
+    r1, r2, t = lam * m[:, 0], lam * m[:, 1], lam * m[:, 2]
+    u, _, vt = np.linalg.svd(np.stack([r1, r2, np.cross(r1, r2)], 1))
+    rot = u @ vt
+    if np.linalg.det(rot) < 0:
+        rot = u @ np.diag([1.0, 1.0, -1.0]) @ vt
+    r1, r2 = rot[:, 0], rot[:, 1]
+    # Columns are the images of world x, y, z: y = the plane's normal r2 x r1 (a proper rotation).
+    world_to_cam = np.stack([r1, np.cross(r2, r1), r2], 1)
+    return world_to_cam, t, n1 / n2
+
+
+def initial_cameras(corners: np.ndarray, size: tuple[float, float], width: int, height: int,
+                    fov_y_deg: float | None) -> list[tuple[float, CameraEstimate, float]]:
+    """Cameras from the silhouette's corners, best first: ``(corner residual px, estimate, aspect seen)``.
+
+    Every assignment of the rectangle's corners to the image's (4 turns, 2 orientations) is tried;
+    kept are those that put the cloth in front of the camera with its upper side facing it, sorted
+    by how well they reproject the corners.
+    """
+    w, hgt = size
+    plane = np.array([[-w / 2, -hgt / 2], [w / 2, -hgt / 2], [w / 2, hgt / 2], [-w / 2, hgt / 2]])
+    cx, cy = (width - 1) * 0.5, (height - 1) * 0.5
+    found = []
+    for order in (corners, corners[::-1]):
+        img_o = order - np.array([cx, cy])
+        for shift in range(4):
+            q = np.roll(img_o, shift, axis=0)
+            h = homography(plane, q)
+            if fov_y_deg is None:
+                focal = focal_from_homography(h)
+                if focal is None:
+                    continue
+            else:
+                focal = height / (2.0 * math.tan(math.radians(fov_y_deg) / 2))
+            rot, t, _ = _pose(h, focal)
+            normal = rot[:, 1]
+            if t[2] <= 0 or normal @ (-t) <= 0:
+                continue
+            world = np.stack([plane[:, 0], np.zeros(4), plane[:, 1]], 1)
+            cam = world @ rot.T + t
+            if (cam[:, 2] <= 0).any():
+                continue
+            proj = focal * cam[:, :2] / cam[:, 2:3]
+            err = float(np.sqrt(((proj - q) ** 2).sum(1).mean()))
+            # The aspect the image shows: the homography of the unit square, its columns' length ratio.
+            unit = homography(np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]]), q)
+            aspect = _pose(unit, focal)[2]
+            fov = math.degrees(2.0 * math.atan(height / (2.0 * focal)))
+            found.append((err, CameraEstimate(rot, t, fov, width, height), aspect))
+    if not found:
+        raise ValueError("no camera puts the cloth's corners where the image shows them (is the cloth seen from above?)")
+    return sorted(found, key=lambda c: c[0])
+
+
+# -- refinement by differentiable rendering -----------------------------------------------------------
+
+
+def _skew(w: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros((), dtype=w.dtype)
+    return torch.stack([torch.stack([z, -w[2], w[1]]), torch.stack([w[2], z, -w[0]]), torch.stack([-w[1], w[0], z])])
+
+
+def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``[H, W]`` image blurred by a Gaussian of ``sigma`` pixels (separable; identity at 0)."""
+    if sigma <= 0:
+        return image
+    r = int(math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=image.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    img = torch.nn.functional.pad(image[None, None], (r, r, r, r), mode="replicate")
+    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1))[0, 0]
+
+
+def render_flat_cloth(vertices: torch.Tensor, faces: torch.Tensor, camera, sampling=None) -> torch.Tensor:
+    """Alpha ``[H, W]`` of a cloth mesh drawn as the scene renderer draws cloth (differentiable in ``vertices``)."""
+    from dreamcloth import render as R
+
+    from .simulation import CLOTH_GAUSSIANS_PER_TRIANGLE, CLOTH_IN_PLANE_SCALE, CLOTH_THICKNESS, DEFAULT_OPACITY
+
+    if sampling is None:
+        sampling = R.cloth_sampling(faces, CLOTH_GAUSSIANS_PER_TRIANGLE)
+    g = R.cloth_gaussians(vertices, faces, thickness=CLOTH_THICKNESS, sampling=sampling, in_plane_scale=CLOTH_IN_PLANE_SCALE,
+                          camera=camera, opacity=DEFAULT_OPACITY)
+    n = g.means.shape[0]
+    out = R.rasterize(g.means, g.covariances, torch.ones(n, 3, dtype=vertices.dtype), torch.full((n,), DEFAULT_OPACITY, dtype=vertices.dtype),
+                      camera, torch.zeros(3, dtype=vertices.dtype))
+    return out.alpha[0]
+
+
+def _flat_mesh(size: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    from dreamcloth import taichi_mpm as M
+
+    verts, faces = M.grid_mesh(9, 9, size)
+    return torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces)
+
+
+def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float], fit_fov: bool,
+                  iterations: int = 120) -> tuple[CameraEstimate, float]:
+    """Refine the camera so that the rendered flat cloth matches ``silhouette``; returns it and the IoU."""
+    from dreamcloth import render as R
+
+    verts, faces = _flat_mesh(size)
+    sampling = R.cloth_sampling(faces, 4)
+    cam0 = est.as_camera()
+    rot0 = torch.as_tensor(est.rotation, dtype=torch.float32)
+    t0 = torch.as_tensor(est.translation, dtype=torch.float32)
+    target = torch.as_tensor(silhouette, dtype=torch.float32)
+    dist = float(np.linalg.norm(est.translation))
+    x_cam0 = verts @ rot0.T + t0
+    centre = t0  # the cloth's centre (world origin) in the camera frame
+    omega = torch.zeros(3, requires_grad=True)
+    shift = torch.zeros(3, requires_grad=True)  # in units of the camera distance
+    log_s = torch.zeros(1, requires_grad=True)
+    params = [omega, shift] + ([log_s] if fit_fov else [])
+    opt = torch.optim.Adam(params, lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+
+    def moved():
+        rot = torch.linalg.matrix_exp(_skew(omega))
+        x_cam = (x_cam0 - centre) @ rot.T + centre + shift * dist
+        s = torch.exp(log_s)
+        scaled = torch.cat([x_cam[:, :2] * s, x_cam[:, 2:]], 1)
+        # Back to the world through the unchanged camera: drawing these with cam0 draws the cloth
+        # with the moved camera (an image-plane scale s is a focal length f s).
+        return (scaled - t0) @ rot0, rot
+
+    # Coarse to fine: blurred silhouettes first (a wider basin when the corners were a few pixels
+    # off), then the sharp ones.
+    stages = [(3.0, iterations // 3), (1.0, iterations // 3), (0.0, iterations - 2 * (iterations // 3))]
+    for sigma, count in stages:
+        blurred = _blur(target, sigma)
+        for _ in range(count):
+            opt.zero_grad()
+            alpha = render_flat_cloth(moved()[0], faces, cam0, sampling)
+            loss = ((_blur(alpha, sigma) - blurred) ** 2).mean()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        world, rot = moved()
+        alpha = render_flat_cloth(world, faces, cam0, sampling)
+        pred = alpha > R.SILHOUETTE_ALPHA
+        iou = float((pred & (target > 0.5)).sum() / (pred | (target > 0.5)).sum().clamp_min(1))
+        new_rot = (rot @ rot0).double().numpy()
+        new_t = ((t0 - centre) @ rot.T + centre + shift * dist).double().numpy()
+        s = float(torch.exp(log_s))
+    tan_half = math.tan(math.radians(est.fov_y_deg) / 2) / s
+    refined = CameraEstimate(new_rot, new_t, math.degrees(2 * math.atan(tan_half)), est.width, est.height)
+    return refined, iou
+
+
+# -- the whole estimate ------------------------------------------------------------------------------------
+
+
+def _estimation_frame(frame: np.ndarray) -> np.ndarray:
+    from .video_io import resize_frames
+
+    h, w = frame.shape[:2]
+    scale = MAX_ESTIMATION_SIDE / max(h, w)
+    if scale >= 1:
+        return frame
+    return resize_frames(frame[None], (max(16, round(h * scale)), max(16, round(w * scale))))[0]
+
+
+def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: float | None = None,
+                   mask: np.ndarray | None = None, source: str = "frame 0") -> SceneEstimate:
+    """Camera and cloth from one frame ``[H, W, 3]`` uint8 showing a flat ``size = (W, H)`` m cloth at rest."""
+    if not all(math.isfinite(s) and s > 0 for s in size):
+        raise InputError(f"cloth size must be two positive lengths in metres, got {list(size)}")
+    if fov_y_deg is not None and not (1.0 <= fov_y_deg <= 170.0):
+        raise InputError(f"fov must lie in [1, 170] degrees, got {fov_y_deg}")
+    frame = _estimation_frame(frame)
+    h, w = frame.shape[:2]
+    background, uniform = border_colour(frame)
+    if mask is not None:
+        from .video_io import resize_frames
+
+        m3 = np.repeat((np.asarray(mask) > 0.5).astype(np.uint8)[..., None] * 255, 3, -1)
+        mask = resize_frames(m3[None], (h, w))[0, ..., 0] > 127
+    sil = cloth_silhouette(frame, background, mask)
+    area = int(sil.sum())
+    if area < max(64, 0.002 * h * w):
+        raise InputError(f"{source}: no cloth-like region found (the largest region that differs from the background "
+                         f"colour {np.round(background, 2).tolist()} has {area} pixels)")
+    if sil[0].any() or sil[-1].any() or sil[:, 0].any() or sil[:, -1].any():
+        raise InputError(f"{source}: the cloth touches the image border; the whole cloth must be in view in the first frame")
+    corners = refine_corners(sil, quad_corners(sil))
+    fill = area / max(polygon_area(corners), 1e-9)
+    if not 0.85 <= fill <= 1.15:
+        raise InputError(f"{source}: the cloth region is not a flat four-cornered sheet (it fills {fill:.0%} of its corners' "
+                         "quadrilateral); scene init needs the cloth flat and at rest in the first frame")
+    try:
+        candidates = initial_cameras(corners, size, w, h, fov_y_deg)
+    except ValueError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    want = size[0] / size[1]
+    aspect = candidates[0][2]
+    sides = np.linalg.norm(corners - np.roll(corners, 1, axis=0), axis=1)
+    # A corner is found to a pixel or so: on a silhouette a few pixels thin the aspect says little.
+    if sides.min() >= 15 and abs(aspect / want - 1) > MAX_ASPECT_ERROR:
+        raise InputError(f"{source}: the cloth size {size[0]:g}x{size[1]:g} m (aspect {want:.2f}) contradicts the image, "
+                         f"where the cloth's sides look {aspect:.2f} : 1")
+    # The corners' residual does not always rank the assignments right (a pixel of error on a thin
+    # silhouette): refine the best few (the rectangle's half-turn twin adds nothing) and keep the best match.
+    best = None
+    tried: list[np.ndarray] = []
+    for _, cand, _ in candidates:
+        if any(np.allclose(np.abs(cand.eye), np.abs(e), rtol=0.05, atol=0.05 * np.linalg.norm(e)) for e in tried):
+            continue
+        tried.append(cand.eye)
+        est, iou = refine_camera(cand, sil, size, fit_fov=fov_y_deg is None)
+        if best is None or iou > best[1]:
+            best = (est, iou)
+        if iou >= 0.97 or len(tried) >= 3:
+            break
+    est, iou = best
+    # A small silhouette loses IoU to a pixel's uncertainty along its edge: allow for it.
+    from scipy import ndimage
+
+    edge_fraction = float((sil & ~ndimage.binary_erosion(sil)).sum()) / area
+    need = max(0.6, min(MIN_FLAT_IOU, 1.0 - 0.75 * edge_fraction))
+    if iou < need:
+        raise InputError(f"{source}: a flat {size[0]:g}x{size[1]:g} m cloth does not match the silhouette (best IoU {iou:.3f} "
+                         f"< {need:.2f}); is the cloth flat and at rest, and is its size right?")
+    f = frame.astype(np.float64) / 255.0
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(sil, iterations=2)
+    colour = np.median(f[inner if inner.any() else sil], axis=0)
+    return SceneEstimate(est, corners, fov_y_deg is not None, iou, aspect, tuple(float(c) for c in background), uniform,
+                         tuple(float(c) for c in colour))
+
+
+def scene_text(est: SceneEstimate, size: tuple[float, float], *, fps: float, frames: int, height: float = 0.0,
+               width_px: int = 128, grid: int = 32, vertices: int = 21, source: str = "") -> str:
+    """A scene file (TOML, commented) that puts the cloth where ``est`` saw it."""
+    w, hgt = size
+    n_long = max(3, vertices)
+    nx, ny = (n_long, max(3, round(n_long * hgt / w))) if w >= hgt else (max(3, round(n_long * w / hgt)), n_long)
+    top = GROUND_Y + max(height, 0.0) + 0.3
+    side = max(1.0, 1.5 * max(w, hgt), top)
+    side = math.ceil(side * 10) / 10
+    centre = np.array([side / 2, GROUND_Y + max(height, 0.005), side / 2])
+    cam = est.camera.shifted(centre)
+    aspect = est.camera.height / est.camera.width
+    c = cam.as_camera(width_px, max(16, round(width_px * aspect)))
+
+    def vec(v):
+        return "[" + ", ".join(f"{float(a):.6g}" for a in v) + "]"
+
+    masks = "background" if est.background_uniform else "colour"
+    return f"""# Written by `dreamcloth scene init`{f' from {source}' if source else ''}: camera and cloth from the first frame.
+# Estimated: camera {est.distance:.3g} m from the cloth's centre, {est.elevation_deg:.1f} deg above its plane,
+# fov_y {est.camera.fov_y_deg:.2f} deg ({'given' if est.fov_given else 'estimated'}); rendered silhouette vs frame 0: IoU {est.silhouette_iou:.3f}.
+# The cloth is taken as level, {height:g} m above the ground plane.  Add colliders and pins below,
+# and check the result with `dreamcloth scene check`.
+
+[scene]
+fps = {fps:g}
+frames = {frames}
+grid = {grid}
+domain = [[0.0, 0.0, 0.0], [{side:g}, {side:g}, {side:g}]]
+
+[camera]
+width = {c.width}
+height = {c.height}
+fov_y_deg = {est.camera.fov_y_deg:.6g}
+eye = {vec(c.eye)}
+look_at = {vec(c.look_at)}
+up = {vec(c.up)}
+background = {vec(est.background)}
+masks = "{masks}"
+
+[[object]]
+name = "cloth"
+kind = "cloth"
+mesh = "grid:{nx}x{ny}"
+size = [{w:g}, {hgt:g}]
+center = {vec(centre)}
+rotation_deg = [0.0, 0.0, 0.0]
+color = {vec(est.cloth_color)}
+texture = "plain"
+
+[object.material]
+model = "cloth"
+
+[object.fit]
+young_modulus = true
+damping = true
+bending_stiffness = true
+drag_coefficient = true
+
+[[collider]]
+kind = "plane"
+point = [0.0, {GROUND_Y:g}, 0.0]
+normal = [0.0, 1.0, 0.0]
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneInitResult:
+    scene_path: Path
+    overlay_path: Path
+    estimate: SceneEstimate
+
+
+def parse_size(text: str) -> tuple[float, float]:
+    """``"0.6x0.4"`` -> ``(0.6, 0.4)`` metres."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        w, h = (float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--cloth-size must be WIDTHxHEIGHT in metres (e.g. 0.6x0.4), got {text!r}") from None
+    if not all(math.isfinite(v) and v > 0 for v in (w, h)):
+        raise InputError(f"--cloth-size must be two positive lengths in metres, got {text!r}")
+    return w, h
+
+
+def overlay_image(frame: np.ndarray, est: SceneEstimate, size: tuple[float, float]) -> np.ndarray:
+    """Frame 0 with the estimated cloth drawn over it (red) and the silhouette's corners (green)."""
+    from dreamcloth import render as R
+
+    frame = _estimation_frame(frame)
+    verts, faces = _flat_mesh(size)
+    with torch.no_grad():
+        alpha = render_flat_cloth(verts, faces, est.camera.as_camera())
+    out = R.overlay(frame[None], (alpha > R.SILHOUETTE_ALPHA).float()[None], color=(255, 0, 0), opacity=0.45)[0]
+    for x, y in est.corners_px:
+        xi, yi = int(round(x)), int(round(y))
+        out[max(0, yi - 2): yi + 3, max(0, xi - 2): xi + 3] = (0, 200, 0)
+    return out
+
+
+def init_scene(video_path: str | Path, cloth_size: tuple[float, float], out: str | Path, *, fov_y_deg: float | None = None,
+               height: float = 0.0, masks_path: str | Path | None = None, width: int = 128, grid: int = 32,
+               vertices: int = 21) -> SceneInitResult:
+    """``dreamcloth scene init``: estimate camera and cloth from the video's first frame and write a scene file
+    (and ``<out>.png``, the estimate drawn over frame 0)."""
+    import imageio.v3 as iio
+
+    from .scene import load_scene
+    from .video_io import read_video
+
+    if not (math.isfinite(height) and 0.0 <= height <= 10.0):
+        raise InputError(f"--height must lie in [0, 10] m, got {height}")
+    if not 16 <= width <= 4096:
+        raise InputError(f"--width must lie in [16, 4096] pixels, got {width}")
+    video = read_video(video_path, min_frames=2)
+    mask = None
+    if masks_path is not None:
+        from .masks import read_mask_video
+
+        mask = read_mask_video(masks_path, video.fps, tuple(video.frames.shape[1:3]))[0, 0].numpy()
+    est = estimate_scene(video.frames[0], cloth_size, fov_y_deg, mask, source=f"frame 0 of {video_path}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = scene_text(est, cloth_size, fps=video.fps, frames=video.num_frames, height=height, width_px=width, grid=grid,
+                      vertices=vertices, source=str(video_path))
+    out.write_text(text)
+    load_scene(out)  # what we wrote must be a valid scene
+    overlay_path = out.with_suffix(".png")
+    iio.imwrite(overlay_path, overlay_image(video.frames[0], est, cloth_size))
+    return SceneInitResult(out, overlay_path, est)

@@ -1,0 +1,142 @@
+"""``dreamcloth scene init`` (issue 14): camera and cloth from the first frame of a video.
+
+Frame 0 is a flat cloth drawn by dreamcloth's renderer from a random camera (elevation 15-70 deg,
+distance 1-3 m, fov 30-60 deg) and a random cloth size, yaw and placement, written as an H.264 video; the
+written scene's camera, seen from the cloth, must match the true one.  A rectangle's silhouette
+is symmetric, so the comparison allows its half-turn (a quarter-turn for a square).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dreamcloth import render as R
+from dreamcloth import taichi_mpm as M
+from dreamcloth.cli.app import app
+from dreamcloth.cli.pipeline.scene import load_scene
+from dreamcloth.cli.pipeline.scene_init import init_scene, render_flat_cloth
+
+CLOTH = np.array([0.8, 0.3, 0.2])
+
+
+def random_view(rng, width=320, height=240):
+    """A cloth (size, centre, yaw) and a camera that sees all of it."""
+    while True:
+        w = rng.uniform(0.3, 1.0)
+        size = (w, w) if rng.random() < 0.3 else (w, w / rng.uniform(1.25, 2.0))
+        el, az = math.radians(rng.uniform(15, 70)), rng.uniform(0, 2 * math.pi)
+        d, fov = rng.uniform(1, 3), rng.uniform(30, 60)
+        centre = np.array([rng.uniform(-0.2, 0.2), rng.uniform(0, 0.3), rng.uniform(-0.2, 0.2)])
+        yaw = rng.uniform(0, 180)
+        eye = centre + d * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+        cam = R.Camera(eye=tuple(eye), look_at=tuple(centre + rng.uniform(-0.1, 0.1, 3)), fov_y_deg=fov, width=width, height=height)
+        v, f = M.grid_mesh(9, 9, size, tuple(centre), (0, yaw, 0))
+        v = torch.as_tensor(v, dtype=torch.float32)
+        px = cam.project(cam.to_camera(v))
+        if (px[:, 0] > 4).all() and (px[:, 0] < width - 5).all() and (px[:, 1] > 4).all() and (px[:, 1] < height - 5).all():
+            return size, centre, yaw, cam, v, torch.as_tensor(f)
+
+
+def write_frames(path, vertices_per_frame, faces, cam):
+    """The cloth (plain colour) over a white background, one frame per vertex set, as an mp4."""
+    frames = []
+    with torch.no_grad():
+        for v in vertices_per_frame:
+            a = render_flat_cloth(v, faces, cam).numpy()[..., None]
+            frames.append((1 - a) + a * CLOTH)
+    R.write_video(np.stack(frames), path, fps=24)
+    return path
+
+
+def in_cloth_frame(point, centre, yaw_deg):
+    """``point`` relative to the cloth's centre, in the cloth's own axes (its yaw undone)."""
+    a = math.radians(-yaw_deg)
+    ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    return ry @ (np.asarray(point, dtype=np.float64) - centre)
+
+
+def camera_errors(scene, size, centre, yaw, cam):
+    """(eye position error / distance, viewing-direction error in degrees), over the rectangle's symmetries."""
+    c = scene.camera
+    got_centre = np.asarray(scene.objects[0].center)
+    eye_true = in_cloth_frame(cam.eye, centre, yaw)
+    fwd_true = in_cloth_frame(np.asarray(cam.look_at) - np.asarray(cam.eye) + centre, centre, yaw)
+    eye = np.asarray(c.eye) - got_centre
+    fwd = np.asarray(c.look_at) - np.asarray(c.eye)
+    best = None
+    turns = (0, 1, 2, 3) if abs(size[0] - size[1]) < 1e-9 else (0, 2)
+    for k in turns:
+        a = k * math.pi / 2
+        ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+        e, f = ry @ eye, ry @ fwd
+        pos = np.linalg.norm(e - eye_true) / np.linalg.norm(eye_true)
+        ang = math.degrees(math.acos(np.clip(f @ fwd_true / np.linalg.norm(f) / np.linalg.norm(fwd_true), -1, 1)))
+        if best is None or pos < best[0]:
+            best = (pos, ang)
+    return best
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_scene_init_recovers_random_cameras(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    size, centre, yaw, cam, v, f = random_view(rng)
+    video = write_frames(tmp_path / "clip.mp4", [v, v], f, cam)
+    result = init_scene(video, size, tmp_path / "scene.toml", fov_y_deg=cam.fov_y_deg, height=0.2)
+    scene = load_scene(result.scene_path)
+    pos, ang = camera_errors(scene, size, centre, yaw, cam)
+    assert pos < 0.03 and ang < 2.0, f"camera position error {pos:.2%} of the distance, direction error {ang:.2f} deg"
+    assert scene.camera.fov_y_deg == pytest.approx(cam.fov_y_deg, abs=1e-4)
+    assert scene.objects[0].center[1] == pytest.approx(0.05 + 0.2)  # height above the ground plane
+    assert result.estimate.silhouette_iou > 0.97
+
+
+def test_scene_init_cli_writes_a_scene_that_checks(tmp_path):
+    rng = np.random.default_rng(1)
+    size, centre, yaw, cam, v, f = random_view(rng, 160, 120)
+    video = write_frames(tmp_path / "clip.mp4", [v, v, v], f, cam)
+    out = tmp_path / "s" / "scene.toml"
+    r = CliRunner().invoke(app, ["scene", "init", "--video", str(video), "--cloth-size", f"{size[0]}x{size[1]}", "--fov",
+                                 str(cam.fov_y_deg), "--out", str(out)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    import imageio.v3 as iio
+
+    assert iio.imread(out.with_suffix(".png")).shape == (120, 160, 3)
+    scene = load_scene(out)
+    assert scene.settings.frames == 3 and scene.camera.width == 128 and scene.camera.height == 96
+    assert [c.kind for c in scene.colliders] == ["plane"]
+    assert set(scene.objects[0].fit) >= {"young_modulus", "bending_stiffness"}
+    r = CliRunner().invoke(app, ["scene", "check", str(out)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+
+
+def _init(tmp_path, video, size_text, *extra):
+    return CliRunner().invoke(app, ["scene", "init", "--video", str(video), "--cloth-size", size_text, "--out",
+                                    str(tmp_path / "bad.toml"), *extra])
+
+
+def test_scene_init_bad_input(tmp_path):
+    rng = np.random.default_rng(2)
+    size, centre, yaw, cam, v, f = random_view(rng, 160, 120)
+    # No cloth at all: a white video.
+    blank = R.write_video(np.ones((2, 120, 160, 3)), tmp_path / "blank.mp4", fps=24)
+    r = _init(tmp_path, blank, "0.5x0.5")
+    assert r.exit_code != 0 and "no cloth-like region" in r.output
+    # A cloth that is not flat in frame 0: a fold across it.
+    bent = v.clone()
+    rel = bent - bent.mean(0)
+    bent[:, 1] += 0.6 * rel.abs().max(1).values * torch.sign(rel[:, 0]) * (rel[:, 0].abs() > 0.1 * size[0])
+    crumpled = write_frames(tmp_path / "crumpled.mp4", [bent, bent], f, cam)
+    r = _init(tmp_path, crumpled, f"{size[0]}x{size[1]}", "--fov", str(cam.fov_y_deg))
+    assert r.exit_code != 0 and r.output.startswith("error:") and ("flat" in r.output or "contradicts" in r.output)
+    # A size whose aspect the image contradicts.
+    video = write_frames(tmp_path / "clip.mp4", [v, v], f, cam)
+    r = _init(tmp_path, video, f"{size[0] * 2.5}x{size[1]}", "--fov", str(cam.fov_y_deg))
+    assert r.exit_code != 0 and r.output.startswith("error:")
+    # Unusable options.
+    r = _init(tmp_path, video, "half a metre")
+    assert r.exit_code != 0 and "--cloth-size" in r.output
+    assert not (tmp_path / "bad.toml").exists()
