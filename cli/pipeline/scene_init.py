@@ -140,10 +140,15 @@ def cloth_silhouette(frame: np.ndarray, background: np.ndarray | None = None, ma
     if not inner.any():
         return region
     d = np.median(f[inner], axis=0) - bg
-    contrast2 = float(d @ d)
-    if contrast2 < 0.15**2:
+    # Luma when it separates cloth and background: video codecs keep it at full resolution and
+    # halve the colour's (4:2:0), which blurs colour edges over two pixels.
+    luma = np.array([0.299, 0.587, 0.114])
+    if abs(float(d @ luma)) >= 0.1:
+        alpha = ((f - bg) @ luma) / float(d @ luma)
+    elif float(d @ d) >= 0.15**2:
+        alpha = ((f - bg) @ d) / float(d @ d)
+    else:
         return region
-    alpha = ((f - bg) @ d) / contrast2
     band = ndimage.binary_dilation(region, iterations=2) & ~inner
     return largest(np.where(band, alpha > 0.5, region))
 
@@ -362,7 +367,7 @@ def _flat_mesh(size: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float], fit_fov: bool,
-                  iterations: int = 120) -> tuple[CameraEstimate, float]:
+                  iterations: int = 240) -> tuple[CameraEstimate, float]:
     """Refine the camera so that the rendered flat cloth matches ``silhouette``; returns it and the IoU."""
     from dreamcloth import render as R
 
@@ -382,9 +387,19 @@ def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float
     opt = torch.optim.Adam(params, lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
 
-    def moved():
+    def placed():
+        """The cloth in the new camera's frame, and that camera's rotation relative to cam0."""
         rot = torch.linalg.matrix_exp(_skew(omega))
         x_cam = (x_cam0 - centre) @ rot.T + centre + shift * dist
+        # A focal length f s comes with the cloth moved to s times its depth (a dolly zoom): the
+        # cloth keeps its size in the image and s changes only the perspective, which keeps the
+        # optimisation well conditioned (focal length and distance alone trade off almost freely).
+        depth = torch.zeros(3)
+        depth[2] = (torch.exp(log_s[0]) - 1.0) * centre[2]
+        return x_cam + depth, rot, depth
+
+    def moved():
+        x_cam, rot, _ = placed()
         s = torch.exp(log_s)
         scaled = torch.cat([x_cam[:, :2] * s, x_cam[:, 2:]], 1)
         # Back to the world through the unchanged camera: drawing these with cam0 draws the cloth
@@ -409,7 +424,7 @@ def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float
         pred = alpha > R.SILHOUETTE_ALPHA
         iou = float((pred & (target > 0.5)).sum() / (pred | (target > 0.5)).sum().clamp_min(1))
         new_rot = (rot @ rot0).double().numpy()
-        new_t = ((t0 - centre) @ rot.T + centre + shift * dist).double().numpy()
+        new_t = ((t0 - centre) @ rot.T + centre + shift * dist + placed()[2]).double().numpy()
         s = float(torch.exp(log_s))
     tan_half = math.tan(math.radians(est.fov_y_deg) / 2) / s
     refined = CameraEstimate(new_rot, new_t, math.degrees(2 * math.atan(tan_half)), est.width, est.height)
