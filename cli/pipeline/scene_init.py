@@ -607,8 +607,11 @@ def overlay_image(frame: np.ndarray, est: SceneEstimate, size: tuple[float, floa
     with torch.no_grad():
         alpha = render_flat_cloth(verts, faces, est.camera.as_camera())
     out = R.overlay(frame[None], (alpha > R.SILHOUETTE_ALPHA).float()[None], color=(255, 0, 0), opacity=0.45)[0]
+    # Small videos are enlarged (whole pixels) so that the overlay can be judged by eye.
+    k = max(1, -(-384 // max(out.shape[:2])))
+    out = np.repeat(np.repeat(out, k, axis=0), k, axis=1)
     for x, y in est.corners_px:
-        xi, yi = int(round(x)), int(round(y))
+        xi, yi = int(round((x + 0.5) * k - 0.5)), int(round((y + 0.5) * k - 0.5))
         out[max(0, yi - 2): yi + 3, max(0, xi - 2): xi + 3] = (0, 200, 0)
     return out
 

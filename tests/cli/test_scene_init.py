@@ -104,7 +104,7 @@ def test_scene_init_cli_writes_a_scene_that_checks(tmp_path):
     assert out.is_file() and out.with_suffix(".png").is_file()
     import imageio.v3 as iio
 
-    assert iio.imread(out.with_suffix(".png")).shape == (120, 160, 3)
+    assert iio.imread(out.with_suffix(".png")).shape == (360, 480, 3)  # enlarged 3x to be looked at
     scene = load_scene(out)
     assert scene.settings.frames == 3 and scene.camera.width == 128 and scene.camera.height == 96
     assert [c.kind for c in scene.colliders] == ["plane"]
