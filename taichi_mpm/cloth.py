@@ -48,7 +48,7 @@ import torch
 ELEMENT_MASS_FRACTION = 0.5
 
 from .cloth_forces import BendingOperator, build_bending
-from .layout import ARR, CFRIC, INT, LAM, MASS, MU, NORMAL, SHEAR, VOL, C, F, V, W_DIM, WA, WMASS, WMOM, WX, X, add3, mat3, put3, put33, vec3
+from .layout import ARR, CFRIC, INT, LAM, MASS, MU, NORMAL, SHEAR, VOL, C, F, V, WA, WMASS, WMOM, WX, X, add3, mat3, put3, put33, vec3
 
 # --------------------------------------------------------------------------------------------
 # constitutive pieces (Taichi functions, also used by the unit tests through small kernels)

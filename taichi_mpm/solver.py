@@ -80,13 +80,20 @@ class Launcher:
         if unknown:
             raise TypeError(f"{self.kernel.__name__} has no argument {unknown[0]!r}")
 
-    def __call__(self, **args):
+    def _ordered(self, args: dict) -> list:
         merged = {**self.fixed, **args}
         if len(merged) != len(self.names):
             self._check(args)
             missing = [n for n in self.names if n not in merged]
             raise TypeError(f"{self.kernel.__name__} is missing {', '.join(missing)}")
-        return self.kernel(*[merged[n] for n in self.names])
+        return [merged[n] for n in self.names]
+
+    def __call__(self, **args):
+        return self.kernel(*self._ordered(args))
+
+    def grad(self, **args):
+        """The kernel's Taichi autodiff (``kernel.grad``) with the same arguments."""
+        return self.kernel.grad(*self._ordered(args))
 
 
 class _Grid:
@@ -168,6 +175,16 @@ class Engine:
         self.bin_particles = Launcher(K.bin_particles, **at_origin)
         self.g2p = Launcher(K.g2p, pins=self.pins, dt=config.dt, **transfer, **inside)
         self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx, **inside)
+        # per material group: its constitutive kernel and adjoint over its particle range
+        step = dict(dt=config.dt, inv_dx=g.inv_dx)
+        self.constitutive = [tuple(Launcher(k, start=grp.start, end=grp.end, **step) for k in K.CONSTITUTIVE[grp.model])
+                             for grp in model.groups]
+        # per cloth: its element and vertex kernels (and their adjoints) over its particle ranges
+        self.cloth_elements = [Launcher(CL.cloth_elements, rest=c.rest_inverse, e0=c.element_start, **step) for c in model.cloth]
+        self.cloth_vertices = [Launcher(CL.cloth_vertices, incidence=c.incidence, offsets=c.offsets, v0=c.vertex_start, dt=config.dt)
+                               for c in model.cloth]
+        self.cloth_vertices_adjoint = [Launcher(CL.cloth_vertices_adjoint, incidence=c.incidence, offsets=c.offsets,
+                                                v0=c.vertex_start, dt=config.dt) for c in model.cloth]
         n = model.num_particles
         self.n = n
         scatter = config.scatter
@@ -255,18 +272,17 @@ class Engine:
         The scatter record goes into ``W [N, 16]`` and the coloured binning into ``bins`` when given,
         else into scratch buffers.  With ``keep`` (a list) the backward pass's record of this substep,
         ``(W, bins, region, grid)``, is appended to it (``grid [nodes, 7]``: mv, m, v in the region)."""
-        g, cfg, G = self.config.grid, self.config, self.grid
+        cfg, G = self.config, self.grid
         W = self._buf("W", (self.n, K.W_DIM)) if W is None else W
         bins = self.bins if bins is None else bins
-        for grp in self.model.groups:
-            forward, _ = K.CONSTITUTIVE[grp.model]
-            forward(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, S_out, W)
+        for forward, _ in self.constitutive:
+            forward(S=S, M=P.material, S_out=S_out, W=W)
         for i, c in enumerate(self.model.cloth):
             EX = self._buf(f"EX{i}", (c.num_elements, 9))
             EF = self._buf(f"EF{i}", (c.num_elements, 9))
             CL.gather_vertices(S, c.faces, EX)
-            CL.cloth_elements(EX, S, P.material, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
-            CL.cloth_vertices(S, P.material, EF, c.incidence, c.offsets, cfg.dt, c.vertex_start, S_out, W)
+            self.cloth_elements[i](EX=EX, S=S, M=P.material, S_out=S_out, W=W, EF=EF)
+            self.cloth_vertices[i](S=S, M=P.material, EF=EF, S_out=S_out, W=W)
             if self.mesh_forces[i] is not None:
                 fv, fe = self._mesh_force(i, S, P.material, self.mesh_forces[i])
                 W[c.vertex_start : c.vertex_start + c.num_vertices, K.WMOM : K.WMOM + 3] += cfg.dt * fv * self.free[i]
@@ -366,7 +382,7 @@ class Engine:
         gradients accumulate into ``GP.material``; damping and friction gradients into
         ``g_params [rows, 1 + C]`` (see ``grid_update_adjoint``).
         """
-        g, cfg, Gr = self.config.grid, self.config, self.grid
+        cfg, Gr = self.config, self.grid
         W, bins, self.region, grid = taped
         self._begin_substep()
         K.load_grid_region(grid, *self.region, Gr.mv, Gr.m, Gr.v)
@@ -386,18 +402,16 @@ class Engine:
         )
         Gr.clean = True
         self.transfer_adjoint(W=W, R=R, grid_v=Gr.v, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m, G_W=G_W)
-        for grp in self.model.groups:
-            _, adjoint = K.CONSTITUTIVE[grp.model]
-            adjoint(S, P.material, cfg.dt, g.inv_dx, grp.start, grp.end, G_next, G_W, G_out, GP.material)
+        for _, adjoint in self.constitutive:
+            adjoint(S=S, M=P.material, G_out=G_next, G_W=G_W, G_in=G_out, G_M=GP.material)
         for i, c in enumerate(self.model.cloth):
             self._cloth_adjoint(i, c, S, W, P, GP, G_next, G_W, G_out)
 
     def _cloth_adjoint(self, i, c, S, W, P: StepParams, GP: StepParams, G_next, G_W, G_out) -> None:
-        g, cfg = self.config.grid, self.config
         G_EF = self._buf(f"G_EF{i}", (c.num_elements, 9))
         EX = self._buf(f"EX{i}", (c.num_elements, 9))
         CL.gather_vertices(S, c.faces, EX)  # the element kernel's input, from this substep's state
-        CL.cloth_vertices_adjoint(S, P.material, c.incidence, c.offsets, cfg.dt, c.vertex_start, G_next, G_W, G_out, GP.material, G_EF)
+        self.cloth_vertices_adjoint[i](S=S, M=P.material, G_out=G_next, G_W=G_W, G_in=G_out, G_M=GP.material, G_EF=G_EF)
         if self.mesh_forces[i] is not None:
             # after cloth_vertices_adjoint, which overwrites the vertices' dL/dv, and before the
             # element kernel's autodiff, which may consume dL/dW of the element rows
@@ -417,7 +431,7 @@ class Engine:
         S_out = leaf(S, G_next)  # outputs' values are not read by the adjoint, only their .grad
         W = leaf(W, G_W)
         EF = leaf(self._scratch[f"EF{i}"], G_EF)
-        CL.cloth_elements.grad(EX, S_in, M, c.rest_inverse, cfg.dt, g.inv_dx, c.element_start, S_out, W, EF)
+        self.cloth_elements[i].grad(EX=EX, S=S_in, M=M, S_out=S_out, W=W, EF=EF)
         el = slice(c.element_start, c.element_start + c.num_elements)
         G_out[el, K.V : K.V + 3] = S_in.grad[el, K.V : K.V + 3]
         G_out[el, K.C : K.C + 9] = S_in.grad[el, K.C : K.C + 9]

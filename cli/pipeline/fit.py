@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from dreamcloth import taichi_mpm as M

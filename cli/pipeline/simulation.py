@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from dreamcloth import render as R
 from dreamcloth import taichi_mpm as M
 from dreamcloth.taichi_mpm.sampling import load_mesh, sample_box, sample_mesh, sample_sphere
 
-from .scene import CLOTH_ONLY, PARAMETERS, Scene
+from .scene import CLOTH_ONLY, Scene
 
 # Gaussians per cloth triangle and their thickness (m): enough to close the surface at our resolutions
 CLOTH_GAUSSIANS_PER_TRIANGLE = 4

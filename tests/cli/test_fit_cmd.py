@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app

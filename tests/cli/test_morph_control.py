@@ -1,6 +1,5 @@
 """Shape morphing: grid-mass splatting, losses, Chamfer distance, control gradients, a small morph."""
 
-import dataclasses
 import math
 
 import numpy as np

@@ -9,7 +9,7 @@ import torch
 from dreamcloth.render import SILHOUETTE_ALPHA, Camera, cloth_gaussians, cloth_sampling, rasterize
 from dreamcloth.render._torch_ref import rasterize_mesh_reference
 
-from .conftest import grid_faces, pixel_centre_ray
+from .conftest import grid_faces
 
 F64 = torch.float64
 

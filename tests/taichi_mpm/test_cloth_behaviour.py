@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Plane, grid_mesh, simulate, stable_config
+from dreamcloth.taichi_mpm import GridSpec, ModelBuilder, Plane, grid_mesh, simulate, stable_config
 
 from .cloth_scenes import F64, cloth_bounds, cloth_params, drape_scene
 

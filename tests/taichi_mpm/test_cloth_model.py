@@ -1,7 +1,6 @@
 """The cloth constitutive model in isolation (float64): QR, stress = d energy / dF term by term,
 rotation invariance, and the return mapping's cone."""
 
-import math
 
 import pytest
 import taichi as ti

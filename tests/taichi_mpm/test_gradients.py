@@ -97,7 +97,6 @@ def test_gradcheck_tiny_rollout():
 
 def test_segmented_equals_unsegmented():
     model, x0, config, frames = _block_scene(substeps=10, frames=7)
-    loss = _loss_fn(model, x0, config, frames)
     results = []
     for seg in (1, 7, None, 60):  # one substep per segment, uneven segments, sqrt(T), one segment
         cfg = dataclasses.replace(config, segment_substeps=seg)

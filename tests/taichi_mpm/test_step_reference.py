@@ -1,6 +1,5 @@
 """One substep of the Taichi kernels against the dense PyTorch twin: values and VJPs (float64)."""
 
-import dataclasses
 
 import pytest
 import torch
