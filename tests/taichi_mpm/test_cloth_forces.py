@@ -204,3 +204,43 @@ def test_bending_and_drag_gradcheck_tiny():
     ]
     inputs = [t.requires_grad_(True) for t in inputs]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def _bent_sheet(device, dtype):
+    verts, faces = grid_mesh(9, 7, (0.4, 0.3))
+    op = build_bending(verts, faces, dtype, device)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.tensor(verts) + 0.01 * torch.randn(len(verts), 3, generator=gen, dtype=F64)
+    v = 0.1 * torch.randn(len(verts), 3, generator=gen, dtype=F64)
+    B = 1e-4 * (1 + torch.rand(len(faces), generator=gen, dtype=F64))
+    return op, torch.as_tensor(faces), x, v, B
+
+
+def test_a_float32_operator_gives_float64_forces_for_float64_positions():
+    """The stencil's sparse products follow the positions' dtype (gradient checks run float64 through
+    an operator the engine built in its own dtype)."""
+    op32, faces, x, _, B = _bent_sheet("cpu", torch.float32)
+    op64, *_ = _bent_sheet("cpu", F64)
+    f = bending_force(x, B, op32, faces)
+    assert f.dtype == F64
+    want = bending_force(x, B, op64, faces)
+    assert torch.allclose(f, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_bending_forces_on_cuda_equal_the_cpu(dtype):
+    """The operator's CSR products (cuSPARSE on CUDA) and the banded solve (LAPACK on the host) give
+    the CPU's forces for CUDA tensors."""
+    op_c, faces, x, v, B = _bent_sheet("cpu", dtype)
+    op_g, *_ = _bent_sheet("cuda", dtype)
+    x, v, B = x.to(dtype), v.to(dtype), B.to(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    want = bending_force(x, B, op_c, faces)
+    got = bending_force(x.cuda(), B.cuda(), op_g, faces.cuda()).cpu()
+    assert torch.allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * float(want.abs().max()))
+    mass, free = torch.full((x.shape[0],), 1e-3, dtype=dtype), torch.ones(x.shape[0], dtype=dtype)
+    want = implicit_bending_force(x, v, B, mass, free, 1e-3, ImplicitBending(op_c, free), faces)
+    got = implicit_bending_force(x.cuda(), v.cuda(), B.cuda(), mass.cuda(), free.cuda(), 1e-3,
+                                 ImplicitBending(op_g, free.cuda()), faces.cuda()).cpu()
+    assert torch.allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * float(want.abs().max()))
