@@ -3,8 +3,9 @@
 Both act on the vertex particles (added to their momentum in the scatter record, like the
 membrane forces of ``cloth``), are computed with torch on the ``[V, 3]`` vertex positions and
 velocities, and are differentiated by torch's autograd in the adjoint substep (see
-``Engine._cloth_adjoint``): a few vectorised gathers and scatters per substep, where a Taichi
-kernel launch alone costs 200-400 us on the small CPUs this runs on.
+``Engine._cloth_adjoint``): two sparse matrix products (the bending stencil, CSR) and a few
+gathers and scatters per substep, where a Taichi kernel launch alone costs 200-400 us on the small
+CPUs this runs on.
 
 Bending (``bending_stiffness`` B, N m: the bending rigidity per unit width of KES and the Peirce
 cantilever).  A thin plate with Poisson ratio 0 stores (B/2) (k1^2 + k2^2) per unit area.  For an
