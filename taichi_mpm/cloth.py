@@ -226,10 +226,11 @@ def cloth_elements(
 
 @ti.kernel
 def cloth_vertices(
-    S: ARR, M: ARR, EF: ARR, incidence: INT, offsets: INT, dt: float, v0: int, S_out: ARR, W: ARR,
+    S: ARR, M: ARR, EF: ARR, incidence: INT, offsets: INT, dt: float, v0: int, S_out: ARR, W: ARR, serial: ti.template(),
 ):
     """Vertex particles ``v0 + i``: sum the element forces on each vertex (a gather over its
     incident element corners, in a fixed order), then the scatter record (x, m, m v + dt f, m C)."""
+    ti.loop_config(serialize=serial)
     for i in range(offsets.shape[0] - 1):
         p = v0 + i
         f = ti.Vector.zero(float, 3)
@@ -246,10 +247,11 @@ def cloth_vertices(
 
 @ti.kernel
 def cloth_vertices_adjoint(
-    S: ARR, M: ARR, incidence: INT, offsets: INT, dt: float, v0: int, G_out: ARR, G_W: ARR, G_in: ARR, G_M: ARR, G_EF: ARR,
+    S: ARR, M: ARR, incidence: INT, offsets: INT, dt: float, v0: int, G_out: ARR, G_W: ARR, G_in: ARR, G_M: ARR, G_EF: ARR, serial: ti.template(),
 ):
     """Adjoint of ``cloth_vertices``: accumulates dL/dx and writes dL/dv, dL/dC, dL/dF of the vertex
     rows into ``G_in``; dL/dmass into ``G_M``; writes dL/dEF (``G_EF``) for the vertices' corners."""
+    ti.loop_config(serialize=serial)
     for i in range(offsets.shape[0] - 1):
         p = v0 + i
         mp = M[p, MASS]

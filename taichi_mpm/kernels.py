@@ -93,8 +93,9 @@ def _weight_grad(w, dw, o, inv_dx):
 
 def _constitutive_kernels(stress, stress_adjoint):
     @ti.kernel
-    def forward(S: ARR, M: ARR, dt: float, inv_dx: float, start: int, end: int, S_out: ARR, W: ARR):
+    def forward(S: ARR, M: ARR, dt: float, inv_dx: float, start: int, end: int, S_out: ARR, W: ARR, serial: ti.template()):
         """Writes F' into ``S_out`` and the scatter record (x, m, m v + dt f, A) into ``W``."""
+        ti.loop_config(serialize=serial)
         for p in range(start, end):
             Cp = mat3(S, p, C)
             Fn = (ti.Matrix.identity(float, 3) + dt * Cp) @ mat3(S, p, F)
@@ -108,9 +109,10 @@ def _constitutive_kernels(stress, stress_adjoint):
             put33(W, p, WA, -dt * 4.0 * inv_dx * inv_dx * M[p, VOL] * P @ Fn.transpose() + mp * Cp)
 
     @ti.kernel
-    def adjoint(S: ARR, M: ARR, dt: float, inv_dx: float, start: int, end: int, G_out: ARR, G_W: ARR, G_in: ARR, G_M: ARR):
+    def adjoint(S: ARR, M: ARR, dt: float, inv_dx: float, start: int, end: int, G_out: ARR, G_W: ARR, G_in: ARR, G_M: ARR, serial: ti.template()):
         """Reads dL/dF' from ``G_out`` and dL/dW from ``G_W``; accumulates dL/dx and writes dL/dv,
         dL/dC, dL/dF into ``G_in``; accumulates dL/d(mu, lambda, mass, force) into ``G_M``."""
+        ti.loop_config(serialize=serial)
         for p in range(start, end):
             Fp, Cp = mat3(S, p, F), mat3(S, p, C)
             L = ti.Matrix.identity(float, 3) + dt * Cp
@@ -214,8 +216,9 @@ def _p2g_particle(p, W: ti.template(), origin, inv_dx, dx, grid_mv: ti.template(
 
 
 @ti.kernel
-def p2g_atomic(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template()):
+def p2g_atomic(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float, grid_mv: ti.template(), grid_m: ti.template(), serial: ti.template()):
     origin = ti.Vector([ox, oy, oz])
+    ti.loop_config(serialize=serial)
     for p in range(W.shape[0]):
         _p2g_particle(p, W, origin, inv_dx, dx, grid_mv, grid_m, True)
 
@@ -223,7 +226,7 @@ def p2g_atomic(W: ARR, ox: float, oy: float, oz: float, inv_dx: float, dx: float
 @ti.kernel
 def p2g_colored(
     W: ARR, bins: INT, colour: int, blocks_per_colour: int, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
-    grid_mv: ti.template(), grid_m: ti.template(),
+    grid_mv: ti.template(), grid_m: ti.template(), serial: ti.template(),
 ):
     """The particles of one colour, one thread per slab (launched once per colour: unrolling both in
     one kernel would double its compile time).  With the one-slab binning of ``serial_bins`` this
@@ -231,7 +234,7 @@ def p2g_colored(
     cheaper than binning plus two parallel launches (launch overhead dominates there)."""
     origin = ti.Vector([ox, oy, oz])
     n = W.shape[0]
-    ti.loop_config(block_dim=1)  # one slab per work item: slabs hold many particles, and few of them
+    ti.loop_config(block_dim=1, serialize=serial)  # one slab per work item: slabs hold many particles, and few of them
     for b in range(blocks_per_colour):
         lo, hi = _colour_range(bins, n, colour, b)
         for j in range(lo, hi):
@@ -241,7 +244,7 @@ def p2g_colored(
 @ti.kernel
 def transfer_adjoint(
     W: ARR, R: ARR, grid_v: ti.template(), ox: float, oy: float, oz: float, inv_dx: float, dx: float,
-    g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR,
+    g_grid_mv: ti.template(), g_grid_m: ti.template(), G_W: ARR, serial: ti.template(),
 ):
     """The gathers of the transfers' adjoints, one pass over each particle's stencil: p2g's adjoint
     (dL/dW from the grid's dL/dmv, dL/dm) and the part of g2p's adjoint that is a gather (dL/dx
@@ -249,6 +252,7 @@ def transfer_adjoint(
     gradient of both transfers goes to its WX column (both weigh the same position).  The scatter
     half of g2p's adjoint (into ``g_grid_v``) runs before, through the p2g kernels."""
     origin = ti.Vector([ox, oy, oz])
+    ti.loop_config(serialize=serial)
     for p in range(W.shape[0]):
         base, fx, w, dw = _frame(vec3(W, p, WX), origin, inv_dx)
         mp = W[p, WMASS]
@@ -397,7 +401,7 @@ def grid_kernels(kinds: tuple):
     def grid_update(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
-        hi_i: int, hi_j: int, hi_k: int, grid_v: ti.template(), tape: ARR, save: int,
+        hi_i: int, hi_j: int, hi_k: int, grid_v: ti.template(), tape: ARR, save: int, serial: ti.template(),
     ):
         """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep.
 
@@ -410,6 +414,7 @@ def grid_kernels(kinds: tuple):
         hi = ti.Vector([hi_i, hi_j, hi_k])
         res = ti.Vector(ti.static(grid_m.shape))
         s = damping[0] ** dt
+        ti.loop_config(serialize=serial)
         for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
             m = grid_m[I]
             mv = grid_mv[I]
@@ -472,7 +477,7 @@ def grid_kernels(kinds: tuple):
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
         hi_i: int, hi_j: int, hi_k: int, g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
-        deterministic: ti.template(),
+        deterministic: ti.template(), serial: ti.template(),
     ):
         """Overwrites g_grid_mv, g_grid_m and zeroes g_grid_v, grid_mv, grid_m.  Parameter gradients (damping, then each collider's
         friction) go into ``g_params [rows, 1 + C]``: ``deterministic`` writes each grid slab's sum
@@ -486,12 +491,14 @@ def grid_kernels(kinds: tuple):
         s = damping[0] ** dt
         ds = dt * damping[0] ** (dt - 1.0)
         if ti.static(not deterministic):
+            ti.loop_config(serialize=serial)
             for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
                 acc = _node_adjoint(I, res, grid_mv, grid_m, coll, friction, s, ds, dt, time, gravity, origin, dx,
                                     boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[0, c] += acc[c]
         else:
+            ti.loop_config(serialize=serial)
             for i in range(lo[0], hi[0]):
                 acc = ti.Vector.zero(float, n_coll + 1)
                 for j, k in ti.ndrange((lo[1], hi[1]), (lo[2], hi[2])):
@@ -504,10 +511,11 @@ def grid_kernels(kinds: tuple):
 
 
 @ti.kernel
-def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int):
+def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int, serial: ti.template()):
     """Zero two grid fields inside ``[lo, hi)``; nodes outside are neither written nor read this substep."""
     lo = ti.Vector([lo_i, lo_j, lo_k])
     hi = ti.Vector([hi_i, hi_j, hi_k])
+    ti.loop_config(serialize=serial)
     for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
         a[I] = ti.zero(a[I])
         b[I] = ti.zero(b[I])
@@ -516,12 +524,13 @@ def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k:
 @ti.kernel
 def load_grid_region(
     buf: ARR, lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int, mv: ti.template(), m: ti.template(),
-    v: ti.template(),
+    v: ti.template(), serial: ti.template(),
 ):
     """Put back the grid's (mv, m, v) inside ``[lo, hi)`` from ``buf [nodes, 7]`` (row-major over the
     box), as the forward's ``grid_update`` saved it for the backward pass."""
     lo = ti.Vector([lo_i, lo_j, lo_k])
     hi = ti.Vector([hi_i, hi_j, hi_k])
+    ti.loop_config(serialize=serial)
     for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
         q = _box_index(I, lo, hi)
         mv[I] = vec3(buf, q, 0)
@@ -536,12 +545,13 @@ def load_grid_region(
 @ti.kernel
 def g2p(
     S: ARR, grid_v: ti.template(), pins: ARR, dt: float, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
-    lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, S_out: ARR,
+    lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, S_out: ARR, serial: ti.template(),
 ):
     """Writes x, v and C of ``S_out`` (F was written by the constitutive kernel)."""
     origin = ti.Vector([ox, oy, oz])
     lo = ti.Vector([lo_x, lo_y, lo_z])
     hi = ti.Vector([hi_x, hi_y, hi_z])
+    ti.loop_config(serialize=serial)
     for p in range(S.shape[0]):
         xp = vec3(S, p, X)
         base, fx, w, dw = _frame(xp, origin, inv_dx)
@@ -565,7 +575,7 @@ def g2p(
 @ti.kernel
 def g2p_adjoint_prepare(
     S: ARR, S_out: ARR, G_out: ARR, W: ARR, pins: ARR, dt: float, inv_dx: float, lo_x: float, lo_y: float, lo_z: float,
-    hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR,
+    hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR, serial: ti.template(),
 ):
     """Per-particle part of the g2p adjoint: the record ``R`` (x, 0, dL/dv_new, dL/dB; W's layout) for
     the scatter, and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``.  R's position is
@@ -573,6 +583,7 @@ def g2p_adjoint_prepare(
     the vertices), so that this scatter stays inside the substep's grid region."""
     lo = ti.Vector([lo_x, lo_y, lo_z])
     hi = ti.Vector([hi_x, hi_y, hi_z])
+    ti.loop_config(serialize=serial)
     for p in range(S.shape[0]):
         xp = vec3(S, p, X)
         xn = xp + dt * vec3(S_out, p, V)

@@ -118,3 +118,106 @@ def generation() -> int:
 def current() -> RuntimeConfig | None:
     """What Taichi is running with now (``None`` before the first kernel)."""
     return _live_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# launching a compiled kernel without Taichi's per-call argument analysis
+
+
+class _Slow:
+    """Marks an argument signature that must go through Taichi's own call path."""
+
+
+_SLOW = _Slow()
+
+
+def _signature(args, templates) -> tuple:
+    """What decides which compiled instance of a kernel runs: each tensor's dtype, rank, grad flag
+    (Taichi's template key) and device, each template argument (``templates``: their positions)
+    by value or identity, and the type of each scalar."""
+    sig = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            sig.append((a.dtype, a.dim(), a.requires_grad, a.device.type))
+        elif i in templates:
+            sig.append((type(a), a) if isinstance(a, (bool, int, float, str)) else id(a))
+        else:
+            sig.append(type(a))
+    return tuple(sig)
+
+
+def _setters(kernel_obj, args):
+    """Per-argument setters of a launch context for ``args`` (the kernel's own order), or ``_SLOW``
+    where an argument needs more than this path does (host copies, element-shaped arrays, returns)."""
+    from taichi.lang.util import cook_dtype
+    from taichi.types import ndarray_type, template
+    from taichi.types import primitive_types as pt
+    from taichi.types.utils import is_signed
+
+    if kernel_obj.return_type is not None or kernel_obj.has_print:
+        return _SLOW
+    arch = "cuda" if _ti_impl.current_cfg().arch == ti.cuda else "cpu"
+    out = []
+    slot = 0
+    for i, (arg, a) in enumerate(zip(kernel_obj.arguments, args)):
+        anno = arg.annotation
+        if isinstance(anno, template):
+            continue
+        idx = (slot,)
+        slot += 1
+        if id(anno) in pt.real_type_ids:
+            out.append((i, idx, "f"))
+        elif id(anno) in pt.integer_type_ids:
+            out.append((i, idx, "i" if is_signed(cook_dtype(anno)) else "u"))
+        elif isinstance(anno, ndarray_type.NdarrayType) and isinstance(a, torch.Tensor):
+            if not (anno.dtype is None or id(anno.dtype) in pt.type_ids) or a.device.type != arch:
+                return _SLOW
+            out.append((i, idx, "a"))
+        else:
+            return _SLOW
+    return out
+
+
+def launch(kernel, args: list, grad: bool = False) -> None:
+    """``kernel(*args)`` (or ``kernel.grad(*args)``), for kernels launched many times with the
+    same kinds of arguments.
+
+    Taichi 1.7 analyses every argument of every call in Python (template key, dtype and shape
+    checks, an environment lookup per tensor): ~20 us per array argument and ~150 us per launch of
+    the engine's kernels, most of a small scene's substep.  The first call with a new kind of
+    arguments goes through Taichi's own path (which compiles and checks them); later calls with
+    the same kinds (see :func:`_signature`) fill a launch context directly.  Anything this path
+    does not cover (host copies of device tensors, element-shaped arrays, return values, a Taichi
+    tape) takes Taichi's path every time.
+    """
+    k = kernel._adjoint if grad else kernel._primal
+    prog = _ti_impl.get_runtime().prog
+    cache = k.__dict__.setdefault("_dreamcloth_launch", {})
+    sig = _signature(args, k.template_slot_locations)
+    entry = cache.get(sig)
+    rt = k.runtime
+    if entry is None or entry[0] is not prog or entry[2] is _SLOW or rt.target_tape or rt.fwd_mode_manager:
+        (kernel.grad if grad else kernel)(*args)
+        if entry is None or entry[0] is not prog:
+            key = k.ensure_compiled(*args)
+            cache[sig] = (prog, k.compiled_kernels[key], _setters(k, args))
+        return
+    _, kernel_cpp, setters = entry
+    ctx = kernel_cpp.make_launch_context()
+    for i, idx, kind in setters:
+        a = args[i]
+        if kind == "a":
+            if not a.is_contiguous():
+                raise ValueError(f"argument {k.arguments[i].name} of {k.func.__name__} is not contiguous")
+            g = a.grad if a.requires_grad else None
+            if a.requires_grad and (g is None or not g.is_contiguous()):
+                raise ValueError(f"argument {k.arguments[i].name} of {k.func.__name__} requires grad without a contiguous .grad")
+            ctx.set_arg_external_array_with_shape(idx, a.data_ptr(), a.element_size() * a.nelement(), tuple(a.shape),
+                                                  g.data_ptr() if g is not None else 0)
+        elif kind == "f":
+            ctx.set_arg_float(idx, float(a))
+        elif kind == "i":
+            ctx.set_arg_int(idx, int(a))
+        else:
+            ctx.set_arg_uint(idx, int(a))
+    prog.launch_kernel(prog.compile_kernel(prog.config(), prog.get_device_caps(), kernel_cpp), ctx)

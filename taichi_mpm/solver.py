@@ -45,6 +45,9 @@ class StepParams:
 #: particles, and 1.35 s vs 1.33 s at 8,000 (the coloured scatter also bins the particles every substep)
 SERIAL_SCATTER_MAX = 8000
 
+#: up to this many particles every kernel loop runs serially on the CPU (see Engine.serial)
+SERIAL_LOOPS_MAX = 8000
+
 #: values per grid node kept for the backward pass: mv (3), m, v (3)
 GRID_TAPE_DIM = 7
 
@@ -88,12 +91,12 @@ class Launcher:
             raise TypeError(f"{self.kernel.__name__} is missing {', '.join(missing)}")
         return [merged[n] for n in self.names]
 
-    def __call__(self, **args):
-        return self.kernel(*self._ordered(args))
+    def __call__(self, **args) -> None:
+        runtime.launch(self.kernel, self._ordered(args))
 
-    def grad(self, **args):
+    def grad(self, **args) -> None:
         """The kernel's Taichi autodiff (``kernel.grad``) with the same arguments."""
-        return self.kernel.grad(*self._ordered(args))
+        runtime.launch(self.kernel, self._ordered(args), grad=True)
 
 
 class _Grid:
@@ -160,32 +163,42 @@ class Engine:
         eps = 1e-6 * g.dx
         self.clamp = tuple(o + g.dx for o in g.origin) + tuple(o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res))
         self.pins = torch.cat([model.pinned.to(self.dtype)[:, None], model.pin_velocity], dim=1).contiguous()
+        n = model.num_particles
+        # On the CPU each parallel loop costs a round trip through Taichi's thread pool (the caller
+        # wakes the workers and sleeps until they finish: 70-100 us here, more than the whole loop
+        # of a small scene); up to SERIAL_LOOPS_MAX particles every loop runs on the calling thread.
+        self.serial = self.rt.arch == "cpu" and n <= SERIAL_LOOPS_MAX
         # the kernels' arguments that are fixed for this engine, bound by name once
         ox, oy, oz = self.origin
         at_origin = dict(ox=ox, oy=oy, oz=oz, inv_dx=g.inv_dx)
-        transfer = dict(at_origin, dx=g.dx)
+        transfer = dict(at_origin, dx=g.dx, serial=self.serial)
         inside = dict(zip(("lo_x", "lo_y", "lo_z", "hi_x", "hi_y", "hi_z"), self.clamp))
         gvx, gvy, gvz = self.gravity
-        grid = dict(coll=self.coll, dt=config.dt, gvx=gvx, gvy=gvy, gvz=gvz, ox=ox, oy=oy, oz=oz, dx=g.dx, boundary=g.boundary)
+        grid = dict(coll=self.coll, dt=config.dt, gvx=gvx, gvy=gvy, gvz=gvz, ox=ox, oy=oy, oz=oz, dx=g.dx, boundary=g.boundary,
+                    serial=self.serial)
         self.grid_update = Launcher(grid_update, **grid)
         self.grid_update_adjoint = Launcher(grid_update_adjoint, **grid)
+        self.clear_region = Launcher(K.clear_region, serial=self.serial)
+        self.load_grid_region = Launcher(K.load_grid_region, serial=self.serial)
         self.p2g_atomic = Launcher(K.p2g_atomic, **transfer)
         self.p2g_colored = Launcher(K.p2g_colored, **transfer)
         self.transfer_adjoint = Launcher(K.transfer_adjoint, **transfer)
         self.bin_particles = Launcher(K.bin_particles, **at_origin)
         self.g2p = Launcher(K.g2p, pins=self.pins, dt=config.dt, **transfer, **inside)
-        self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx, **inside)
+        self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx,
+                                            serial=self.serial, **inside)
         # per material group: its constitutive kernel and adjoint over its particle range
-        step = dict(dt=config.dt, inv_dx=g.inv_dx)
+        step = dict(dt=config.dt, inv_dx=g.inv_dx, serial=self.serial)
         self.constitutive = [tuple(Launcher(k, start=grp.start, end=grp.end, **step) for k in K.CONSTITUTIVE[grp.model])
                              for grp in model.groups]
         # per cloth: its element and vertex kernels (and their adjoints) over its particle ranges
-        self.cloth_elements = [Launcher(CL.cloth_elements, rest=c.rest_inverse, e0=c.element_start, **step) for c in model.cloth]
-        self.cloth_vertices = [Launcher(CL.cloth_vertices, incidence=c.incidence, offsets=c.offsets, v0=c.vertex_start, dt=config.dt)
+        # (always a parallel loop: Taichi's autodiff of a serialized loop gave NaN gradients)
+        self.cloth_elements = [Launcher(CL.cloth_elements, rest=c.rest_inverse, e0=c.element_start, dt=config.dt, inv_dx=g.inv_dx)
                                for c in model.cloth]
+        self.cloth_vertices = [Launcher(CL.cloth_vertices, incidence=c.incidence, offsets=c.offsets, v0=c.vertex_start,
+                                        dt=config.dt, serial=self.serial) for c in model.cloth]
         self.cloth_vertices_adjoint = [Launcher(CL.cloth_vertices_adjoint, incidence=c.incidence, offsets=c.offsets,
-                                                v0=c.vertex_start, dt=config.dt) for c in model.cloth]
-        n = model.num_particles
+                                                v0=c.vertex_start, dt=config.dt, serial=self.serial) for c in model.cloth]
         self.n = n
         scatter = config.scatter
         if scatter == "auto":
@@ -244,8 +257,9 @@ class Engine:
         G = self.grid
         if not G.clean:
             full = (0, 0, 0, *G.res)
-            K.clear_region(G.mv, G.m, *full)
-            K.clear_region(G.g_v, G.g_m, *full)
+            region = dict(zip(("lo_i", "lo_j", "lo_k", "hi_i", "hi_j", "hi_k"), full))
+            self.clear_region(a=G.mv, b=G.m, **region)
+            self.clear_region(a=G.g_v, b=G.g_m, **region)
         G.clean = False
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype=None) -> torch.Tensor:
@@ -385,7 +399,7 @@ class Engine:
         cfg, Gr = self.config, self.grid
         W, bins, self.region, grid = taped
         self._begin_substep()
-        K.load_grid_region(grid, *self.region, Gr.mv, Gr.m, Gr.v)
+        self.load_grid_region(buf=grid, **self._region_args(), mv=Gr.mv, m=Gr.m, v=Gr.v)
         self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
@@ -440,23 +454,22 @@ class Engine:
 
     def _mesh_force_adjoint(self, i: int, S, P: StepParams, GP: StepParams, G_W, G_out) -> None:
         """The mesh forces entered the vertices' momentum as ``dt f``: their vector-Jacobian product
-        with ``dt dL/d(momentum)``, by torch's autograd on a recomputation from this substep's state."""
+        with ``dt dL/d(momentum)``, written out (``cloth_forces.mesh_forces_adjoint``) or, where that
+        does not cover the mesh, by torch's autograd on a recomputation from this substep's state."""
         c, flags, free = self.model.cloth[i], self.mesh_forces[i], self.free[i]
         vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         el = slice(c.element_start, c.element_start + c.num_elements)
-        with torch.enable_grad():
-            x = S[vs, K.X : K.X + 3].detach().requires_grad_(True)
-            v = S[vs, K.V : K.V + 3].detach().requires_grad_(True)
-            bend = P.material[el, K.BEND].detach().requires_grad_(True)
-            drag = P.material[el, K.DRAG].detach().requires_grad_(True)
-            mass = P.material[vs, K.MASS].detach().requires_grad_(True)
-            fv, fe = CF.mesh_forces(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
-                                    implicit=self._implicit(i, mass) if flags[0] else None)
-            outs, grads = [fv], [self.config.dt * G_W[vs, K.WMOM : K.WMOM + 3] * free]
-            if fe is not None:
-                outs.append(fe)
-                grads.append(self.config.dt * G_W[el, K.WMOM : K.WMOM + 3])
-            gx, gv, gb, gd, gm = torch.autograd.grad(outs, (x, v, bend, drag, mass), grads, allow_unused=True)
+        dt = self.config.dt
+        g_f = dt * G_W[vs, K.WMOM : K.WMOM + 3] * free
+        g_fe = dt * G_W[el, K.WMOM : K.WMOM + 3] if flags[1] else None
+        x, v = S[vs, K.X : K.X + 3], S[vs, K.V : K.V + 3]
+        bend, drag, mass = P.material[el, K.BEND], P.material[el, K.DRAG], P.material[vs, K.MASS]
+        implicit = self._implicit(i, mass) if flags[0] else None
+        grads = CF.mesh_forces_adjoint(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
+                                       implicit=implicit, g_f=g_f, g_fe=g_fe)
+        if grads is None:
+            grads = self._mesh_force_vjp(i, x, v, bend, drag, mass, g_f, g_fe)
+        gx, gv, gb, gd, gm = grads
         for rows, col, g in ((vs, K.X, gx), (vs, K.V, gv)):
             if g is not None:
                 G_out[rows, col : col + 3] += g
@@ -465,6 +478,19 @@ class Engine:
                 GP.material[el, col] += g
         if gm is not None:
             GP.material[vs, K.MASS] += gm
+
+    def _mesh_force_vjp(self, i: int, x, v, bend, drag, mass, g_f, g_fe):
+        """:meth:`_mesh_force_adjoint` by torch's autograd (meshes with rest curvature)."""
+        c, flags = self.model.cloth[i], self.mesh_forces[i]
+        with torch.enable_grad():
+            x, v, bend, drag, mass = (t.detach().requires_grad_(True) for t in (x, v, bend, drag, mass))
+            fv, fe = CF.mesh_forces(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
+                                    implicit=self._implicit(i, mass) if flags[0] else None)
+            outs, grads = [fv], [g_f]
+            if fe is not None:
+                outs.append(fe)
+                grads.append(g_fe)
+            return torch.autograd.grad(outs, (x, v, bend, drag, mass), grads, allow_unused=True)
 
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
                          G_end: torch.Tensor, G_frames: torch.Tensor | None):
