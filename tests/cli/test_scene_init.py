@@ -93,6 +93,21 @@ def test_scene_init_recovers_random_cameras(tmp_path, seed):
     assert result.estimate.silhouette_iou > 0.97
 
 
+@pytest.mark.parametrize("seed, tolerance", [(101, 3.5), (110, 2.0)])
+def test_scene_init_estimates_the_field_of_view(tmp_path, seed, tolerance):
+    """Without ``--fov`` the field of view is searched (``search_fov``).  Of 12 random views
+    (``default_rng(100 + i)``, 2026-12-02) 10 came within 2 deg, the worst 3.05 deg off (seed 101,
+    a small cloth seen from 2.85 m); seed 110 came 0.1 deg off.  The joint dolly-zoom fit this
+    replaced was 3.96 deg off on seed 110."""
+    rng = np.random.default_rng(seed)
+    size, centre, yaw, cam, v, f = random_view(rng)
+    video = write_frames(tmp_path / "clip.mp4", [v, v], f, cam)
+    result = init_scene(video, size, tmp_path / "scene.toml", height=0.2)
+    assert not result.estimate.fov_given
+    assert abs(result.estimate.camera.fov_y_deg - cam.fov_y_deg) < tolerance
+    assert result.estimate.silhouette_iou > 0.97
+
+
 def test_scene_init_cli_writes_a_scene_that_checks(tmp_path):
     rng = np.random.default_rng(1)
     size, centre, yaw, cam, v, f = random_view(rng, 160, 120)
