@@ -279,19 +279,24 @@ def torch_csr(m: sparse.csr_matrix, dtype: torch.dtype, device) -> torch.Tensor:
                                        torch.from_numpy(m.data), size=m.shape, dtype=dtype, device=device)
 
 
+def _product(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` for a constant sparse operator (a float32 operator applied to float64 positions, as in gradient checks, is converted)."""
+    if matrix.dtype != x.dtype:
+        matrix = matrix.to(x.dtype)
+    return matrix @ x.contiguous()
+
+
 class _SparseProduct(torch.autograd.Function):
     """``M x`` for a constant sparse ``M`` given with its transpose ``Mt``: dL/dx = M^T dL/d(Mx)."""
 
     @staticmethod
     def forward(ctx, x, matrix, matrix_t):
-        if matrix.dtype != x.dtype:  # a float32 operator applied to float64 positions (gradient checks)
-            matrix, matrix_t = matrix.to(x.dtype), matrix_t.to(x.dtype)
         ctx.matrix_t = matrix_t
-        return matrix @ x
+        return _product(matrix, x)
 
     @staticmethod
     def backward(ctx, g):
-        return ctx.matrix_t @ g.contiguous(), None, None
+        return _product(ctx.matrix_t, g), None, None
 
 
 def _vertex_normals(x: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -475,13 +480,6 @@ def mesh_forces(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: t
         per_vertex = ((1.0 - element_share) / 3.0) * tri
         f = f + torch.zeros_like(x).index_add(0, faces.reshape(-1), per_vertex.repeat_interleave(3, dim=0))
     return f, fe
-
-
-def _product(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``matrix @ x`` for a constant sparse operator (no autograd; converts a float32 operator to x's dtype)."""
-    if matrix.dtype != x.dtype:
-        matrix = matrix.to(x.dtype)
-    return matrix @ x.contiguous()
 
 
 def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: torch.Tensor, op: BendingOperator,

@@ -124,11 +124,8 @@ def current() -> RuntimeConfig | None:
 # launching a compiled kernel without Taichi's per-call argument analysis
 
 
-class _Slow:
-    """Marks an argument signature that must go through Taichi's own call path."""
-
-
-_SLOW = _Slow()
+#: marks an argument signature that must go through Taichi's own call path
+_SLOW = object()
 
 
 def _signature(args, templates) -> tuple:
