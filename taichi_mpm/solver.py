@@ -492,26 +492,42 @@ class Engine:
                 grads.append(g_fe)
             return torch.autograd.grad(outs, (x, v, bend, drag, mass), grads, allow_unused=True)
 
+    def record_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, scratch: bool = True) -> "Tape":
+        """Simulate ``count`` substeps from ``S0`` keeping what the adjoint reads (see :class:`Tape`).
+
+        ``scratch`` puts the tape in the engine's reusable buffers (a backward pass that
+        re-simulates); otherwise it is fresh memory that outlives the next segment (a forward pass
+        that keeps its tape for the backward pass, see ``segment``)."""
+        buf = self._buf if scratch else (lambda name, shape, dtype=None: torch.empty(shape, dtype=dtype or self.dtype,
+                                                                                      device=self.device))
+        with torch.no_grad():
+            states = buf("tape", (count + 1,) + tuple(S0.shape))
+            W = buf("tape_W", (count, self.n, K.W_DIM))
+            bins = buf("tape_bins", (count,) + tuple(self.bins.shape), torch.int32) if self.colored else None
+            P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
+            self.set_mesh_forces(P.material)
+            states[0].copy_(S0.detach())
+            taped: list = []
+            for j in range(count):
+                self.step(states[j], P, start + j, states[j + 1], W=W[j], bins=bins[j] if self.colored else self.bins,
+                          keep=taped)
+        return Tape(states, W, bins, taped)
+
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
-                         G_end: torch.Tensor, G_frames: torch.Tensor | None):
+                         G_end: torch.Tensor, G_frames: torch.Tensor | None, tape: "Tape | None" = None):
         """Gradients of a segment: ``(dL/dS0, GP)``.
 
         ``G_end [N, 24]`` is dL/d(end state); ``G_frames [k, N, 24]`` dL/d(recorded states).
+        ``tape`` is the segment's forward pass as :meth:`record_segment` kept it; without it the
+        segment is re-simulated first (keeping every substep's state, scatter record, binning and
+        grid region, so that the adjoint recomputes nothing of the forward: recomputing the grid of
+        each substep cost ~13% of forward+backward on the 22k-particle block).
         """
         with torch.no_grad():
-            # re-simulate the segment, keeping every substep's state, scatter record, binning and
-            # grid region: the adjoint then recomputes nothing of the forward (recomputing the
-            # grid of each substep cost ~13% of forward+backward on the 22k-particle block)
-            tape = self._buf("tape", (count + 1,) + tuple(S0.shape))
-            tape_W = self._buf("tape_W", (count, self.n, K.W_DIM))
-            tape_bins = self._buf("tape_bins", (count,) + tuple(self.bins.shape), torch.int32) if self.colored else None
+            if tape is None:
+                tape = self.record_segment(S0, P, start, count)
             P = StepParams(*[t.detach().contiguous() for t in P.tensors()])
             self.set_mesh_forces(P.material)
-            tape[0].copy_(S0.detach())
-            taped: list = []
-            for j in range(count):
-                bins = tape_bins[j] if self.colored else self.bins
-                self.step(tape[j], P, start + j, tape[j + 1], W=tape_W[j], bins=bins, keep=taped)
             GP = StepParams(*[torch.zeros_like(t) for t in P.tensors()])
             # deterministic per-slab partial sums on CPUs; atomics on GPUs (see grid_update_adjoint)
             rows = self.config.grid.res[0] if self.rt.arch == "cpu" else 1
@@ -521,13 +537,30 @@ class Engine:
             for j in range(count - 1, -1, -1):
                 if (j + 1) in rec_index:
                     G[0] += G_frames[rec_index[j + 1]]
-                self.step_adjoint(tape[j], tape[j + 1], G[0], P, GP, start + j, G[1], g_params, taped[j])
+                self.step_adjoint(tape.states[j], tape.states[j + 1], G[0], P, GP, start + j, G[1], g_params, tape.taped[j])
                 G.reverse()
             sums = g_params.sum(dim=0)
             GP.damping.add_(sums[0:1])
             if self.kinds:
                 GP.friction.add_(sums[1:])
             return G[0], GP
+
+
+@dataclasses.dataclass
+class Tape:
+    """A segment's forward pass as the adjoint reads it: the ``[count + 1, N, 24]`` states, the
+    ``[count, N, 16]`` scatter records, the coloured binnings (or None) and, per substep, what
+    ``Engine.step(keep=...)`` appended (record, binning, grid region, grid values)."""
+
+    states: torch.Tensor
+    W: torch.Tensor
+    bins: torch.Tensor | None
+    taped: list
+
+    def nbytes(self) -> int:
+        grids = sum(t[3].numel() * t[3].element_size() for t in self.taped)
+        bins = 0 if self.bins is None else self.bins.numel() * self.bins.element_size()
+        return self.states.numel() * self.states.element_size() + self.W.numel() * self.W.element_size() + bins + grids
 
 
 def locate_nonfinite(engine: Engine, state, P: StepParams, start: int, count: int) -> int | None:
