@@ -9,13 +9,13 @@ from typing import Callable
 import torch
 
 from . import cfl as _cfl
+from . import layout as L
 from .config import SimConfig
+from .layout import pack_material
 from .model import Model, Params, State
 from .parameters import PARAMETERS
-from .layout import pack_material
 from .segment import run_segment
 from .solver import Engine, StepParams, raise_nonfinite
-from . import layout as L
 
 #: bytes of forward tape a differentiable rollout may keep for its backward pass (see ``segment``):
 #: a segment whose tape fits keeps it, and its backward pass does not re-simulate it.  The demo's

@@ -492,7 +492,7 @@ class Engine:
                 grads.append(g_fe)
             return torch.autograd.grad(outs, (x, v, bend, drag, mass), grads, allow_unused=True)
 
-    def record_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, scratch: bool = True) -> "Tape":
+    def record_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, scratch: bool = True) -> Tape:
         """Simulate ``count`` substeps from ``S0`` keeping what the adjoint reads (see :class:`Tape`).
 
         ``scratch`` puts the tape in the engine's reusable buffers (a backward pass that
@@ -514,7 +514,7 @@ class Engine:
         return Tape(states, W, bins, taped)
 
     def backward_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, record: Sequence[int],
-                         G_end: torch.Tensor, G_frames: torch.Tensor | None, tape: "Tape | None" = None):
+                         G_end: torch.Tensor, G_frames: torch.Tensor | None, tape: Tape | None = None):
         """Gradients of a segment: ``(dL/dS0, GP)``.
 
         ``G_end [N, 24]`` is dL/d(end state); ``G_frames [k, N, 24]`` dL/d(recorded states).

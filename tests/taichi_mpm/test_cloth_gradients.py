@@ -125,8 +125,9 @@ def test_kept_tapes_give_the_gradients_of_resimulation(monkeypatch):
     backward pass does not re-simulate; one that does not fit re-simulates.  Every mix gives the
     same loss and bit-identical gradients (a cloth with bending, drag and a collider, float64), and
     the budget is honoured: a budget of zero keeps nothing, a small one keeps some segments."""
-    from dreamcloth.taichi_mpm import segment as seg_mod
     import importlib
+
+    from dreamcloth.taichi_mpm import segment as seg_mod
 
     sim_mod = importlib.import_module("dreamcloth.taichi_mpm.simulate")
 
