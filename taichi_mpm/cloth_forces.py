@@ -373,12 +373,18 @@ class ImplicitBending:
         coo = pattern[self.perm][:, self.perm].tocoo()
         self.bandwidth = int((coo.col - coo.row).max()) if coo.nnz else 0
         self._key: tuple | None = None
+        self._inputs: tuple | None = None  # the torch tensors the factor was last checked against
         self._factor: np.ndarray | None = None
 
     def factor(self, mass: torch.Tensor, row_k: torch.Tensor, dt: float) -> None:
         """Factor ``A`` for vertex ``mass [V]`` and ``row_k [R]`` (``row_stiffness``) unless already done."""
+        last = self._inputs
+        if (last is not None and last[2] == dt and last[0].dtype == mass.dtype and last[1].dtype == row_k.dtype
+                and torch.equal(last[0], mass) and torch.equal(last[1], row_k)):
+            return  # the common case, every substep of a rollout: checked without leaving torch
         m = mass.detach().to("cpu", torch.float64).numpy()
         k = row_k.detach().to("cpu", torch.float64).numpy()
+        self._inputs = (mass.detach().clone(), row_k.detach().clone(), dt)
         if self._key is not None and self._key[2] == dt and np.array_equal(self._key[0], m) and np.array_equal(self._key[1], k):
             return
         a = (dt * dt) * (self.lp.T @ sparse.diags(k) @ self.lp) + sparse.diags(m[self.perm])
@@ -485,7 +491,7 @@ def mesh_forces(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: t
 def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: torch.Tensor, op: BendingOperator,
                         faces: torch.Tensor, element_share: float, use_bending: bool, use_drag: bool,
                         implicit: tuple[ImplicitBending, torch.Tensor, torch.Tensor, float] | None,
-                        g_f: torch.Tensor, g_fe: torch.Tensor | None):
+                        g_f: torch.Tensor, g_fe: torch.Tensor | None, params: tuple[bool, bool, bool] = (True, True, True)):
     """The vector-Jacobian product of :func:`mesh_forces`, written out: cotangents ``g_f [V, 3]``
     (vertex forces) and ``g_fe [E, 3]`` (element forces, with drag) -> dL/d(x, v, bending, drag,
     mass), each None where it does not depend on it.
@@ -502,25 +508,26 @@ def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor,
     if use_bending and op.num_rows:
         system, mass, free, dt = implicit
         # forward: z = x + dt v; fb = -L^T (k * L z); dv = A^-1 (dt free fb); f = (m / dt) dv
+        want_bend, _, want_mass = params
         k = row_stiffness(bending, op).to(x.dtype)
-        z = x + dt * v
-        lz = _product(op.matrix, z)
-        fb = -_product(op.matrix_t, k[:, None] * lz)
         system.factor(mass, k, dt)
-        dv = system.solve(dt * free[:, None] * fb)
         g_dv = (mass / dt)[:, None] * g_f
         lam = system.solve(g_dv)
-        lp = system.lp_matrix
-        lp_lam, lp_dv = _product(lp, lam), _product(lp, dv)
-        g_mass = (dv * g_f).sum(1) / dt - (lam * dv).sum(1)
         g_fb = dt * free[:, None] * lam
         l_gfb = _product(op.matrix, g_fb)
-        g_k = -(dt * dt) * (lp_lam * lp_dv).sum(1) - (l_gfb * lz).sum(1)
         g_z = -_product(op.matrix_t, k[:, None] * l_gfb)
         gx, gv = g_z, dt * g_z
-        g_k = g_k * op.row_weight.to(x.dtype)
-        g_bend = torch.zeros_like(bending).index_add_(
-            0, op.element_of_pair, (op.pair_weight.to(x.dtype) * g_k.index_select(0, op.row_of_pair)).to(bending.dtype))
+        if want_bend or want_mass:  # the forward's dv (and L z), recomputed
+            lz = _product(op.matrix, x + dt * v)
+            dv = system.solve(dt * free[:, None] * -_product(op.matrix_t, k[:, None] * lz))
+        if want_mass:
+            g_mass = (dv * g_f).sum(1) / dt - (lam * dv).sum(1)
+        if want_bend:
+            lp = system.lp_matrix
+            g_k = -(dt * dt) * (_product(lp, lam) * _product(lp, dv)).sum(1) - (l_gfb * lz).sum(1)
+            g_k = g_k * op.row_weight.to(x.dtype)
+            g_bend = torch.zeros_like(bending).index_add_(
+                0, op.element_of_pair, (op.pair_weight.to(x.dtype) * g_k.index_select(0, op.row_of_pair)).to(bending.dtype))
     if use_drag:
         fa, fb_, fc = faces[:, 0], faces[:, 1], faces[:, 2]
         xa = x.index_select(0, fa)
@@ -537,7 +544,8 @@ def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor,
             g_tri = g_tri + element_share * g_fe
         g_s = (g_tri * cr).sum(1)
         g_vc = g_s * (2.0 * c0) * drag * vc.abs() / sq
-        g_drag = g_s * c0 * vc * vc.abs() / sq
+        if params[1]:
+            g_drag = g_s * c0 * vc * vc.abs() / sq
         g_cr = s[:, None] * g_tri + g_vc[:, None] * vm - (2.0 * g_s * s / sq)[:, None] * cr
         g_vm = (g_vc[:, None] * cr / 3.0).repeat_interleave(3, dim=0)
         g_e1 = torch.linalg.cross(e2, g_cr, dim=1)

@@ -130,6 +130,8 @@ def simulate(
     material, friction, damping = _packed_params(model, params)
 
     engine = Engine(model, config)
+    engine.mesh_param_grads = tuple(t is not None and t.requires_grad
+                                    for t in (params.bending_stiffness, params.drag_coefficient, params.density))
     spf = config.substeps_per_frame
     total = (num_frames - 1) * spf
     seg = config.segment_length(total) if total else 1

@@ -227,6 +227,10 @@ class Engine:
         # built at the first substep with bending on
         self.implicit: list[CF.ImplicitBending | None] = [None] * len(model.cloth)
         self._no_tape = torch.zeros((1, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
+        #: which per-particle parameter gradients of the mesh forces the caller wants: (bending
+        #: stiffness, drag coefficient, mass); the others are not computed (``simulate`` sets it
+        #: from what requires grad; a False here leaves zeros in those columns of dL/d(material))
+        self.mesh_param_grads = (True, True, True)
 
     def set_mesh_forces(self, material: torch.Tensor) -> None:
         """Switch each cloth's bending and drag on where its (element rows of) ``material`` are non-zero."""
@@ -466,7 +470,7 @@ class Engine:
         bend, drag, mass = P.material[el, K.BEND], P.material[el, K.DRAG], P.material[vs, K.MASS]
         implicit = self._implicit(i, mass) if flags[0] else None
         grads = CF.mesh_forces_adjoint(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
-                                       implicit=implicit, g_f=g_f, g_fe=g_fe)
+                                       implicit=implicit, g_f=g_f, g_fe=g_fe, params=self.mesh_param_grads)
         if grads is None:
             grads = self._mesh_force_vjp(i, x, v, bend, drag, mass, g_f, g_fe)
         gx, gv, gb, gd, gm = grads

@@ -125,14 +125,17 @@ def test_written_out_mesh_force_adjoint_equals_autograd(use_bending, use_drag):
         outs.append(fe)
         cots.append(g_fe)
     want = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
-    got = mesh_forces_adjoint(x, v, stiffness, drag, op, faces, 0.5, use_bending, use_drag, (system, mass, free, dt),
-                              g_f, g_fe if use_drag else None)
-    for name, w, g in zip(("x", "v", "bending", "drag", "mass"), want, got):
-        if w is None:
-            assert g is None or float(g.abs().max()) == 0.0, name
-            continue
-        assert g is not None, name
-        assert torch.allclose(g, w, rtol=1e-9, atol=1e-11 * float(w.abs().max())), name
+    for params in ((True, True, True), (False, False, False), (True, False, False), (False, True, True)):
+        # the parameter gradients not asked for are None; the state's are the same either way
+        got = mesh_forces_adjoint(x, v, stiffness, drag, op, faces, 0.5, use_bending, use_drag, (system, mass, free, dt),
+                                  g_f, g_fe if use_drag else None, params=params)
+        asked = (True, True) + params
+        for name, w, g, a in zip(("x", "v", "bending", "drag", "mass"), want, got, asked):
+            if w is None or not a:
+                assert g is None or float(g.abs().max()) == 0.0, (name, params)
+                continue
+            assert g is not None, name
+            assert torch.allclose(g, w, rtol=1e-9, atol=1e-11 * float(w.abs().max())), (name, params)
 
 
 def test_curved_rest_mesh_is_at_rest_in_any_orientation():

@@ -171,3 +171,32 @@ def test_kept_tapes_give_the_gradients_of_resimulation(monkeypatch):
     assert 0 < kept_counts[1] < segments  # a small budget keeps some segments, not all
     assert kept_counts[2] == segments
     assert torch.all(reference[1] != 0)
+
+
+def test_fixed_bending_and_drag_leave_the_other_gradients_unchanged():
+    """Bending and drag act but are not fitted: their parameter gradients are skipped
+    (``Engine.mesh_param_grads``), and every other gradient is bit-identical to a run that also
+    differentiates them."""
+    from .cloth_scenes import cloth_bounds, cloth_params
+
+    grid, model, state, _ = drape_scene(n=4, res=12)
+    bounds = cloth_bounds()
+    cfg = stable_config(grid, 30.0, bounds)
+    frames = 4
+    wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
+
+    def grads(fit_mesh_params: bool):
+        E = torch.tensor(100.0, dtype=F64, requires_grad=True)
+        damping = torch.tensor(0.5, dtype=F64, requires_grad=True)
+        B = torch.tensor(2e-5, dtype=F64, requires_grad=fit_mesh_params)
+        cd = torch.tensor(1.2, dtype=F64, requires_grad=fit_mesh_params)
+        rho = torch.tensor(1.0, dtype=F64, requires_grad=fit_mesh_params)
+        params = cloth_params(E=E, damping=damping, rho=rho, bending_stiffness=B, drag_coefficient=cd)
+        loss = (simulate(model, state, params, cfg, frames, bounds=bounds).x * wx).sum()
+        loss.backward()
+        return loss.detach(), torch.stack([E.grad, damping.grad])
+
+    full, fixed = grads(True), grads(False)
+    assert torch.equal(full[0], fixed[0])
+    assert torch.equal(full[1], fixed[1])
+    assert torch.all(full[1] != 0)
