@@ -28,6 +28,72 @@ import taichi as ti  # noqa: E402
 from taichi.lang import impl as _ti_impl  # noqa: E402
 
 
+def _memoize_frontend() -> None:
+    """Make Taichi's frontend look up each function's source, and build each source position's
+    message, once per process (measured on the compile benchmark's warm-cache start, 2 cores:
+    8.5 s -> ~5 s, most of the rest importing torch and Taichi and loading the cached kernels).
+
+    Source: Taichi 1.7 re-reads a ``ti.func``'s source (``inspect``: module lookup, tokenizing,
+    block search) at every call site it inlines, ~2,800 times for the engine's kernels.  A
+    function's source does not change while the process runs; the lookups are cached per function.
+
+    Positions: Taichi 1.7's AST transformer formats a source excerpt with a caret line (``get_pos_info``, two
+    ``textwrap`` wraps) for every AST node it visits, and it visits a node again for every unrolled
+    ``ti.static`` iteration and every inlined ``ti.func`` call: 170k messages for the engine's
+    kernels, about half of the frontend's time, which a warm offline cache does not skip (the
+    cache key is computed from the frontend's output).  The message depends only on the function's
+    source, its offsets and the node's span, so it is cached on those; the text is unchanged.
+    Installed once, for every Taichi user in the process (the renderer's kernels too).
+    """
+    import weakref
+
+    from taichi.lang import kernel_impl
+    from taichi.lang.ast import ast_transformer_utils as atu
+
+    for name in ("getsourcefile", "getsourcelines"):
+        lookup = getattr(kernel_impl, name, None)
+        if lookup is None or getattr(lookup, "_dreamcloth_memo", False):
+            continue
+
+        def cached(fn, _lookup=lookup, _memo=weakref.WeakKeyDictionary()):
+            try:
+                return _memo[fn]
+            except (KeyError, TypeError):
+                pass
+            out = _lookup(fn)
+            try:
+                _memo[fn] = out
+            except TypeError:  # not weak-referenceable: not cached
+                pass
+            return out
+
+        cached._dreamcloth_memo = True
+        setattr(kernel_impl, name, cached)
+
+    ctx_cls = getattr(atu, "ASTTransformerContext", None)
+    original = getattr(ctx_cls, "get_pos_info", None)
+    if original is None or getattr(original, "_dreamcloth_memo", False):
+        return
+    memo: dict = {}
+
+    def get_pos_info(self, node):
+        body = getattr(node, "body", None)
+        first = body[0].lineno if isinstance(body, list) and body and hasattr(body[0], "lineno") else None
+        key = (self.file, self.func.func.__qualname__, self.lineno_offset, self.indent, len(self.src), type(node).__name__,
+               node.lineno, getattr(node, "end_lineno", None), getattr(node, "col_offset", None),
+               getattr(node, "end_col_offset", None), first)
+        msg = memo.get(key)
+        if msg is None:
+            msg = memo[key] = original(self, node)
+        return msg
+
+    get_pos_info._dreamcloth_memo = True
+    ctx_cls.get_pos_info = get_pos_info
+
+
+_memoize_frontend()
+
+
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     """Which Taichi backend runs the kernels and at what floating-point precision."""
