@@ -19,9 +19,10 @@ from .solver import Engine, StepParams, raise_nonfinite
 
 #: bytes of forward tape a differentiable rollout may keep for its backward pass (see ``segment``):
 #: a segment whose tape fits keeps it, and its backward pass does not re-simulate it.  The demo's
-#: whole 1,185-substep rollout keeps ~0.1 GB and its fit iteration got ~1.3x faster; a 41x41 cloth
-#: at real-fabric stiffness (50k substeps) would need ~40 GB and re-simulates beyond the budget.
-KEEP_TAPE_BYTES = 1 << 29
+#: whole 1,185-substep rollout keeps ~0.1 GB (its fit went from 2 min 39 s to 1 min 51 s); the
+#: MPM benchmark's 200 substeps of 22k particles ~0.9 GB; a 41x41 cloth at real-fabric stiffness
+#: (50k substeps) would need ~40 GB and re-simulates the segments beyond the budget.
+KEEP_TAPE_BYTES = 1 << 30
 
 
 @dataclasses.dataclass
