@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Callable
 
 import torch
@@ -21,8 +22,10 @@ from .solver import Engine, StepParams, raise_nonfinite
 #: a segment whose tape fits keeps it, and its backward pass does not re-simulate it.  The demo's
 #: whole 1,185-substep rollout keeps ~0.1 GB (its fit went from 2 min 39 s to 1 min 51 s); the
 #: MPM benchmark's 200 substeps of 22k particles ~0.9 GB; a 41x41 cloth at real-fabric stiffness
-#: (50k substeps) would need ~40 GB and re-simulates the segments beyond the budget.
-KEEP_TAPE_BYTES = 1 << 30
+#: (50k substeps) would need ~40 GB and re-simulates the segments beyond the budget.  The
+#: environment variable ``DREAMCLOTH_KEEP_TAPE_MB`` sets it (0: always re-simulate, memory
+#: O(N (T/K + K)) as without it).
+KEEP_TAPE_BYTES = int(float(os.environ.get("DREAMCLOTH_KEEP_TAPE_MB", "1024")) * 2**20)
 
 
 @dataclasses.dataclass
