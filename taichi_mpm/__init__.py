@@ -9,6 +9,8 @@ colliders and sampling; ``parameters`` is the table of material parameters.
     from dreamcloth.taichi_mpm import GridSpec, SimConfig, Model, State, Params, Plane, simulate
 """
 
+# first: it speeds up Taichi's frontend for every kernel defined after it (runtime._memoize_frontend)
+from . import runtime  # noqa: F401, I001
 from .builder import ModelBuilder, ObjectRange
 from .cfl import Bounds, max_dt, stable_config, substeps_for
 from .cloth import ClothGroup, grid_mesh

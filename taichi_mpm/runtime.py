@@ -45,6 +45,8 @@ def _memoize_frontend() -> None:
     source, its offsets and the node's span, so it is cached on those; the text is unchanged.
     Installed once, for every Taichi user in the process (the renderer's kernels too).
     """
+    import linecache
+    import sys
     import weakref
 
     from taichi.lang import kernel_impl
@@ -69,6 +71,25 @@ def _memoize_frontend() -> None:
 
         cached._dreamcloth_memo = True
         setattr(kernel_impl, name, cached)
+
+    # Class check: every @ti.func / @ti.kernel asks whether it is being defined in a class body by
+    # reading its caller's caller's source line through ``inspect.getframeinfo``, which looks the
+    # module up by scanning ``sys.modules`` (~4 ms each once torch is imported; ~0.5 s for this
+    # package's kernels at every start).  The same line comes from ``linecache`` directly.
+    patterns = getattr(kernel_impl, "_KERNEL_CLASS_STACKFRAME_STMT_RES", None)
+    check = getattr(kernel_impl, "_inside_class", None)
+    if patterns is not None and check is not None and not getattr(check, "_dreamcloth_memo", False):
+
+        def inside_class(level_of_class_stackframe):
+            try:
+                frame = sys._getframe(level_of_class_stackframe)
+            except ValueError:
+                return False
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno, frame.f_globals).strip()
+            return any(p.match(line) for p in patterns)
+
+        inside_class._dreamcloth_memo = True
+        kernel_impl._inside_class = inside_class
 
     ctx_cls = getattr(atu, "ASTTransformerContext", None)
     original = getattr(ctx_cls, "get_pos_info", None)

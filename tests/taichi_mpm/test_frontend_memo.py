@@ -49,3 +49,23 @@ def test_source_lookups_are_cached_and_equal_to_inspect():
     assert first == inspect.getsourcelines(_broken_twice)
     assert kernel_impl.getsourcelines(_broken_twice) is first
     assert kernel_impl.getsourcefile(_broken_twice) == inspect.getsourcefile(_broken_twice)
+
+
+def test_kernels_defined_in_a_class_are_still_methods():
+    """Taichi asks whether a kernel is defined in a class body (read from the caller's source line,
+    a lookup ``_memoize_frontend`` replaces): a data-oriented class's kernel must get ``self``."""
+    runtime.ensure(torch.device("cpu"), torch.float32)
+
+    @ti.data_oriented
+    class Scaler:
+        def __init__(self, k):
+            self.k = k
+
+        @ti.kernel
+        def scale(self, x: ti.types.ndarray()):
+            for i in range(x.shape[0]):
+                x[i] = x[i] * self.k
+
+    x = torch.ones(4)
+    Scaler(3.0).scale(x)
+    assert torch.equal(x, torch.full((4,), 3.0))
