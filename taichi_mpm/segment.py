@@ -6,7 +6,8 @@ kernels (``Engine.backward_segment``).  Memory is O(N (T/K + K)) and the gradien
 whole horizon.  A segment told to ``keep`` its tape records it during the forward pass instead, and
 its backward pass walks back through that without re-simulating (one forward pass fewer, for the
 memory of every substep; ``simulate`` decides which segments keep, within a byte budget).  Both
-paths run the same kernels on the same inputs, so their gradients are the same.  Layers, top-down: ``simulate`` -> this module -> ``solver.Engine`` -> kernels.
+paths run the same kernels on the same inputs, so their gradients are the same.  Layers, top-down:
+``simulate`` -> this module -> ``solver.Engine`` -> kernels.
 """
 
 from __future__ import annotations
