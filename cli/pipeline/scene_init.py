@@ -381,9 +381,9 @@ def _filled(rendered: np.ndarray) -> np.ndarray:
 
 
 def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float],
-                  iterations: int = 240) -> tuple[CameraEstimate, float, float]:
+                  iterations: int = 240) -> CameraEstimate:
     """Refine the camera's pose (its field of view fixed) so that the rendered flat cloth matches
-    ``silhouette``; returns it, the IoU and the mean squared alpha difference."""
+    ``silhouette`` (to a pixel or so: ``fit_edges`` and ``refine_rendered`` take it from there)."""
     from dreamcloth import render as R
 
     verts, faces = _flat_mesh(size)
@@ -420,14 +420,10 @@ def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float
             opt.step()
             sched.step()
     with torch.no_grad():
-        world, rot = moved()
-        alpha = render_flat_cloth(world, faces, cam0, sampling)
-        mse = float(((alpha - target) ** 2).mean())
-        pred = torch.as_tensor(_filled(alpha.numpy() > R.SILHOUETTE_ALPHA))
-        iou = float((pred & (target > 0.5)).sum() / (pred | (target > 0.5)).sum().clamp_min(1))
+        rot = moved()[1]
         new_rot = (rot @ rot0).double().numpy()
         new_t = ((t0 - centre) @ rot.T + centre + shift * dist).double().numpy()
-    return CameraEstimate(new_rot, new_t, est.fov_y_deg, est.width, est.height), iou, mse
+    return CameraEstimate(new_rot, new_t, est.fov_y_deg, est.width, est.height)
 
 
 def cloth_alpha(frame: np.ndarray, background: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
@@ -655,7 +651,7 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: floa
         if any(np.allclose(np.abs(cand.eye), np.abs(e), rtol=0.05, atol=0.05 * np.linalg.norm(e)) for e in tried):
             continue
         tried.append(cand.eye)
-        coarse = refine_camera(cand, sil, size)[0]
+        coarse = refine_camera(cand, sil, size)
         est, iou = refine_rendered(fit_edges(coarse, alpha, sil, size, not fov_given), alpha, sil, size, not fov_given,
                                    baseline=coarse)
         if best is None or iou > best[1]:
@@ -672,8 +668,6 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: floa
         raise InputError(f"{source}: a flat {size[0]:g}x{size[1]:g} m cloth does not match the silhouette (best IoU {iou:.3f} "
                          f"< {need:.2f}); is the cloth flat and at rest, and is its size right?")
     f = frame.astype(np.float64) / 255.0
-    from scipy import ndimage
-
     inner = ndimage.binary_erosion(sil, iterations=2)
     colour = np.median(f[inner if inner.any() else sil], axis=0)
     return SceneEstimate(est, corners, fov_given, iou, aspect, tuple(float(c) for c in background), uniform,
