@@ -60,9 +60,13 @@ def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, 
     return (0.5 - traj.x[:, tip, 1].mean(1).numpy()) / length
 
 
-def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width=0.2, nx=21, nz=11, seconds=1.5):
+def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width=0.2, nx=21, nz=11, seconds=1.5,
+                    max_stretch=0.0):
     """(simulated, analytic) elongation of a sheet hanging from its pinned top edge (Poisson ratio 0:
-    uniaxial tension w g (L - y) per unit width, strain tension / E, elongation w g L^2 / (2 E))."""
+    uniaxial tension w g (L - y) per unit width, strain tension / E, elongation w g L^2 / (2 E)).
+
+    With a strain limit ``max_stretch`` (0: none) the strain is min(w g (L - y) / E, max_stretch - 1):
+    capped over the top, elastic below depth s = E (max_stretch - 1) / (w g) from the bottom."""
     verts, faces = grid_mesh(nx, nz, (length, width), (0.5, 0.7, 0.5), (0.0, 0.0, 90.0))
     top = np.nonzero(np.isclose(verts[:, 1], verts[:, 1].max()))[0].tolist()
     bottom = np.nonzero(np.isclose(verts[:, 1], verts[:, 1].min()))[0]
@@ -71,14 +75,20 @@ def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width
     model, state = b.build([])
     grid = GridSpec.from_domain((0.2, 0.2, 0.2), (0.8, 0.95, 0.8), grid_res)
     omega = 0.5 * math.pi * math.sqrt(membrane / density) / length  # first axial mode
-    params = Params.create(membrane, 0.0, density, math.exp(-2 * omega), 0.0, membrane, membrane, dtype=F64)
+    params = Params.create(membrane, 0.0, density, math.exp(-2 * omega), 0.0, membrane, membrane, max_stretch=max_stretch,
+                           dtype=F64)
     bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
                     normal_stiffness=(membrane, membrane), min_length=length / (nx - 1))
     cfg = stable_config(grid, 20.0, bounds)
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * 20) + 1, bounds=bounds)
     y0 = float(state.x[bottom, 1].mean())
-    return y0 - traj.x[:, bottom, 1].mean(1).numpy(), density * G * length**2 / (2 * membrane)
+    elongation = density * G * length**2 / (2 * membrane)
+    if max_stretch:
+        cap = max_stretch - 1.0
+        s = min(length, membrane * cap / (density * G))  # depth from the bottom where the cap starts
+        elongation = cap * (length - s) + density * G * s**2 / (2 * membrane)
+    return y0 - traj.x[:, bottom, 1].mean(1).numpy(), elongation
 
 
 def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0):

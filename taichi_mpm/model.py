@@ -150,6 +150,8 @@ class Params:
             width (see ``cloth_forces``); ``None`` or 0: no bending energy.
         drag_coefficient: cloth aerodynamic drag coefficient C_d (dimensionless) of each triangle's
             normal speed through still air (see ``cloth_forces``); ``None`` or 0: no drag.
+        max_stretch: cloth strain limit, the largest principal stretch (>= 1) a triangle may reach
+            (see ``strain_limit``); ``None`` or 0: no limit.
     """
 
     young_modulus: torch.Tensor
@@ -162,11 +164,12 @@ class Params:
     cloth_friction: torch.Tensor | None = None
     bending_stiffness: torch.Tensor | None = None
     drag_coefficient: torch.Tensor | None = None
+    max_stretch: torch.Tensor | None = None
 
     @staticmethod
     def create(young_modulus, poisson_ratio, density, damping=1.0, friction=0.5, shear_stiffness=None,
                normal_stiffness=None, cloth_friction=None, bending_stiffness=None, drag_coefficient=None,
-               dtype=torch.float32, device="cpu") -> "Params":
+               max_stretch=None, dtype=torch.float32, device="cpu") -> "Params":
         """Tensors from numbers or tensors (tensors are kept as they are, so gradients reach them)."""
 
         def t(v):
@@ -175,4 +178,4 @@ class Params:
             return torch.tensor(v, dtype=dtype, device=device)
 
         return Params(t(young_modulus), t(poisson_ratio), t(density), t(damping), t(friction), t(shear_stiffness),
-                      t(normal_stiffness), t(cloth_friction), t(bending_stiffness), t(drag_coefficient))
+                      t(normal_stiffness), t(cloth_friction), t(bending_stiffness), t(drag_coefficient), t(max_stretch))

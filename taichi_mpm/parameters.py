@@ -22,7 +22,8 @@ class Parameter:
     a value outside is an error, never a clamp.  ``units``, ``defaults`` and ``ranges`` (the default
     fit range) per object kind; a kind missing from ``defaults`` does not have the parameter.
     ``log_space``: fitted in log space (stiffness-like and density parameters) rather than in a
-    squashed linear box.  ``note``: what validation adds to its rule.
+    squashed linear box.  ``note``: what validation adds to its rule.  ``off``: a value outside the
+    limits that is admitted too and switches the parameter's term off (max_stretch 0: no limit).
     """
 
     name: str
@@ -35,11 +36,14 @@ class Parameter:
     defaults: dict[str, float]
     ranges: dict[str, tuple[float, float]]
     note: str = ""
+    off: float | None = None
 
     def admits(self, value: float) -> bool:
         """Whether ``value`` (a finite number, or elementwise for a tensor) lies within the physical limits."""
         above = (value > self.low) | ((value == self.low) & self.low_inclusive)
         below = (value < self.high) | ((value == self.high) & self.high_inclusive)
+        if self.off is not None:
+            return (above & below) | (value == self.off)
         return above & below
 
     def interval(self) -> str:
@@ -52,6 +56,8 @@ class Parameter:
             text = (">= " if self.low_inclusive else "> ") + f"{self.low:g}"
         else:
             text = f"in {self.interval()}"
+        if self.off is not None:
+            text = f"{self.off:g} or {text}"
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -71,6 +77,10 @@ _NON_NEGATIVE = dict(low=0.0, high=math.inf, low_inclusive=True, high_inclusive=
 #:   (Hoerner 1965, "Fluid-dynamic drag", ch. 3); 0 allows for a video without air.
 #: - young_modulus (membrane, N/m): real woven fabrics are ~1e3-1e4 N/m, which costs 5-10x the
 #:   substeps (CFL); the range stays below that until a strain limit or a faster engine pays for it.
+#: - max_stretch (the largest principal stretch a cloth triangle may reach, see strain_limit): woven
+#:   fabrics stretch a few percent under their own weight at most (membrane stiffness 1e3-1e4 N/m,
+#:   above); the range to 1.2 leaves room for knits.  0 (the default) is no limit, so scenes written
+#:   before the limit existed behave as they did.
 #: Default values: bending is Wang et al. 2011's t-shirt knit; drag a square plate (Hoerner 1965).
 _TABLE = (
     Parameter("young_modulus", **_POSITIVE, log_space=True, units={"cloth": "N/m", "solid": "Pa"},
@@ -95,6 +105,8 @@ _TABLE = (
               defaults={"cloth": 2e-5}, ranges={"cloth": (1e-6, 2e-4)}),
     Parameter("drag_coefficient", **_NON_NEGATIVE, log_space=False, units={"cloth": "1"},
               defaults={"cloth": 1.2}, ranges={"cloth": (0.0, 3.0)}),
+    Parameter("max_stretch", low=1.0, high=math.inf, low_inclusive=True, high_inclusive=False, log_space=False,
+              units={"cloth": "1"}, defaults={"cloth": 0.0}, ranges={"cloth": (1.0, 1.2)}, note="0: no limit", off=0.0),
 )
 
 #: name -> Parameter, in the table's order

@@ -230,12 +230,12 @@ def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
 
 
 def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The engine's inputs: packed per-particle ``material [N, 12]``, ``friction [max(C, 1)]``, ``damping [1]``."""
+    """The engine's inputs: packed per-particle ``material [N, 13]``, ``friction [max(C, 1)]``, ``damping [1]``."""
     n = model.num_particles
     dev, dtype = model.volume.device, model.volume.dtype
     mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
     mass = _per_particle(params.density, n, "density") * model.mass_volume
-    shear = normal = cloth_friction = bending = drag = None
+    shear = normal = cloth_friction = bending = drag = max_stretch = None
     if model.cloth:
         if params.shear_stiffness is None or params.normal_stiffness is None:
             raise ValueError("a model with cloth needs shear_stiffness and normal_stiffness")
@@ -251,6 +251,8 @@ def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Te
             bending = _per_particle(params.bending_stiffness, n, "bending_stiffness")
         if params.drag_coefficient is not None:
             drag = _per_particle(params.drag_coefficient, n, "drag_coefficient")
+        if params.max_stretch is not None:
+            max_stretch = _per_particle(params.max_stretch, n, "max_stretch")
     n_coll = len(model.colliders)
     friction = params.friction.reshape(-1)
     if n_coll == 0:
@@ -262,7 +264,7 @@ def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Te
     friction = friction.contiguous()
     damping = params.damping.reshape(1).contiguous()
     force = torch.zeros(n, 3, dtype=dtype, device=dev)
-    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag)
+    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag, max_stretch)
     return material, friction, damping
 
 

@@ -20,6 +20,7 @@ from . import cloth as CL
 from . import cloth_forces as CF
 from . import kernels as K
 from . import runtime
+from . import strain_limit as SLM
 from .colliders import pack
 from .config import SimConfig
 from .errors import SimulationError
@@ -29,7 +30,7 @@ from .model import Model
 
 @dataclasses.dataclass(frozen=True)
 class StepParams:
-    """What one substep reads besides the state: ``material [N, 12]`` (see ``pack_material``),
+    """What one substep reads besides the state: ``material [N, 13]`` (see ``pack_material``),
     ``friction [max(C, 1)]`` and ``damping [1]``; torch tensors of the runtime dtype."""
 
     material: torch.Tensor
@@ -226,6 +227,10 @@ class Engine:
         # per cloth: the banded system of its backward-Euler bending step (cloth_forces.ImplicitBending),
         # built at the first substep with bending on
         self.implicit: list[CF.ImplicitBending | None] = [None] * len(model.cloth)
+        # per cloth: whether its strain limit is on (``max_stretch`` non-zero somewhere; see
+        # set_mesh_forces) and its projection's mesh data (strain_limit.LimitMesh), built when first used
+        self.limits: list[bool] = [False] * len(model.cloth)
+        self.limit_mesh: list[SLM.LimitMesh | None] = [None] * len(model.cloth)
         self._no_tape = torch.zeros((1, GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
         #: which per-particle parameter gradients of the mesh forces the caller wants: (bending
         #: stiffness, drag coefficient, mass); the others are not computed (``simulate`` sets it
@@ -233,13 +238,57 @@ class Engine:
         self.mesh_param_grads = (True, True, True)
 
     def set_mesh_forces(self, material: torch.Tensor) -> None:
-        """Switch each cloth's bending and drag on where its (element rows of) ``material`` are non-zero."""
-        flags = []
+        """Switch each cloth's bending, drag and strain limit on where its (element rows of)
+        ``material`` are non-zero."""
+        flags, limits = [], []
         for c in self.model.cloth:
             el = material[c.element_start : c.element_start + c.num_elements]
             bend, drag = bool((el[:, K.BEND] != 0).any()), bool((el[:, K.DRAG] != 0).any())
             flags.append((bend, drag) if (bend or drag) else None)
+            limits.append(bool((el[:, K.LIMIT] != 0).any()))
         self.mesh_forces = flags
+        self.limits = limits
+
+    def _limit_mesh(self, i: int) -> SLM.LimitMesh:
+        if self.limit_mesh[i] is None:
+            c = self.model.cloth[i]
+            self.limit_mesh[i] = SLM.LimitMesh(c.faces_local, c.rest_inverse, self.free[i][:, 0])
+        return self.limit_mesh[i]
+
+    def _limit(self, i: int, S_out: torch.Tensor, material: torch.Tensor) -> torch.Tensor | None:
+        """Cloth ``i``'s strain limit on ``S_out``'s vertices, in place (see ``strain_limit``).
+
+        Returns the vertices' pre-limit ``[V, 6]`` positions and velocities for the adjoint, or
+        None where no triangle exceeds its limit (the projection is then the identity)."""
+        c = self.model.cloth[i]
+        vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
+        ms = SLM.element_limits(material[c.element_start : c.element_start + c.num_elements, K.LIMIT])
+        mesh = self._limit_mesh(i)
+        x = S_out[vs, K.X : K.X + 3]
+        if not SLM.violated(x, ms, mesh):
+            return None
+        pre = S_out[vs, K.X : K.X + 6].clone()
+        xl, vl = SLM.limit(pre[:, 0:3], pre[:, 3:6], ms, mesh, self.config.dt)
+        S_out[vs, K.X : K.X + 3] = xl
+        S_out[vs, K.V : K.V + 3] = vl
+        return pre
+
+    def _limit_adjoint(self, i: int, pre: torch.Tensor, P: StepParams, GP: StepParams, G_next: torch.Tensor) -> None:
+        """Adjoint of :meth:`_limit`, in place on ``G_next = dL/dS_next`` (vertex x and v rows); the
+        max_stretch gradient accumulates into ``GP.material``.  Recomputes the projection from the
+        pre-limit state under autograd."""
+        c = self.model.cloth[i]
+        vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
+        el = slice(c.element_start, c.element_start + c.num_elements)
+        with torch.enable_grad():
+            x = pre[:, 0:3].detach().requires_grad_(True)
+            v = pre[:, 3:6].detach().requires_grad_(True)
+            raw = P.material[el, K.LIMIT].detach().requires_grad_(True)
+            xl, vl = SLM.limit(x, v, SLM.element_limits(raw), self._limit_mesh(i), self.config.dt)
+            gx, gv, gm = torch.autograd.grad((xl, vl), (x, v, raw), (G_next[vs, K.X : K.X + 3], G_next[vs, K.V : K.V + 3]))
+        G_next[vs, K.X : K.X + 3] = gx
+        G_next[vs, K.V : K.V + 3] = gv
+        GP.material[el, K.LIMIT] += gm
 
     def _implicit(self, i: int, mass: torch.Tensor):
         """``cloth_forces.mesh_forces``'s ``implicit`` argument for cloth ``i`` (vertex ``mass [V]``)."""
@@ -368,6 +417,10 @@ class Engine:
         :meth:`_to_grid` for the optional arguments."""
         self._to_grid(S, S_out, P, substep, W, bins, keep)
         self.g2p(S=S, grid_v=self.grid.v, S_out=S_out)
+        if any(self.limits):
+            pre = [self._limit(i, S_out, P.material) if on else None for i, on in enumerate(self.limits)]
+            if keep is not None:
+                keep[-1] = (*keep[-1], pre)  # the adjoint's record of this substep (see step_adjoint)
         for c in self.model.cloth:
             CL.sync_centroids(c.faces, c.element_start, S_out)
 
@@ -401,13 +454,22 @@ class Engine:
         ``g_params [rows, 1 + C]`` (see ``grid_update_adjoint``).
         """
         cfg, Gr = self.config, self.grid
-        W, bins, self.region, grid = taped
+        W, bins, self.region, grid = taped[:4]
         self._begin_substep()
         self.load_grid_region(buf=grid, **self._region_args(), mv=Gr.mv, m=Gr.m, v=Gr.v)
         self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
             CL.sync_centroids_adjoint(c.faces, c.element_start, G_next)
+        limited = [(i, pre) for i, pre in enumerate(taped[4]) if pre is not None] if len(taped) > 4 else []
+        if limited:
+            # the strain limit ran after g2p: back to dL/d(g2p's output), whose velocities g2p's
+            # adjoint reads (its clamp test) in place of the limited ones
+            S_next = S_next.clone()
+            for i, pre in limited:
+                self._limit_adjoint(i, pre, P, GP, G_next)
+                c = self.model.cloth[i]
+                S_next[c.vertex_start : c.vertex_start + c.num_vertices, K.X : K.X + 6] = pre
         R = self._buf("R", (self.n, K.W_DIM))
         G_W = self._buf("G_W", (self.n, K.W_DIM))
         self.g2p_adjoint_prepare(S=S, S_out=S_next, G_out=G_next, W=W, R=R, G_in=G_out)
@@ -563,6 +625,8 @@ class Tape:
 
     def nbytes(self) -> int:
         grids = sum(t[3].numel() * t[3].element_size() for t in self.taped)
+        # strain-limited substeps also keep their cloths' pre-limit vertices (see Engine.step)
+        grids += sum(p.numel() * p.element_size() for t in self.taped if len(t) > 4 for p in t[4] if p is not None)
         bins = 0 if self.bins is None else self.bins.numel() * self.bins.element_size()
         return self.states.numel() * self.states.element_size() + self.W.numel() * self.W.element_size() + bins + grids
 

@@ -99,6 +99,7 @@ class Simulation:
             cloth_friction=field("friction") if cloth else None,
             bending_stiffness=field("bending_stiffness") if cloth else None,
             drag_coefficient=field("drag_coefficient") if cloth else None,
+            max_stretch=field("max_stretch") if cloth else None,
         )
 
 
