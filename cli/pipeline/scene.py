@@ -175,7 +175,8 @@ def _check_value(r: _Reader, name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise r.err(name, f"must be a finite number, got {_fmt(v)}")
     if not spec.admits(v):
-        raise r.err(name, f"= {_fmt(v)} is out of range {spec.interval()}")
+        off = "" if spec.off is None else f" (or {spec.note})"
+        raise r.err(name, f"= {_fmt(v)} is out of range {spec.interval()}{off}")
     return float(v)
 
 

@@ -5,9 +5,16 @@ elongation of a stretch-capped sheet."""
 import numpy as np
 import pytest
 import torch
-
 from dreamcloth.benchmarks.fabric import hanging_stretch
-from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, grid_mesh, simulate, stable_config
+from dreamcloth.taichi_mpm import (
+    Bounds,
+    GridSpec,
+    ModelBuilder,
+    Params,
+    grid_mesh,
+    simulate,
+    stable_config,
+)
 from dreamcloth.taichi_mpm import strain_limit as SL
 from dreamcloth.taichi_mpm.cloth import ClothGroup
 
@@ -34,7 +41,7 @@ def test_a_triangle_beyond_the_limit_lands_on_it_and_keeps_its_rotation():
     group = ClothGroup.build(x0.numpy(), np.array([[0, 1, 2]]), 0, 3, F64)
     mesh = SL.LimitMesh(group.faces_local, group.rest_inverse, torch.ones(3, dtype=F64))
     x = _stretched(x0, 1.3, 1.1)
-    s1, s2 = SL.principal_stretches(x, mesh)
+    _, s2 = SL.principal_stretches(x, mesh)
     for limit in (1.05, float(s2) + 0.03):  # both stretches clamped; only the larger one
         y = SL.limit_positions(x, torch.tensor([limit], dtype=F64), mesh, iterations=1)
         t1, t2 = SL.principal_stretches(y, mesh)
@@ -103,7 +110,7 @@ def test_max_stretch_and_young_modulus_gradients_match_finite_differences():
     assert substeps >= 100
     base = {"max_stretch": 1.03, "young": 20.0}
     leaves = {k: torch.tensor(v, dtype=F64, requires_grad=True) for k, v in base.items()}
-    value, traj = loss(leaves["max_stretch"], leaves["young"])
+    value, _ = loss(leaves["max_stretch"], leaves["young"])
     grads = torch.autograd.grad(value, [leaves["max_stretch"], leaves["young"]])
     with torch.no_grad():
         for i, (k, v) in enumerate(base.items()):
@@ -126,8 +133,7 @@ def test_the_limit_changes_the_motion_only_where_it_binds():
         _, loose = loss(torch.tensor(1.5, dtype=F64), torch.tensor(20.0, dtype=F64))
         _, tight = loss(torch.tensor(1.01, dtype=F64), torch.tensor(20.0, dtype=F64))
     assert torch.equal(free.x, loose.x)
-    low = lambda t: float(t.x[-1, :, 1].min())  # noqa: E731
-    assert low(tight) > low(free) + 1e-3
+    assert float(tight.x[-1, :, 1].min()) > float(free.x[-1, :, 1].min()) + 1e-3
 
 
 @pytest.mark.slow
@@ -142,3 +148,21 @@ def test_stretch_capped_sheet_under_self_weight_at_two_grids():
         assert d[-1] == pytest.approx(ref, rel=0.05)
         if free is not None:
             assert free[-1] > 1.5 * ref  # the cap binds: without it the sheet stretches much further
+
+
+def test_kept_tapes_give_the_gradients_of_resimulation_with_the_limit_on(monkeypatch):
+    """The pre-limit vertices the forward pass keeps are what re-simulation recomputes: bit-identical gradients."""
+    import importlib
+
+    simulate_module = importlib.import_module("dreamcloth.taichi_mpm.simulate")  # the module, not the function
+    loss, _ = _hanging(1.02, frames=3)
+
+    def grads():
+        leaves = [torch.tensor(1.02, dtype=F64, requires_grad=True), torch.tensor(20.0, dtype=F64, requires_grad=True)]
+        return torch.autograd.grad(loss(*leaves)[0], leaves)
+
+    kept = grads()
+    monkeypatch.setattr(simulate_module, "KEEP_TAPE_BYTES", 0)
+    resimulated = grads()
+    assert all(torch.equal(a, b) for a, b in zip(kept, resimulated))
+    assert float(kept[0]) != 0.0
