@@ -456,7 +456,7 @@ def mask_alpha(levels: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
     An anti-aliased mask's grey levels are the coverage, which places its sides to a fraction of a
     pixel, where a flat rectangle's field of view lies: on 12 random views over a textured
     background (``default_rng(100 + i)``, 320x240, fov estimated) anti-aliased masks gave the fov
-    within 0.24 deg and the camera within 0.6% of its distance; the same masks thresholded, up to
+    within 0.62 deg and the camera within 1.8% of its distance; the same masks thresholded, up to
     7 deg and 16% (3 of 12 views beyond 2 deg or 3%).  A binary mask is used as it is: placing its
     edge pixels between the cloth's colour and the colour just outside (the background there) was
     tried and was no better on that textured background (fov -0.3 / -4.5 / -2.3 deg on the first
