@@ -79,6 +79,18 @@ def test_bending_and_drag_are_fittable_with_fabric_default_ranges(tmp_path):
         load_scene(write_drape(tmp_path, "bad.toml", text=bad))
 
 
+def test_max_stretch_is_off_by_default_fittable_and_validated(tmp_path):
+    scene = load_scene(write_drape(tmp_path, "plain.toml"))
+    assert scene.objects[0].values["max_stretch"] == 0.0  # no limit: older scenes behave as before
+    text = drape_text().replace("[object.material]", "[object.material]\nmax_stretch = 1.03")
+    scene = load_scene(write_drape(tmp_path, "limited.toml", text=text.replace("[object.fit]", "[object.fit]\nmax_stretch = true")))
+    assert scene.objects[0].values["max_stretch"] == 1.03
+    assert scene.objects[0].fit["max_stretch"] == (1.0, 1.2)
+    bad = drape_text().replace("[object.material]", "[object.material]\nmax_stretch = 0.97")
+    with pytest.raises(SceneError, match=r"max_stretch = 0.97 is out of range \[1, inf\) \(or 0: no limit\)"):
+        load_scene(write_drape(tmp_path, "bad.toml", text=bad))
+
+
 def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     """Within 2% of an edge in fit space (log space for stiffnesses): flagged in params.json with a note."""
     import json
