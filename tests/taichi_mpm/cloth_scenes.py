@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import torch
-
-from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, Plane, Sphere, grid_mesh, stable_config
+from dreamcloth.taichi_mpm import (
+    Bounds,
+    GridSpec,
+    ModelBuilder,
+    Params,
+    Plane,
+    Sphere,
+    grid_mesh,
+    stable_config,
+)
 
 F64 = torch.float64
 
@@ -33,3 +41,25 @@ def cloth_bounds(E=(10.0, 500.0), rho=(0.1, 5.0), shear=(100.0, 1000.0), normal=
 
 def config_for(grid, fps, bounds, **kw):
     return stable_config(grid, fps, bounds, **kw)
+
+
+def scalar_central_differences(loss, base: dict[str, float], step: float = 1e-6) -> dict[str, float]:
+    """d loss / d value for each named scalar of ``base`` by central differences of relative ``step``
+    (``loss(**values)`` -> scalar tensor; float64)."""
+    out = {}
+    with torch.no_grad():
+        for k, v in base.items():
+            h = step * v
+            plus, minus = dict(base), dict(base)
+            plus[k] += h
+            minus[k] -= h
+            out[k] = float((loss(**plus) - loss(**minus)) / (2 * h))
+    return out
+
+
+def assert_gradients_match(rows, tol: float = 0.05) -> None:
+    """``rows`` of (name, autodiff, finite difference): same sign, within ``tol`` relative."""
+    for name, ad, fd in rows:
+        print(f"{name:12s} autodiff {ad:+.8e}  finite diff {fd:+.8e}  rel {abs(ad - fd) / abs(fd):.1e}")
+        assert fd != 0.0 and (ad > 0) == (fd > 0), name
+        assert abs(ad - fd) <= tol * abs(fd), f"{name}: autodiff {ad:.6g} vs finite diff {fd:.6g}"
