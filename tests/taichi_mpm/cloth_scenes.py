@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import torch
-from dreamcloth.taichi_mpm import (
-    Bounds,
-    GridSpec,
-    ModelBuilder,
-    Params,
-    Plane,
-    Sphere,
-    grid_mesh,
-    stable_config,
-)
+
+from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, Plane, Sphere, grid_mesh, stable_config
 
 F64 = torch.float64
 

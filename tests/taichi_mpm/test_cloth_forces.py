@@ -7,32 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from dreamcloth.taichi_mpm import (
-    Bounds,
-    Params,
-    State,
-    grid_mesh,
-    simulate,
-    stable_config,
-)
+
+from dreamcloth.taichi_mpm import Bounds, Params, State, grid_mesh, simulate, stable_config
 from dreamcloth.taichi_mpm.cloth_forces import (
-    AIR_DENSITY,
-    ImplicitBending,
-    bending_energy,
-    bending_force,
-    build_bending,
-    drag_force,
-    implicit_bending_force,
-    mesh_forces,
-    mesh_forces_adjoint,
+    AIR_DENSITY, ImplicitBending, bending_energy, bending_force, build_bending, drag_force, implicit_bending_force,
+    mesh_forces, mesh_forces_adjoint,
 )
 
-from .cloth_scenes import (
-    F64,
-    assert_gradients_match,
-    drape_scene,
-    scalar_central_differences,
-)
+from .cloth_scenes import F64, assert_gradients_match, drape_scene, scalar_central_differences
 
 
 def _operator(verts, faces):

@@ -5,16 +5,9 @@ elongation of a stretch-capped sheet."""
 import numpy as np
 import pytest
 import torch
+
 from dreamcloth.benchmarks.fabric import hanging_stretch
-from dreamcloth.taichi_mpm import (
-    Bounds,
-    GridSpec,
-    ModelBuilder,
-    Params,
-    grid_mesh,
-    simulate,
-    stable_config,
-)
+from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, grid_mesh, simulate, stable_config
 from dreamcloth.taichi_mpm import strain_limit as SL
 from dreamcloth.taichi_mpm.cloth import ClothGroup
 
