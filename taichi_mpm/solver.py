@@ -255,6 +255,13 @@ class Engine:
             self.limit_mesh[i] = SLM.LimitMesh(c.faces_local, c.rest_inverse, self.free[i][:, 0])
         return self.limit_mesh[i]
 
+    def _box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """g2p's position clamp (``self.clamp``) as two ``[3]`` tensors."""
+        if not hasattr(self, "_box_t"):
+            c = torch.tensor(self.clamp, dtype=self.dtype, device=self.device)
+            self._box_t = (c[:3], c[3:])
+        return self._box_t
+
     def _limit(self, i: int, S_out: torch.Tensor, material: torch.Tensor) -> torch.Tensor | None:
         """Cloth ``i``'s strain limit on ``S_out``'s vertices, in place (see ``strain_limit``).
 
@@ -268,7 +275,7 @@ class Engine:
         if not SLM.violated(x, ms, mesh):
             return None
         pre = S_out[vs, K.X : K.X + 6].clone()
-        xl, vl = SLM.limit(pre[:, 0:3], pre[:, 3:6], ms, mesh, self.config.dt)
+        xl, vl = SLM.limit(pre[:, 0:3], pre[:, 3:6], ms, mesh, self.config.dt, box=self._box())
         S_out[vs, K.X : K.X + 3] = xl
         S_out[vs, K.V : K.V + 3] = vl
         return pre
@@ -284,7 +291,7 @@ class Engine:
             x = pre[:, 0:3].detach().requires_grad_(True)
             v = pre[:, 3:6].detach().requires_grad_(True)
             raw = P.material[el, K.LIMIT].detach().requires_grad_(True)
-            xl, vl = SLM.limit(x, v, SLM.element_limits(raw), self._limit_mesh(i), self.config.dt)
+            xl, vl = SLM.limit(x, v, SLM.element_limits(raw), self._limit_mesh(i), self.config.dt, box=self._box())
             gx, gv, gm = torch.autograd.grad((xl, vl), (x, v, raw), (G_next[vs, K.X : K.X + 3], G_next[vs, K.V : K.V + 3]))
         G_next[vs, K.X : K.X + 3] = gx
         G_next[vs, K.V : K.V + 3] = gv
@@ -338,7 +345,8 @@ class Engine:
 
         The scatter record goes into ``W [N, 16]`` and the coloured binning into ``bins`` when given,
         else into scratch buffers.  With ``keep`` (a list) the backward pass's record of this substep,
-        ``(W, bins, region, grid)``, is appended to it (``grid [nodes, 7]``: mv, m, v in the region)."""
+        ``(W, bins, region, grid)``, is appended to it (``grid [nodes, 7]``: mv, m, v in the region);
+        :meth:`step` adds a fifth element when a strain limit is on (each cloth's pre-limit vertices or None)."""
         cfg, G = self.config, self.grid
         W = self._buf("W", (self.n, K.W_DIM)) if W is None else W
         bins = self.bins if bins is None else bins
@@ -616,7 +624,8 @@ class Engine:
 class Tape:
     """A segment's forward pass as the adjoint reads it: the ``[count + 1, N, 24]`` states, the
     ``[count, N, 16]`` scatter records, the coloured binnings (or None) and, per substep, what
-    ``Engine.step(keep=...)`` appended (record, binning, grid region, grid values)."""
+    ``Engine.step(keep=...)`` appended (record, binning, grid region, grid values, and with a strain
+    limit on, each cloth's pre-limit ``[V, 6]`` vertex positions and velocities or None)."""
 
     states: torch.Tensor
     W: torch.Tensor

@@ -158,9 +158,15 @@ def limit_positions(x: torch.Tensor, max_stretch: torch.Tensor, mesh: LimitMesh,
 
 
 def limit(x: torch.Tensor, v: torch.Tensor, max_stretch: torch.Tensor, mesh: LimitMesh, dt: float,
-          iterations: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The projection of one substep: limited positions and velocities ``(x', v')`` (differentiable)."""
+          iterations: int | None = None, box: tuple[torch.Tensor, torch.Tensor] | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection of one substep: limited positions and velocities ``(x', v')`` (differentiable).
+
+    ``box = (lo [3], hi [3])``: positions are clamped into it afterwards, as g2p clamps them (the
+    engine keeps every particle's stencil inside the grid)."""
     xl = limit_positions(x, max_stretch, mesh, iterations)
+    if box is not None:
+        xl = torch.minimum(torch.maximum(xl, box[0]), box[1])
     return xl, v + (xl - x) / dt
 
 

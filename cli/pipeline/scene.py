@@ -170,12 +170,14 @@ _GRID_MESH = re.compile(r"^grid:(\d+)x(\d+)$")
 _CORNERS = re.compile(r"^corners:([1-4])$")
 
 
-def _check_value(r: _Reader, name: str, v) -> float:
+def _check_value(r: _Reader, name: str, v, allow_off: bool = True) -> float:
+    """A material value within its physical limits (or its ``off`` value, unless a fit range's end:
+    a fit moves through the range, and nothing between off and the limits is admissible)."""
     spec = MATERIAL[name]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise r.err(name, f"must be a finite number, got {_fmt(v)}")
-    if not spec.admits(v):
-        off = "" if spec.off is None else f" (or {spec.note})"
+    if not spec.admits(v) or (not allow_off and spec.off is not None and v == spec.off):
+        off = "" if spec.off is None else (f" (or {spec.note})" if allow_off else f" (a fit range cannot reach {spec.note})")
         raise r.err(name, f"= {_fmt(v)} is out of range {spec.interval()}{off}")
     return float(v)
 
@@ -259,8 +261,8 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
                 raise fr.err(p, f"range must be finite, got {_fmt(v)}")
             if lo > hi:
                 raise fr.err(p, f"range [{lo:g}, {hi:g}] has low > high")
-            _check_value(fr, p, lo)
-            _check_value(fr, p, hi)
+            _check_value(fr, p, lo, allow_off=False)
+            _check_value(fr, p, hi, allow_off=False)
             if MATERIAL[p].log_space and lo <= 0:
                 raise fr.err(p, f"range must be positive (fitted in log space), got {_fmt(v)}")
             fit[p] = (lo, hi)

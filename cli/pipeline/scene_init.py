@@ -446,15 +446,18 @@ def cloth_alpha(frame: np.ndarray, background: np.ndarray, silhouette: np.ndarra
     return silhouette.astype(np.float64)
 
 
-#: a mask whose edge band has at least this fraction of grey pixels counts as anti-aliased
-SOFT_MASK_FRACTION = 0.3
+#: a mask whose edge ring (the pixels next to the silhouette's edge, one each side) has at least this
+#: fraction of grey pixels counts as anti-aliased (exact-coverage anti-aliasing: ~0.5 for most edge
+#: angles; a binary mask through H.264 at its own size: ~0.02)
+SOFT_MASK_FRACTION = 0.2
 
 
 def mask_alpha(levels: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
     """``[H, W]`` float coverage for the edge fit when a mask video gives the cloth (see ``fit_edges``).
 
     An anti-aliased mask's grey levels are the coverage, which places its sides to a fraction of a
-    pixel, where a flat rectangle's field of view lies: on 12 random views over a textured
+    pixel, where a flat rectangle's field of view lies (a binary mask resized to another resolution
+    has grey edges too, and they are its true area coverage at that resolution): on 12 random views over a textured
     background (``default_rng(100 + i)``, 320x240, fov estimated) anti-aliased masks gave the fov
     within 0.62 deg and the camera within 1.8% of its distance; the same masks thresholded, up to
     7 deg and 16% (3 of 12 views beyond 2 deg or 3%).  A binary mask is used as it is: placing its
@@ -463,12 +466,12 @@ def mask_alpha(levels: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
     three views, against -1.0 / -1.6 / -7.0)."""
     from scipy import ndimage
 
-    inner = ndimage.binary_erosion(silhouette, iterations=2)
-    outer = ndimage.binary_dilation(silhouette, iterations=2)
-    band = outer & ~inner
+    ring = ndimage.binary_dilation(silhouette) & ~ndimage.binary_erosion(silhouette)
     grey = (levels > 0.05) & (levels < 0.95)
-    if band.any() and grey[band].mean() >= SOFT_MASK_FRACTION:
-        return np.where(outer, levels, 0.0)
+    if ring.any() and grey[ring].mean() >= SOFT_MASK_FRACTION:
+        # the cloth's region and all that the edge fit reads around it (EDGE_BAND); other blobs are not cloth
+        near = ndimage.binary_dilation(silhouette, structure=np.ones((3, 3), bool), iterations=math.ceil(EDGE_BAND) + 1)
+        return np.where(near, levels, 0.0)
     return silhouette.astype(np.float64)
 
 

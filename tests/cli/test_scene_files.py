@@ -89,6 +89,10 @@ def test_max_stretch_is_off_by_default_fittable_and_validated(tmp_path):
     bad = drape_text().replace("[object.material]", "[object.material]\nmax_stretch = 0.97")
     with pytest.raises(SceneError, match=r"max_stretch = 0.97 is out of range \[1, inf\) \(or 0: no limit\)"):
         load_scene(write_drape(tmp_path, "bad.toml", text=bad))
+    # a fit range moves through its inside: from the off value it would cross inadmissible values
+    bad = drape_text().replace("[object.fit]", "[object.fit]\nmax_stretch = [0.0, 1.1]")
+    with pytest.raises(SceneError, match=r"max_stretch = 0 is out of range \[1, inf\) \(a fit range cannot reach 0: no limit\)"):
+        load_scene(write_drape(tmp_path, "bad_range.toml", text=bad))
 
 
 def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):

@@ -152,3 +152,17 @@ def test_kept_tapes_give_the_gradients_of_resimulation_with_the_limit_on(monkeyp
     resimulated = grads()
     assert all(torch.equal(a, b) for a, b in zip(kept, resimulated))
     assert float(kept[0]) != 0.0
+
+
+def test_limited_positions_stay_inside_the_engines_box():
+    """Like g2p, the limit clamps positions into the box that keeps every stencil inside the grid
+    (a large correction could otherwise carry a vertex past it); velocities follow the clamped motion."""
+    x0, mesh = _mesh(4, 3)
+    x = _stretched(x0, 1.3, 1.1)
+    v = torch.zeros_like(x)
+    free, _ = SL.limit(x, v, torch.full((12,), 1.02, dtype=F64), mesh, 1e-3)
+    lo = free.min(0).values + 0.01  # a box the unclamped result leaves on every side
+    hi = free.max(0).values - 0.01
+    y, w = SL.limit(x, v, torch.full((12,), 1.02, dtype=F64), mesh, 1e-3, box=(lo, hi))
+    assert bool(((y >= lo) & (y <= hi)).all())
+    assert torch.allclose(w, (y - x) / 1e-3)
