@@ -163,6 +163,9 @@ class Engine:
         # particles stay where their 3x3x3 stencil lies inside the grid (see kernels.g2p)
         eps = 1e-6 * g.dx
         self.clamp = tuple(o + g.dx for o in g.origin) + tuple(o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res))
+        # the same box as two [3] tensors, for the strain limit's positions (see _limit)
+        box = torch.tensor(self.clamp, dtype=self.dtype, device=self.device)
+        self.box = (box[:3], box[3:])
         self.pins = torch.cat([model.pinned.to(self.dtype)[:, None], model.pin_velocity], dim=1).contiguous()
         n = model.num_particles
         # On the CPU each parallel loop costs a round trip through Taichi's thread pool (the caller
@@ -255,13 +258,6 @@ class Engine:
             self.limit_mesh[i] = SLM.LimitMesh(c.faces_local, c.rest_inverse, self.free[i][:, 0])
         return self.limit_mesh[i]
 
-    def _box(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """g2p's position clamp (``self.clamp``) as two ``[3]`` tensors."""
-        if not hasattr(self, "_box_t"):
-            c = torch.tensor(self.clamp, dtype=self.dtype, device=self.device)
-            self._box_t = (c[:3], c[3:])
-        return self._box_t
-
     def _limit(self, i: int, S_out: torch.Tensor, material: torch.Tensor) -> torch.Tensor | None:
         """Cloth ``i``'s strain limit on ``S_out``'s vertices, in place (see ``strain_limit``).
 
@@ -275,7 +271,7 @@ class Engine:
         if not SLM.violated(x, ms, mesh):
             return None
         pre = S_out[vs, K.X : K.X + 6].clone()
-        xl, vl = SLM.limit(pre[:, 0:3], pre[:, 3:6], ms, mesh, self.config.dt, box=self._box())
+        xl, vl = SLM.limit(pre[:, 0:3], pre[:, 3:6], ms, mesh, self.config.dt, box=self.box)
         S_out[vs, K.X : K.X + 3] = xl
         S_out[vs, K.V : K.V + 3] = vl
         return pre
@@ -291,7 +287,7 @@ class Engine:
             x = pre[:, 0:3].detach().requires_grad_(True)
             v = pre[:, 3:6].detach().requires_grad_(True)
             raw = P.material[el, K.LIMIT].detach().requires_grad_(True)
-            xl, vl = SLM.limit(x, v, SLM.element_limits(raw), self._limit_mesh(i), self.config.dt, box=self._box())
+            xl, vl = SLM.limit(x, v, SLM.element_limits(raw), self._limit_mesh(i), self.config.dt, box=self.box)
             gx, gv, gm = torch.autograd.grad((xl, vl), (x, v, raw), (G_next[vs, K.X : K.X + 3], G_next[vs, K.V : K.V + 3]))
         G_next[vs, K.X : K.X + 3] = gx
         G_next[vs, K.V : K.V + 3] = gv

@@ -3,9 +3,8 @@
 Why.  Real woven fabric barely stretches in its plane (membrane stiffness ~1e3-1e4 N/m), and an
 explicit membrane that stiff needs a ~4x shorter CFL time step than the default range (a 41x41
 cloth of 0.6 m at 0.2 kg/m^2: 2,095 substeps per frame with young_modulus up to 1e4 N/m, 496 up to
-500 N/m).  A
-strain limit keeps the membrane soft (young_modulus sets the small-strain response and the time
-step) and caps the stretch by projection, as cloth simulators have done since Provot 1995
+500 N/m).  A strain limit keeps the membrane soft (young_modulus sets the small-strain response
+and the time step) and caps the stretch by projection, as cloth simulators have done since Provot 1995
 ("Deformation constraints in a mass-spring model to describe rigid cloth behavior"); the
 per-triangle limit on principal stretches follows Thomaszewski, Pabst and Strasser 2009
 ("Continuum-based strain limiting", Eurographics) and Wang, O'Brien and Ramamoorthi 2010
@@ -49,6 +48,7 @@ finite differences in float64 (``tests/taichi_mpm/test_strain_limit.py``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: sweeps of the projection per substep (the limit converges across substeps as well; see the
@@ -87,8 +87,6 @@ class LimitMesh:
 def _colours(faces) -> list:
     """Greedy colouring of the triangles so that no two of one colour share a vertex (a grid mesh
     takes 6-7 colours); lists of triangle indices."""
-    import numpy as np
-
     used: dict[int, set] = {}
     colour_of = np.empty(len(faces), dtype=np.int64)
     for t, tri in enumerate(faces):
