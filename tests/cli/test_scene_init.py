@@ -127,7 +127,10 @@ def test_scene_init_from_an_anti_aliased_mask_video_over_a_textured_background(t
     result = init_scene(tmp_path / "clip.mp4", size, tmp_path / "scene.toml", masks_path=tmp_path / "masks.mp4")
     assert abs(result.estimate.camera.fov_y_deg - cam.fov_y_deg) < 1.0
     pos, ang = camera_errors(load_scene(result.scene_path), size, centre, yaw, cam)
-    assert pos < 0.01 and ang < 0.5, f"camera position error {pos:.2%} of the distance, direction error {ang:.2f} deg"
+    # the goal is 3%.  Twelve such views measured up to 1.42%; this one passed under 1% on the
+    # machine the test was written on and gives 1.26% on another of the same kind (the refinement's
+    # round-off differs: av 18.0, scipy 1.17.0 and numpy 2.4.5 gave the same 1.26%); thresholded masks gave up to 16%
+    assert pos < 0.02 and ang < 0.5, f"camera position error {pos:.2%} of the distance, direction error {ang:.2f} deg"
 
 
 def test_scene_init_cli_writes_a_scene_that_checks(tmp_path):
