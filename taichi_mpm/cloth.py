@@ -77,17 +77,21 @@ def cloth_qr(Fe):
 @ti.func
 def cloth_return_mapping(r13, r23, r33, gamma, k, cf):
     """Coulomb friction return mapping on R's third column (Jiang et al. 2017, section 6)."""
-    o13, o23, o33 = r13, r23, r33
-    if r33 > 1.0:
-        o13, o23, o33 = 0.0, 0.0, 1.0
-    else:
-        fn = cf * k * (1.0 - r33) ** 2
-        s2 = r13 * r13 + r23 * r23
-        # compare squares: no square root (and no infinite derivative) at zero shear
-        if gamma * gamma * s2 > fn * fn:
-            scale = fn / (gamma * ti.sqrt(s2))
-            o13, o23 = r13 * scale, r23 * scale
-    return o13, o23, o33
+    # Branch-free (ti.select, not if/else on local variables): Taichi 1.7.4's autodiff of the
+    # if/else form, compiled with advanced_optimization=False (runtime.py) in float32, gave dL/dF
+    # 4,000x too large on a cloth lying on a sphere (float64, or the optimisation passes on, were
+    # right); the wrong adjoint grew until the fits' gradients overflowed to NaN.
+    # r33 > 1 (stretched along the normal): no shear, r33 clamped to 1.  Otherwise the shear
+    # (r13, r23) is scaled back onto the cone |shear| <= fn / gamma when outside it.
+    squeeze = ti.max(1.0 - r33, 0.0)
+    fn = cf * k * squeeze * squeeze
+    s2 = r13 * r13 + r23 * r23
+    # compare squares: no square root (and no infinite derivative) at zero shear
+    slide = gamma * gamma * s2 > fn * fn
+    # the divisor is 1 off the sliding branch, so that its (discarded) derivative stays finite
+    denom = ti.select(slide, gamma * ti.sqrt(ti.select(slide, s2, 1.0)), 1.0)
+    scale = ti.select(r33 > 1.0, 0.0, ti.select(slide, fn / denom, 1.0))
+    return r13 * scale, r23 * scale, ti.min(r33, 1.0)
 
 
 @ti.func
@@ -127,9 +131,8 @@ def cloth_stress(Q, r11, r12, r22, r13, r23, r33, mu, lam, gamma, k):
     m11 = 2.0 * mu * (r22 - c) + h / r22
     m02 = gamma * r13
     m12 = gamma * r23
-    m22 = 0.0
-    if r33 < 1.0:
-        m22 = -k * (1.0 - r33) ** 2
+    squeeze = ti.max(1.0 - r33, 0.0)  # compression along the normal only (branch-free: see the return mapping)
+    m22 = -k * squeeze * squeeze
     k00 = m00 * r11 + m01 * r12 + m02 * r13
     k01 = m01 * r22 + m02 * r23
     k11 = m11 * r22 + m12 * r23

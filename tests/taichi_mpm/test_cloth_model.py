@@ -134,3 +134,59 @@ def test_return_mapping_lands_on_or_inside_the_cone():
     again = torch.zeros_like(out)
     _return_map(out.contiguous(), params.contiguous(), again)
     assert torch.allclose(again, out, atol=1e-14)
+
+
+def _element_kernel_grads(dtype, seed=7):
+    """dL/d(inputs) of the engine's cloth element kernel (``cloth_elements``, Taichi's autodiff) under
+    the engine's own runtime settings, for elements on both sides of r33 = 1 and of the friction cone."""
+    from dreamcloth.taichi_mpm import layout as K
+    from dreamcloth.taichi_mpm import runtime
+    from dreamcloth.taichi_mpm.cloth import ClothGroup, cloth_elements, grid_mesh
+
+    runtime.ensure("cpu", dtype)
+    verts, faces = grid_mesh(5, 5, (0.3, 0.3), (0.5, 0.5, 0.5))
+    group = ClothGroup.build(verts, faces, 0, len(verts), torch.float64)
+    E = len(faces)
+    gen = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    EX = torch.tensor(verts, dtype=f64)[torch.as_tensor(faces).reshape(-1)].reshape(E, 9)
+    EX = EX + 0.01 * torch.randn(E, 9, generator=gen, dtype=f64)
+    S = torch.zeros(E, K.STATE_DIM, dtype=f64)
+    S[:, K.C : K.C + 9] = 2.0 * torch.randn(E, 9, generator=gen, dtype=f64)
+    # d3 (F's third column; the kernel reads only that column of F): along the mesh's normal (+y),
+    # stretched or compressed (r33 in 0.85-1.15), with shear inside and outside the friction cone
+    d3 = torch.stack([0.02 * torch.randn(E, generator=gen, dtype=f64), 0.85 + 0.3 * torch.rand(E, generator=gen, dtype=f64),
+                      0.02 * torch.randn(E, generator=gen, dtype=f64)], dim=1)
+    S[:, [K.F + 2, K.F + 5, K.F + 8]] = d3
+    M = torch.zeros(E, K.MAT_DIM, dtype=f64)
+    M[:, K.MU], M[:, K.LAM], M[:, K.VOL], M[:, K.MASS] = 40.0, 60.0, 1e-3, 2e-4
+    M[:, K.SHEAR], M[:, K.NORMAL], M[:, K.CFRIC] = 300.0, 200.0, 0.3
+    gS = torch.randn(E, K.STATE_DIM, generator=gen, dtype=f64)
+    gW = torch.randn(E, K.W_DIM, generator=gen, dtype=f64)
+    gE = torch.randn(E, 9, generator=gen, dtype=f64)
+
+    def leaf(t, grad=None):
+        t = t.to(dtype).clone().contiguous().requires_grad_(True)
+        t.grad = torch.zeros_like(t) if grad is None else grad.to(dtype).clone().contiguous()
+        return t
+
+    args = [leaf(EX), leaf(S), leaf(M), group.rest_inverse.to(dtype).contiguous(), 1e-4, 32.0, 0,
+            leaf(S, gS), leaf(torch.zeros(E, K.W_DIM, dtype=f64), gW), leaf(torch.zeros(E, 9, dtype=f64), gE)]
+    cloth_elements(*args)
+    cloth_elements.grad(*args)
+    return [a.grad.to(f64) for a in (args[0], args[1], args[2])]
+
+
+def test_the_element_kernel_float32_gradient_is_its_float64_gradient():
+    """Taichi 1.7.4, with the runtime's advanced_optimization=False, differentiated the return
+    mapping's if/else form wrongly in float32 (dL/dF of the normal 4,000x too large on a cloth lying
+    on a sphere; float64 was right), and the fits' gradients overflowed to NaN.  Same inputs, both
+    precisions: the gradients agree to float32 round-off."""
+    g64 = _element_kernel_grads(torch.float64)
+    g32 = _element_kernel_grads(torch.float32)
+    for name, a, b in zip(("EX", "S", "M"), g32, g64):
+        scale = float(b.abs().max())
+        assert scale > 0
+        err = float((a - b).abs().max()) / scale
+        print(f"{name}: max |grad| {scale:.3e}, float32 vs float64 {err:.1e}")
+        assert err < 1e-3, name
