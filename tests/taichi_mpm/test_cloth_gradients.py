@@ -117,7 +117,9 @@ def test_serial_and_parallel_loops_give_the_same_gradients(monkeypatch):
     loss_p, g_p = grads()
     assert torch.isfinite(g_s).all() and torch.isfinite(g_p).all()
     assert torch.equal(loss_s, loss_p)
-    assert torch.allclose(g_s, g_p, rtol=1e-5, atol=0)
+    # float32 sums taken in another order: measured 1.0e-5 relative (density) since the element
+    # kernel's adjoint is right in float32 (2026-12-03); a NaN or a wrong adjoint is far beyond
+    assert torch.allclose(g_s, g_p, rtol=1e-4, atol=0)
 
 
 def test_kept_tapes_give_the_gradients_of_resimulation(monkeypatch):
