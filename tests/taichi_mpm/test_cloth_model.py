@@ -1,5 +1,6 @@
 """The cloth constitutive model in isolation (float64): QR, stress = d energy / dF term by term,
-rotation invariance, and the return mapping's cone."""
+rotation invariance, and the return mapping's cone; and the engine's element kernel's float32
+gradient against its float64 one."""
 
 
 import pytest
