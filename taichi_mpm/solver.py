@@ -20,6 +20,7 @@ from . import cloth as CL
 from . import cloth_forces as CF
 from . import kernels as K
 from . import runtime
+from . import cloth_contact as CC
 from . import strain_limit as SLM
 from .colliders import pack
 from .config import SimConfig
@@ -152,6 +153,12 @@ class Engine:
         if rows.shape[0] == 0:
             rows = np.zeros((1, rows.shape[1]))
         self.coll = torch.tensor(rows, dtype=self.dtype, device=self.device).contiguous()
+        # cloth-only scenes: analytic colliders act on the cloth's vertices, and the grid sees them
+        # shrunk by the stencil's reach (see cloth_contact); self.coll is then the grid's copy
+        self.contact = CC.enabled(self.kinds, len(model.groups), len(model.cloth))
+        self.coll_true = self.coll
+        if self.contact:
+            self.coll = CC.grid_rows(self.kinds, self.coll_true, config.grid.dx).contiguous()
         grid_update, grid_update_adjoint = K.grid_kernels(self.kinds)
         self.mesh_collider = next((c for c in model.colliders if c.kind == "mesh"), None)
         self._sdf_frame = None
@@ -293,6 +300,50 @@ class Engine:
         G_next[vs, K.V : K.V + 3] = gv
         GP.material[el, K.LIMIT] += gm
 
+    def _contact_rows(self, i: int) -> tuple[slice, torch.Tensor]:
+        """Cloth ``i``'s particle rows (its vertices, then its elements: contiguous) and which may move.
+
+        The element particles (half of the cloth's mass) take the contact's velocity rule as well, so
+        that the momentum they send to the grid next substep does not push into the collider; their
+        positions are the vertices' centroids again right after (``sync_centroids``)."""
+        c = self.model.cloth[i]
+        assert c.element_start == c.vertex_start + c.num_vertices
+        free = torch.cat([self.free[i][:, 0] > 0, torch.ones(c.num_elements, dtype=torch.bool, device=self.device)])
+        return slice(c.vertex_start, c.element_start + c.num_elements), free
+
+    def _contact(self, i: int, S_out: torch.Tensor, P: StepParams, substep: int) -> torch.Tensor | None:
+        """Cloth ``i``'s vertex contact with the analytic colliders on ``S_out``, in place (see
+        ``cloth_contact``).  Returns the pre-contact ``[V + E, 6]`` positions and velocities for the
+        adjoint, or None where no free vertex is inside a collider (the map is then the identity)."""
+        vs, free = self._contact_rows(i)
+        time = (substep + 1) * self.config.dt  # g2p has moved the vertices to the end of the substep
+        if not CC.penetrating(self.kinds, self.coll_true, S_out[vs, K.X : K.X + 3], time, free):
+            return None
+        pre = S_out[vs, K.X : K.X + 6].clone()
+        xc, vc = CC.contact(pre[:, 0:3], pre[:, 3:6], self.kinds, self.coll_true, P.friction, time, self.config.dt, free, self.box)
+        S_out[vs, K.X : K.X + 3] = xc
+        S_out[vs, K.V : K.V + 3] = vc
+        return pre
+
+    def _contact_adjoint(self, i: int, pre: torch.Tensor, P: StepParams, substep: int, G_next: torch.Tensor,
+                         g_params: torch.Tensor) -> None:
+        """Adjoint of :meth:`_contact`, in place on ``G_next`` (vertex x and v rows); the friction
+        gradients accumulate into row 0 of ``g_params`` (columns 1..C).  Recomputes the contact from
+        the pre-contact state under autograd."""
+        vs, free = self._contact_rows(i)
+        with torch.enable_grad():
+            x = pre[:, 0:3].detach().requires_grad_(True)
+            v = pre[:, 3:6].detach().requires_grad_(True)
+            mu = P.friction.detach().requires_grad_(True)
+            xc, vc = CC.contact(x, v, self.kinds, self.coll_true, mu, (substep + 1) * self.config.dt, self.config.dt, free,
+                                self.box)
+            gx, gv, gm = torch.autograd.grad((xc, vc), (x, v, mu), (G_next[vs, K.X : K.X + 3], G_next[vs, K.V : K.V + 3]),
+                                             allow_unused=True)
+        G_next[vs, K.X : K.X + 3] = gx
+        G_next[vs, K.V : K.V + 3] = gv
+        if gm is not None and self.kinds:
+            g_params[0, 1:] += gm[: len(self.kinds)]
+
     def _implicit(self, i: int, mass: torch.Tensor):
         """``cloth_forces.mesh_forces``'s ``implicit`` argument for cloth ``i`` (vertex ``mass [V]``)."""
         if self.implicit[i] is None:
@@ -342,7 +393,8 @@ class Engine:
         The scatter record goes into ``W [N, 16]`` and the coloured binning into ``bins`` when given,
         else into scratch buffers.  With ``keep`` (a list) the backward pass's record of this substep,
         ``(W, bins, region, grid)``, is appended to it (``grid [nodes, 7]``: mv, m, v in the region);
-        :meth:`step` adds a fifth element when a strain limit is on (each cloth's pre-limit vertices or None)."""
+        :meth:`step` adds a fifth and sixth element when a strain limit or vertex contact is on (each
+        cloth's pre-limit and pre-contact vertices or None)."""
         cfg, G = self.config, self.grid
         W = self._buf("W", (self.n, K.W_DIM)) if W is None else W
         bins = self.bins if bins is None else bins
@@ -421,10 +473,11 @@ class Engine:
         :meth:`_to_grid` for the optional arguments."""
         self._to_grid(S, S_out, P, substep, W, bins, keep)
         self.g2p(S=S, grid_v=self.grid.v, S_out=S_out)
-        if any(self.limits):
+        if any(self.limits) or self.contact:
             pre = [self._limit(i, S_out, P.material) if on else None for i, on in enumerate(self.limits)]
+            touch = [self._contact(i, S_out, P, substep) if self.contact else None for i in range(len(self.model.cloth))]
             if keep is not None:
-                keep[-1] = (*keep[-1], pre)  # the adjoint's record of this substep (see step_adjoint)
+                keep[-1] = (*keep[-1], pre, touch)  # the adjoint's record of this substep (see step_adjoint)
         for c in self.model.cloth:
             CL.sync_centroids(c.faces, c.element_start, S_out)
 
@@ -466,10 +519,15 @@ class Engine:
             # element particles were moved to their vertices' centroid after g2p
             CL.sync_centroids_adjoint(c.faces, c.element_start, G_next)
         limited = [(i, pre) for i, pre in enumerate(taped[4]) if pre is not None] if len(taped) > 4 else []
-        if limited:
-            # the strain limit ran after g2p: back to dL/d(g2p's output), whose velocities g2p's
-            # adjoint reads (its clamp test) in place of the limited ones
+        touched = [(i, pre) for i, pre in enumerate(taped[5]) if pre is not None] if len(taped) > 5 else []
+        if limited or touched:
+            # the strain limit, then vertex contact, ran after g2p: back through them (in reverse)
+            # to dL/d(g2p's output), whose velocities g2p's adjoint reads (its clamp test) in place
+            # of the corrected ones
             S_next = S_next.clone()
+            for i, pre in touched:
+                self._contact_adjoint(i, pre, P, substep, G_next, g_params)
+                S_next[self._contact_rows(i)[0], K.X : K.X + 6] = pre
             for i, pre in limited:
                 self._limit_adjoint(i, pre, P, GP, G_next)
                 c = self.model.cloth[i]
@@ -621,7 +679,8 @@ class Tape:
     """A segment's forward pass as the adjoint reads it: the ``[count + 1, N, 24]`` states, the
     ``[count, N, 16]`` scatter records, the coloured binnings (or None) and, per substep, what
     ``Engine.step(keep=...)`` appended (record, binning, grid region, grid values, and with a strain
-    limit on, each cloth's pre-limit ``[V, 6]`` vertex positions and velocities or None)."""
+    limit or vertex contact on, each cloth's pre-limit ``[V, 6]`` and pre-contact ``[V + E, 6]``
+    positions and velocities or None)."""
 
     states: torch.Tensor
     W: torch.Tensor
@@ -630,8 +689,9 @@ class Tape:
 
     def nbytes(self) -> int:
         grids = sum(t[3].numel() * t[3].element_size() for t in self.taped)
-        # strain-limited substeps also keep their cloths' pre-limit vertices (see Engine.step)
-        grids += sum(p.numel() * p.element_size() for t in self.taped if len(t) > 4 for p in t[4] if p is not None)
+        # with a strain limit or vertex contact, substeps also keep their cloths' pre-limit and
+        # pre-contact vertices (see Engine.step)
+        grids += sum(p.numel() * p.element_size() for t in self.taped for extra in t[4:] for p in extra if p is not None)
         bins = 0 if self.bins is None else self.bins.numel() * self.bins.element_size()
         return self.states.numel() * self.states.element_size() + self.W.numel() * self.W.element_size() + bins + grids
 
