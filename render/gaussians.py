@@ -46,6 +46,10 @@ SILHOUETTE_ALPHA = 0.5
 _INSET_RINGS = 8
 #: ... and no row shrinks by more than this fraction of its height (no face turns over).
 _MAX_INSET_FRACTION = 0.75
+#: The inset's rate of screen motion per metre of inward motion is floored at this fraction of the
+#: face-on rate (sin 10 degrees): edges seen more nearly edge-on get the inset of a 10-degree view
+#: (see ``_silhouette_inset``).
+_MIN_GRAZING_SIN = math.sin(math.radians(10.0))
 #: Terms of the series -log(1 - o g) = sum_k (o g)^k / k used for a splat's optical depth: at the
 #: clamp o = 0.99 the weights o^k / k^2 left out beyond 100 sum to < 0.1% of Li2(o).
 _DEPTH_SERIES_TERMS = 100
@@ -351,7 +355,14 @@ def _silhouette_inset(
     # of several pixels; sub-pixel ones are all low-pass.
     sigma2 = (1.0 - 1.0 / in_plane_scale) * sigma2 + LOW_PASS_VARIANCE / in_plane_scale
     sigma = torch.sqrt(torch.clamp(sigma2, min=0.0))
-    ppm = torch.clamp(px_per_metre, min=1e-12)
+    # A boundary face seen edge-on moves its edge on screen by ~0 px per metre of inward motion, and
+    # sigma q / px_per_metre blew up to the cap (_INSET_RINGS rows: on a coarse mesh most of the
+    # sheet) within a degree of turn: a cloth draped over a sphere, whose hanging skirt turns its
+    # edge faces through edge-on, rendered a 0.6 mm move of the cloth as an 86 mm move of the
+    # Gaussians, and the fitted loss jumped.  So the rate is floored at what a face seen
+    # _MIN_GRAZING_SIN off edge-on gives (the face-on rate sqrt(fx fy) / z times that sine).
+    face_on = math.sqrt(camera.focal_x * camera.focal_y) / z
+    ppm = torch.maximum(px_per_metre, _MIN_GRAZING_SIN * face_on)
     # Sharing the inset compresses the rows near the edge by h / (h - inset / rings), which raises
     # the splat density and so tau_in there: a few fixed-point steps settle the inset with it.
     inset = torch.minimum(sigma * _edge_quantile(tau_in, o) / ppm, cap)
