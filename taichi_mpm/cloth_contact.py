@@ -122,31 +122,48 @@ def impulse(v: torch.Tensor, n: torch.Tensor, depth: torch.Tensor, vc: torch.Ten
     return torch.where(depth > 0, vc + keep_t * vt + (vn + dv) * n, v)
 
 
-def penetrating(kinds: tuple[str, ...], rows: torch.Tensor, x: torch.Tensor, time: float, free: torch.Tensor) -> bool:
-    """Whether any free vertex lies inside an analytic collider (else :func:`contact` is the identity)."""
-    for c, kind in enumerate(kinds):
-        if kind in ANALYTIC:
-            phi, _ = signed_distance(kind, rows[c], x, time)
-            if bool(((phi[:, 0] < 0) & free).any()):
-                return True
-    return False
-
-
 def contact(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torch.Tensor, friction: torch.Tensor,
-            time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor],
+            active: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertex positions and velocities ``[V, 3]`` after contact with each analytic collider in turn.
 
     ``rows [C, 18]`` are the colliders' true geometry (not the grid's shrunk one), ``friction [C]``
     their friction coefficients, ``time`` the end of the substep (where ``x`` is), ``dt`` the
     substep, ``free [V]`` bool (pinned vertices never move), ``box`` the (lo, hi) corners that keep
-    every stencil inside the grid.  Continuous and piecewise smooth in ``x``, ``v`` and ``friction``,
-    differentiated by autograd."""
+    every stencil inside the grid; ``active`` the colliders to apply (default: every analytic one;
+    :func:`touch` says which matter).  Continuous and piecewise smooth in ``x``, ``v`` and
+    ``friction``, differentiated by autograd."""
     keep = free[:, None].to(x.dtype)
     for c, kind in enumerate(kinds):
-        if kind not in ANALYTIC:
+        if kind not in ANALYTIC or (active is not None and c not in active):
             continue
         phi, n = signed_distance(kind, rows[c], x, time)
         depth = torch.clamp_min(-phi, 0.0) * keep
         x = x + depth * n
         v = impulse(v, n, depth, rows[c, 15:18], friction[c], dt)
     return torch.maximum(torch.minimum(x, box[1]), box[0]), v
+
+
+def touch(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torch.Tensor, friction: torch.Tensor,
+          time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]
+          ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """:func:`contact` that skips the colliders no free vertex is inside (where it is the identity,
+    exactly), and says which it applied: ``(x, v, active)``, with ``contact(..., active=active)``
+    the same map (the adjoint recomputes that).  ``active`` empty: nothing touches, ``x`` and ``v``
+    are returned as given.  Costs one host sync per collider; saves its ~35 operations where it
+    does not touch (a drape rarely reaches the ground under its sphere)."""
+    keep = free[:, None].to(x.dtype)
+    active = []
+    for c, kind in enumerate(kinds):
+        if kind not in ANALYTIC:
+            continue
+        phi, n = signed_distance(kind, rows[c], x, time)
+        depth = torch.clamp_min(-phi, 0.0) * keep
+        if not bool((depth > 0).any()):
+            continue
+        active.append(c)
+        x = x + depth * n
+        v = impulse(v, n, depth, rows[c, 15:18], friction[c], dt)
+    if not active:
+        return x, v, ()
+    return torch.maximum(torch.minimum(x, box[1]), box[0]), v, tuple(active)

@@ -311,32 +311,36 @@ class Engine:
         free = torch.cat([self.free[i][:, 0] > 0, torch.ones(c.num_elements, dtype=torch.bool, device=self.device)])
         return slice(c.vertex_start, c.element_start + c.num_elements), free
 
-    def _contact(self, i: int, S_out: torch.Tensor, P: StepParams, substep: int) -> torch.Tensor | None:
+    def _contact(self, i: int, S_out: torch.Tensor, P: StepParams, substep: int) -> tuple[torch.Tensor, tuple[int, ...]] | None:
         """Cloth ``i``'s vertex contact with the analytic colliders on ``S_out``, in place (see
-        ``cloth_contact``).  Returns the pre-contact ``[V + E, 6]`` positions and velocities for the
-        adjoint, or None where no free vertex is inside a collider (the map is then the identity)."""
+        ``cloth_contact``).  Returns, for the adjoint, the pre-contact ``[V + E, 6]`` positions and
+        velocities and the colliders that acted, or None where no free vertex is inside a collider
+        (the map is then the identity)."""
         vs, free = self._contact_rows(i)
         time = (substep + 1) * self.config.dt  # g2p has moved the vertices to the end of the substep
-        if not CC.penetrating(self.kinds, self.coll_true, S_out[vs, K.X : K.X + 3], time, free):
+        pre = S_out[vs, K.X : K.X + 6]
+        xc, vc, active = CC.touch(pre[:, 0:3], pre[:, 3:6], self.kinds, self.coll_true, P.friction, time, self.config.dt, free,
+                                  self.box)
+        if not active:
             return None
-        pre = S_out[vs, K.X : K.X + 6].clone()
-        xc, vc = CC.contact(pre[:, 0:3], pre[:, 3:6], self.kinds, self.coll_true, P.friction, time, self.config.dt, free, self.box)
+        pre = pre.clone()
         S_out[vs, K.X : K.X + 3] = xc
         S_out[vs, K.V : K.V + 3] = vc
-        return pre
+        return pre, active
 
-    def _contact_adjoint(self, i: int, pre: torch.Tensor, P: StepParams, substep: int, G_next: torch.Tensor,
-                         g_params: torch.Tensor) -> None:
+    def _contact_adjoint(self, i: int, taped: tuple[torch.Tensor, tuple[int, ...]], P: StepParams, substep: int,
+                         G_next: torch.Tensor, g_params: torch.Tensor) -> None:
         """Adjoint of :meth:`_contact`, in place on ``G_next`` (vertex x and v rows); the friction
-        gradients accumulate into row 0 of ``g_params`` (columns 1..C).  Recomputes the contact from
-        the pre-contact state under autograd."""
+        gradients accumulate into row 0 of ``g_params`` (columns 1..C).  Recomputes the contact of
+        the colliders that acted from the pre-contact state under autograd."""
+        pre, active = taped
         vs, free = self._contact_rows(i)
         with torch.enable_grad():
             x = pre[:, 0:3].detach().requires_grad_(True)
             v = pre[:, 3:6].detach().requires_grad_(True)
             mu = P.friction.detach().requires_grad_(True)
             xc, vc = CC.contact(x, v, self.kinds, self.coll_true, mu, (substep + 1) * self.config.dt, self.config.dt, free,
-                                self.box)
+                                self.box, active=active)
             gx, gv, gm = torch.autograd.grad((xc, vc), (x, v, mu), (G_next[vs, K.X : K.X + 3], G_next[vs, K.V : K.V + 3]),
                                              allow_unused=True)
         G_next[vs, K.X : K.X + 3] = gx
@@ -525,9 +529,9 @@ class Engine:
             # to dL/d(g2p's output), whose velocities g2p's adjoint reads (its clamp test) in place
             # of the corrected ones
             S_next = S_next.clone()
-            for i, pre in touched:
-                self._contact_adjoint(i, pre, P, substep, G_next, g_params)
-                S_next[self._contact_rows(i)[0], K.X : K.X + 6] = pre
+            for i, rec in touched:
+                self._contact_adjoint(i, rec, P, substep, G_next, g_params)
+                S_next[self._contact_rows(i)[0], K.X : K.X + 6] = rec[0]
             for i, pre in limited:
                 self._limit_adjoint(i, pre, P, GP, G_next)
                 c = self.model.cloth[i]
@@ -679,8 +683,8 @@ class Tape:
     """A segment's forward pass as the adjoint reads it: the ``[count + 1, N, 24]`` states, the
     ``[count, N, 16]`` scatter records, the coloured binnings (or None) and, per substep, what
     ``Engine.step(keep=...)`` appended (record, binning, grid region, grid values, and with a strain
-    limit or vertex contact on, each cloth's pre-limit ``[V, 6]`` and pre-contact ``[V + E, 6]``
-    positions and velocities or None)."""
+    limit or vertex contact on, each cloth's pre-limit ``[V, 6]`` positions and velocities and its
+    pre-contact ``[V + E, 6]`` ones with the colliders that acted, or None)."""
 
     states: torch.Tensor
     W: torch.Tensor
@@ -691,7 +695,8 @@ class Tape:
         grids = sum(t[3].numel() * t[3].element_size() for t in self.taped)
         # with a strain limit or vertex contact, substeps also keep their cloths' pre-limit and
         # pre-contact vertices (see Engine.step)
-        grids += sum(p.numel() * p.element_size() for t in self.taped for extra in t[4:] for p in extra if p is not None)
+        kept = [p if isinstance(p, torch.Tensor) else p[0] for t in self.taped for extra in t[4:] for p in extra if p is not None]
+        grids += sum(p.numel() * p.element_size() for p in kept)
         bins = 0 if self.bins is None else self.bins.numel() * self.bins.element_size()
         return self.states.numel() * self.states.element_size() + self.W.numel() * self.W.element_size() + bins + grids
 

@@ -68,6 +68,24 @@ def test_the_contact_is_continuous_across_the_surface():
     assert float(w[0, 1]) == pytest.approx(0.0, abs=1e-12) and float(w[0, 0]) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_touch_skips_only_colliders_where_contact_is_the_identity():
+    kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1), Plane((0, 0.1, 0), (0, 1, 0)), Box((0.2, 0.5, 0.2), (0.05, 0.05, 0.05))])
+    box = (torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
+    mu = torch.tensor([0.3, 0.5, 0.2], dtype=F64)
+    free = torch.ones(3, dtype=torch.bool)
+    v = torch.tensor([[0.1, -1.0, 0.0], [0.0, -1.0, 0.2], [0.3, -0.5, 0.0]], dtype=F64)
+    x = torch.tensor([[0.5, 0.495, 0.5], [0.7, 0.3, 0.7], [0.8, 0.8, 0.8]], dtype=F64)  # the sphere only
+    y, w, active = CC.touch(x, v, kinds, rows, mu, 0.0, 1e-3, free, box)
+    assert active == (0,)
+    for a, b in zip((y, w), CC.contact(x, v, kinds, rows, mu, 0.0, 1e-3, free, box)):
+        assert torch.equal(a, b)
+    for a, b in zip((y, w), CC.contact(x, v, kinds, rows, mu, 0.0, 1e-3, free, box, active=active)):
+        assert torch.equal(a, b)
+    x[0, 1] = 0.55  # outside everything: nothing acts and nothing changes
+    y, w, active = CC.touch(x, v, kinds, rows, mu, 0.0, 1e-3, free, box)
+    assert active == () and torch.equal(y, x) and torch.equal(w, v)
+
+
 def test_the_projection_gradcheck():
     kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1, friction=0.4), Plane((0, 0.1, 0), (0.1, 1, 0), friction=0.6),
                          Box((0.2, 0.5, 0.2), (0.05, 0.06, 0.07), (10.0, 30.0, 5.0), friction=0.3)])
