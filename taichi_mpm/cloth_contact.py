@@ -122,6 +122,18 @@ def impulse(v: torch.Tensor, n: torch.Tensor, depth: torch.Tensor, vc: torch.Ten
     return torch.where(depth > 0, vc + keep_t * vt + (vn + dv) * n, v)
 
 
+def _depth(kind: str, row: torch.Tensor, x: torch.Tensor, keep: torch.Tensor, time: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth ``[V, 1]`` inside one collider (0 outside, and where ``keep [V, 1]`` is 0) and its normal."""
+    phi, n = signed_distance(kind, row, x, time)
+    return torch.clamp_min(-phi, 0.0) * keep, n
+
+
+def _push(x: torch.Tensor, v: torch.Tensor, n: torch.Tensor, depth: torch.Tensor, row: torch.Tensor, mu: torch.Tensor,
+          dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertices moved out of one collider and their velocities after its impulse."""
+    return x + depth * n, impulse(v, n, depth, row[15:18], mu, dt)
+
+
 def contact(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torch.Tensor, friction: torch.Tensor,
             time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor],
             active: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,12 +147,9 @@ def contact(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torc
     ``friction``, differentiated by autograd."""
     keep = free[:, None].to(x.dtype)
     for c, kind in enumerate(kinds):
-        if kind not in ANALYTIC or (active is not None and c not in active):
-            continue
-        phi, n = signed_distance(kind, rows[c], x, time)
-        depth = torch.clamp_min(-phi, 0.0) * keep
-        x = x + depth * n
-        v = impulse(v, n, depth, rows[c, 15:18], friction[c], dt)
+        if kind in ANALYTIC and (active is None or c in active):
+            depth, n = _depth(kind, rows[c], x, keep, time)
+            x, v = _push(x, v, n, depth, rows[c], friction[c], dt)
     return torch.maximum(torch.minimum(x, box[1]), box[0]), v
 
 
@@ -157,13 +166,10 @@ def touch(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torch.
     for c, kind in enumerate(kinds):
         if kind not in ANALYTIC:
             continue
-        phi, n = signed_distance(kind, rows[c], x, time)
-        depth = torch.clamp_min(-phi, 0.0) * keep
-        if not bool((depth > 0).any()):
-            continue
-        active.append(c)
-        x = x + depth * n
-        v = impulse(v, n, depth, rows[c, 15:18], friction[c], dt)
+        depth, n = _depth(kind, rows[c], x, keep, time)
+        if bool((depth > 0).any()):
+            active.append(c)
+            x, v = _push(x, v, n, depth, rows[c], friction[c], dt)
     if not active:
         return x, v, ()
     return torch.maximum(torch.minimum(x, box[1]), box[0]), v, tuple(active)

@@ -237,6 +237,12 @@ class Engine:
         # per cloth: the banded system of its backward-Euler bending step (cloth_forces.ImplicitBending),
         # built at the first substep with bending on
         self.implicit: list[CF.ImplicitBending | None] = [None] * len(model.cloth)
+        # per cloth with vertex contact on: its particle rows and which may move (see _contact_rows)
+        self.contact_rows = []
+        for i, c in enumerate(model.cloth if self.contact else ()):
+            assert c.element_start == c.vertex_start + c.num_vertices
+            free = torch.cat([self.free[i][:, 0] > 0, torch.ones(c.num_elements, dtype=torch.bool, device=self.device)])
+            self.contact_rows.append((slice(c.vertex_start, c.element_start + c.num_elements), free))
         # per cloth: whether its strain limit is on (``max_stretch`` non-zero somewhere; see
         # set_mesh_forces) and its projection's mesh data (strain_limit.LimitMesh), built when first used
         self.limits: list[bool] = [False] * len(model.cloth)
@@ -306,10 +312,7 @@ class Engine:
         The element particles (half of the cloth's mass) take the contact's velocity rule as well, so
         that the momentum they send to the grid next substep does not push into the collider; their
         positions are the vertices' centroids again right after (``sync_centroids``)."""
-        c = self.model.cloth[i]
-        assert c.element_start == c.vertex_start + c.num_vertices
-        free = torch.cat([self.free[i][:, 0] > 0, torch.ones(c.num_elements, dtype=torch.bool, device=self.device)])
-        return slice(c.vertex_start, c.element_start + c.num_elements), free
+        return self.contact_rows[i]
 
     def _contact(self, i: int, S_out: torch.Tensor, P: StepParams, substep: int) -> tuple[torch.Tensor, tuple[int, ...]] | None:
         """Cloth ``i``'s vertex contact with the analytic colliders on ``S_out``, in place (see
