@@ -103,6 +103,7 @@ def step(model: Model, config: SimConfig, x, v, C, F, mu, lam, mass, force, fric
     nodes = g.num_nodes
     mv = torch.zeros(nodes, 3, dtype=dtype)
     m = torch.zeros(nodes, dtype=dtype)
+    hv = torch.zeros(nodes, 3, dtype=dtype)  # FLIP: the momentum alone (kernels.g2p)
     mom = mass[:, None] * v + dt * force
     idx_list, wt_list, dpos_list = [], [], []
     for o in OFFSETS:
@@ -112,6 +113,7 @@ def step(model: Model, config: SimConfig, x, v, C, F, mu, lam, mass, force, fric
         idx = (I[:, 0] * res[1] + I[:, 1]) * res[2] + I[:, 2]
         mv = mv.index_add(0, idx, wt[:, None] * (mom + (A @ dpos[:, :, None])[:, :, 0]))
         m = m.index_add(0, idx, wt * mass)
+        hv = hv.index_add(0, idx, wt[:, None] * mass[:, None] * (v + (C @ dpos[:, :, None])[:, :, 0]))
         idx_list.append(idx)
         wt_list.append(wt)
         dpos_list.append(dpos)
@@ -139,10 +141,14 @@ def step(model: Model, config: SimConfig, x, v, C, F, mu, lam, mass, force, fric
         gv = vg[idx]
         nv = nv + wt[:, None] * gv
         B = B + wt[:, None, None] * gv[:, :, None] * dpos[:, None, :]
+    # FLIP's share (kernels.g2p): the particle's velocity less the gather of the momentum's velocity
+    vh = torch.where(active[:, None], hv / safe_m[:, None], torch.zeros_like(hv))
+    nh = sum(wt[:, None] * vh[idx] for idx, wt in zip(idx_list, wt_list))
     pinned = model.pinned.bool()[:, None]
+    vout = torch.where(pinned, model.pin_velocity, nv + config.flip * (v - nh))
     nv = torch.where(pinned, model.pin_velocity, nv)
     Cn = 4 * inv_dx * inv_dx * B
     lo = torch.tensor([o + dx for o in g.origin], dtype=dtype)
     hi = torch.tensor([o + (r - 2) * dx - 1e-6 * dx for o, r in zip(g.origin, g.res)], dtype=dtype)
     xn = torch.minimum(torch.maximum(x + dt * nv, lo), hi)
-    return xn, nv, Cn, Fn
+    return xn, vout, Cn, Fn

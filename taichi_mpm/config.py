@@ -82,6 +82,7 @@ class SimConfig:
     atomics; CPUs, many particles), ``"serial"`` (one thread; CPUs, up to a few thousand particles,
     where kernel launches cost more than the work), ``"atomic"`` (GPUs) or ``"auto"``.  The CPU
     strategies are deterministic.
+    ``flip`` blends FLIP into the grid-to-particle velocity (0: APIC, the default; see ``kernels.g2p``).
     """
 
     grid: GridSpec
@@ -90,6 +91,7 @@ class SimConfig:
     gravity: Vec3 = (0.0, -9.81, 0.0)
     segment_substeps: int | None = None
     scatter: str = "auto"
+    flip: float = 0.0
 
     def __post_init__(self):
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -99,6 +101,8 @@ class SimConfig:
         object.__setattr__(self, "gravity", _vec3(self.gravity, "gravity"))
         if self.segment_substeps is not None and self.segment_substeps < 1:
             raise ValueError(f"segment_substeps must be >= 1, got {self.segment_substeps}")
+        if not (0.0 <= self.flip < 1.0):
+            raise ValueError(f"flip must be in [0, 1), got {self.flip}")
         if self.scatter not in ("auto", "colored", "serial", "atomic"):
             raise ValueError(f"scatter must be 'auto', 'colored', 'serial' or 'atomic', got {self.scatter!r}")
 

@@ -401,12 +401,15 @@ def grid_kernels(kinds: tuple):
     def grid_update(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
-        hi_i: int, hi_j: int, hi_k: int, grid_v: ti.template(), tape: ARR, save: int, serial: ti.template(),
+        hi_i: int, hi_j: int, hi_k: int, grid_hv: ti.template(), grid_v: ti.template(), grid_vh: ti.template(), tape: ARR,
+        save: int, serial: ti.template(),
     ):
         """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep.
 
         Reads mv and m and leaves them zero for the next substep's scatter (no separate clearing
-        launch, see ``Engine``); with ``save`` the node's (mv, m, v) go to row ``_box_index`` of
+        launch, see ``Engine``); likewise FLIP's ``grid_hv`` (the scatter of the particles' momentum
+        alone, m v + m C (x_i - x_p), no forces), whose velocity hv / m goes to ``grid_vh`` (see
+        ``g2p``; zero when FLIP is off); with ``save`` the node's (mv, m, v) go to row ``_box_index`` of
         ``tape [nodes, 7]`` for the backward pass (see ``load_grid_region``)."""
         origin = ti.Vector([ox, oy, oz])
         gravity = ti.Vector([gvx, gvy, gvz])
@@ -419,29 +422,38 @@ def grid_kernels(kinds: tuple):
             m = grid_m[I]
             mv = grid_mv[I]
             v = ti.Vector.zero(float, 3)
+            vh = ti.Vector.zero(float, 3)
             if m > MASS_EPS:
+                vh = grid_hv[I] / m
                 v = _colliders((mv / m + dt * gravity) * s, origin + I * dx, coll, friction, time, I, sdf, n_coll)
                 for d in ti.static(range(3)):
                     if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
                         v[d] = 0.0
             grid_v[I] = v
+            grid_vh[I] = vh
             if save:
                 q = _box_index(I, lo, hi)
                 put3(tape, q, 0, mv)
                 tape[q, 3] = m
                 put3(tape, q, 4, v)
+                if tape.shape[1] > 7:
+                    put3(tape, q, 7, vh)
             grid_mv[I] = ti.Vector.zero(float, 3)
             grid_m[I] = 0.0
+            grid_hv[I] = ti.Vector.zero(float, 3)
 
     @ti.func
     def _node_adjoint(I, res, grid_mv: ti.template(), grid_m: ti.template(), coll: ti.template(), friction: ti.template(),
                       s, ds, dt, time, gravity, origin, dx, boundary, sdf: ti.template(), g_grid_v: ti.template(),
-                      g_grid_mv: ti.template(), g_grid_m: ti.template()):
-        """Writes the node's dL/dmv and dL/dm; returns its contributions to dL/d(damping, friction_c...)."""
+                      grid_vh: ti.template(), g_grid_vh: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(),
+                      g_grid_hv: ti.template()):
+        """Writes the node's dL/dmv and dL/dm (from dL/dv, and from FLIP's dL/dvh in ``g_grid_vh``
+        through vh = hv / m) and FLIP's dL/dhv; returns its contributions to dL/d(damping, friction_c...)."""
         acc = ti.Vector.zero(float, n_coll + 1)
         m = grid_m[I]
         gmv = ti.Vector.zero(float, 3)
         gm = 0.0
+        ghv = ti.Vector.zero(float, 3)
         if m > MASS_EPS:
             mv = grid_mv[I]
             v0 = mv / m + dt * gravity
@@ -462,12 +474,16 @@ def grid_kernels(kinds: tuple):
             acc[0] += g.dot(v0) * ds
             gv0 = g * s
             gmv = gv0 / m
-            # -(gv0 . mv) / m^2 written without m^2, which underflows in float32
-            gm = -gv0.dot(mv / m) / m
+            gh = g_grid_vh[I]
+            # -(gv0 . mv) / m^2 written without m^2, which underflows in float32; vh = hv / m likewise
+            gm = -(gv0.dot(mv / m) + gh.dot(grid_vh[I])) / m
+            ghv = gh / m
         g_grid_mv[I] = gmv
         g_grid_m[I] = gm
+        g_grid_hv[I] = ghv
         # leave the fields this substep's adjoint filled zero for the next one (see ``Engine``)
         g_grid_v[I] = ti.Vector.zero(float, 3)
+        g_grid_vh[I] = ti.Vector.zero(float, 3)
         grid_mv[I] = ti.Vector.zero(float, 3)
         grid_m[I] = 0.0
         return acc
@@ -476,10 +492,11 @@ def grid_kernels(kinds: tuple):
     def grid_update_adjoint(
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
-        hi_i: int, hi_j: int, hi_k: int, g_grid_v: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(), g_params: ARR,
+        hi_i: int, hi_j: int, hi_k: int, grid_vh: ti.template(), g_grid_v: ti.template(), g_grid_vh: ti.template(),
+        g_grid_mv: ti.template(), g_grid_m: ti.template(), g_grid_hv: ti.template(), g_params: ARR,
         deterministic: ti.template(), serial: ti.template(),
     ):
-        """Overwrites g_grid_mv, g_grid_m and zeroes g_grid_v, grid_mv, grid_m.  Parameter gradients (damping, then each collider's
+        """Overwrites g_grid_mv, g_grid_m, g_grid_hv and zeroes g_grid_v, g_grid_vh, grid_mv, grid_m.  Parameter gradients (damping, then each collider's
         friction) go into ``g_params [rows, 1 + C]``: ``deterministic`` writes each grid slab's sum
         into its own row (``rows == res[0]``) in a fixed order, so that the result is the same on
         every run (float atomics are not); otherwise they are atomic adds into row 0 (GPUs)."""
@@ -494,7 +511,7 @@ def grid_kernels(kinds: tuple):
             ti.loop_config(serialize=serial)
             for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
                 acc = _node_adjoint(I, res, grid_mv, grid_m, coll, friction, s, ds, dt, time, gravity, origin, dx,
-                                    boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
+                                    boundary, sdf, g_grid_v, grid_vh, g_grid_vh, g_grid_mv, g_grid_m, g_grid_hv)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[0, c] += acc[c]
         else:
@@ -503,7 +520,7 @@ def grid_kernels(kinds: tuple):
                 acc = ti.Vector.zero(float, n_coll + 1)
                 for j, k in ti.ndrange((lo[1], hi[1]), (lo[2], hi[2])):
                     acc += _node_adjoint(ti.Vector([i, j, k]), res, grid_mv, grid_m, coll, friction, s, ds, dt, time,
-                                         gravity, origin, dx, boundary, sdf, g_grid_v, g_grid_mv, g_grid_m)
+                                         gravity, origin, dx, boundary, sdf, g_grid_v, grid_vh, g_grid_vh, g_grid_mv, g_grid_m, g_grid_hv)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[i, c] += acc[c]
 
@@ -524,10 +541,11 @@ def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k:
 @ti.kernel
 def load_grid_region(
     buf: ARR, lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int, mv: ti.template(), m: ti.template(),
-    v: ti.template(), serial: ti.template(),
+    v: ti.template(), vh: ti.template(), serial: ti.template(),
 ):
     """Put back the grid's (mv, m, v) inside ``[lo, hi)`` from ``buf [nodes, 7]`` (row-major over the
-    box), as the forward's ``grid_update`` saved it for the backward pass."""
+    box), as the forward's ``grid_update`` saved it for the backward pass; and FLIP's vh when ``buf``
+    has its three more columns."""
     lo = ti.Vector([lo_i, lo_j, lo_k])
     hi = ti.Vector([hi_i, hi_j, hi_k])
     ti.loop_config(serialize=serial)
@@ -536,6 +554,8 @@ def load_grid_region(
         mv[I] = vec3(buf, q, 0)
         m[I] = buf[q, 3]
         v[I] = vec3(buf, q, 4)
+        if buf.shape[1] > 7:
+            vh[I] = vec3(buf, q, 7)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,10 +564,20 @@ def load_grid_region(
 
 @ti.kernel
 def g2p(
-    S: ARR, grid_v: ti.template(), pins: ARR, dt: float, ox: float, oy: float, oz: float, inv_dx: float, dx: float,
-    lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, S_out: ARR, serial: ti.template(),
+    S: ARR, grid_v: ti.template(), grid_vh: ti.template(), pins: ARR, flip: float, dt: float, ox: float, oy: float, oz: float,
+    inv_dx: float, dx: float, lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, S_out: ARR,
+    serial: ti.template(),
 ):
-    """Writes x, v and C of ``S_out`` (F was written by the constitutive kernel)."""
+    """Writes x, v and C of ``S_out`` (F was written by the constitutive kernel).
+
+    Velocity: the APIC gather plus ``flip`` times the particle's own velocity less the gather of
+    ``grid_vh``, the grid velocity of the particles' momentum alone (before gravity, damping,
+    colliders and every force, which MLS-MPM scatters with the momentum): v = v_pic + flip (v_p -
+    sum w vh_i), the PIC/FLIP blend of Zhu and Bridson 2005 (for MPM, Stomakhin et al. 2013 and Jiang
+    et al. 2015, section 8).  ``flip`` = 0 is APIC.  (The grid's own mv / m would include the
+    forces, and their impulse would then cancel out of the FLIP share: a cloth hanging under that
+    rule sagged 90 mm further than under APIC, measured.)
+    Positions move with the gathered (PIC) velocity, and C is the APIC gather, whatever ``flip``."""
     origin = ti.Vector([ox, oy, oz])
     lo = ti.Vector([lo_x, lo_y, lo_z])
     hi = ti.Vector([hi_x, hi_y, hi_z])
@@ -556,16 +586,20 @@ def g2p(
         xp = vec3(S, p, X)
         base, fx, w, dw = _frame(xp, origin, inv_dx)
         nv = ti.Vector.zero(float, 3)
+        nh = ti.Vector.zero(float, 3)
         B = ti.Matrix.zero(float, 3, 3)
         for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
             dpos = (o - fx) * dx
             wt = _weight(w, o)
             gv = grid_v[base + o]
             nv += wt * gv
+            nh += wt * grid_vh[base + o]
             B += wt * gv.outer_product(dpos)
+        vout = nv + flip * (vec3(S, p, V) - nh)
         if pins[p, 0] != 0:
             nv = vec3(pins, p, 1)
-        put3(S_out, p, V, nv)
+            vout = nv
+        put3(S_out, p, V, vout)
         # quadratic B-splines: D^-1 = 4 / dx^2 (Jiang et al. 2015)
         put33(S_out, p, C, 4.0 * inv_dx * inv_dx * B)
         # the walls keep particles inside; the clamp is a guard that a CFL-respecting run never hits
@@ -585,11 +619,12 @@ def g2p_adjoint_prepare(
     hi = ti.Vector([hi_x, hi_y, hi_z])
     ti.loop_config(serialize=serial)
     for p in range(S.shape[0]):
-        xp = vec3(S, p, X)
-        xn = xp + dt * vec3(S_out, p, V)
+        # the clamp test on g2p's output position (its velocity is not the one that moved x when
+        # FLIP is on); equal to testing x + dt v_gathered but on the boundary itself
+        xn = vec3(S_out, p, X)
         gxn = vec3(G_out, p, X)
         for d in ti.static(range(3)):
-            if xn[d] < lo[d] or xn[d] > hi[d]:
+            if xn[d] <= lo[d] or xn[d] >= hi[d]:
                 gxn[d] = 0.0
         gnv = ti.Vector.zero(float, 3)
         if pins[p, 0] == 0:
@@ -600,3 +635,30 @@ def g2p_adjoint_prepare(
         # C = (4/dx^2) B
         put33(R, p, WA, 4.0 * inv_dx * inv_dx * mat3(G_out, p, C))
         put3(G_in, p, X, gxn)
+
+
+@ti.kernel
+def flip_adjoint(
+    W: ARR, G_out: ARR, pins: ARR, flip: float, grid_vh: ti.template(), ox: float, oy: float, oz: float,
+    inv_dx: float, R: ARR, GX: ARR, serial: ti.template(),
+):
+    """The gather half of the adjoint of g2p's FLIP share (``flip`` != 0): the record ``R`` (x, 0,
+    h = -flip dL/dv_out, 0) whose scatter is dL/dvh at the nodes, and in ``GX`` the position
+    gradient through the weights of the gather of vh.  The direct term dL/dv += flip dL/dv_out and
+    the adjoint of vh's scatter are the caller's."""
+    origin = ti.Vector([ox, oy, oz])
+    ti.loop_config(serialize=serial)
+    for p in range(W.shape[0]):
+        h = ti.Vector.zero(float, 3)
+        if pins[p, 0] == 0:
+            h = -flip * vec3(G_out, p, V)
+        xp = vec3(W, p, WX)
+        base, fx, w, dw = _frame(xp, origin, inv_dx)
+        gx = ti.Vector.zero(float, 3)
+        for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
+            gx += _weight_grad(w, dw, o, inv_dx) * h.dot(grid_vh[base + o])
+        put3(R, p, WX, xp)
+        R[p, WMASS] = 0.0
+        put3(R, p, WMOM, h)
+        put33(R, p, WA, ti.Matrix.zero(float, 3, 3))
+        put3(GX, p, 0, gx)

@@ -52,6 +52,8 @@ SERIAL_LOOPS_MAX = 8000
 
 #: values per grid node kept for the backward pass: mv (3), m, v (3)
 GRID_TAPE_DIM = 7
+#: with FLIP on, the tape also keeps each node's vh (see kernels.grid_update)
+GRID_TAPE_DIM_FLIP = 10
 
 
 def serial_bins(n: int, device) -> torch.Tensor:
@@ -118,10 +120,15 @@ class _Grid:
         self.mv = ti.Vector.field(3, dtype)
         self.m = ti.field(dtype)
         self.v = ti.Vector.field(3, dtype)
+        # FLIP: the scatter of the particles' momentum alone (hv) and its velocity hv / m (vh)
+        self.hv = ti.Vector.field(3, dtype)
+        self.vh = ti.Vector.field(3, dtype)
         self.g_v = ti.Vector.field(3, dtype)
+        self.g_vh = ti.Vector.field(3, dtype)
+        self.g_hv = ti.Vector.field(3, dtype)
         self.g_mv = ti.Vector.field(3, dtype)
         self.g_m = ti.field(dtype)
-        fb.dense(ti.ijk, res).place(self.mv, self.m, self.v, self.g_v, self.g_mv, self.g_m)
+        fb.dense(ti.ijk, res).place(self.mv, self.m, self.v, self.hv, self.vh, self.g_v, self.g_vh, self.g_hv, self.g_mv, self.g_m)
         self._tree = fb.finalize()
 
 
@@ -195,7 +202,9 @@ class Engine:
         self.p2g_colored = Launcher(K.p2g_colored, **transfer)
         self.transfer_adjoint = Launcher(K.transfer_adjoint, **transfer)
         self.bin_particles = Launcher(K.bin_particles, **at_origin)
-        self.g2p = Launcher(K.g2p, pins=self.pins, dt=config.dt, **transfer, **inside)
+        self.g2p = Launcher(K.g2p, pins=self.pins, flip=config.flip, dt=config.dt, **transfer, **inside)
+        self.flip_adjoint = Launcher(K.flip_adjoint, pins=self.pins, flip=config.flip, serial=self.serial, **at_origin)
+        self.unpinned = (self.pins[:, 0:1] == 0).to(self.dtype)
         self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx,
                                             serial=self.serial, **inside)
         # per material group: its constitutive kernel and adjoint over its particle range
@@ -425,18 +434,33 @@ class Engine:
             axis = max(range(3), key=lambda d: r[3 + d] - r[d])
             self.bin_particles(W=W, axis=axis, bins=bins)
         self._scatter(W, bins, G.mv, G.m)
+        if cfg.flip:
+            # the momentum alone into hv (its zero mass column adds nothing to g_m, which the adjoint overwrites)
+            self._scatter(self._flip_record(S, W), bins, G.hv, G.g_m)
         self._update_sdf(substep)
         tape = self._no_tape
         if keep is not None:
             r = self.region
             nodes = max(r[3] - r[0], 0) * max(r[4] - r[1], 0) * max(r[5] - r[2], 0)
-            tape = torch.empty((max(nodes, 1), GRID_TAPE_DIM), dtype=self.dtype, device=self.device)
+            dim = GRID_TAPE_DIM_FLIP if self.config.flip else GRID_TAPE_DIM
+            tape = torch.empty((max(nodes, 1), dim), dtype=self.dtype, device=self.device)
             keep.append((W, bins, r, tape))
         self.grid_update(
             grid_mv=G.mv, grid_m=G.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
-            **self._region_args(), grid_v=G.v, tape=tape, save=int(keep is not None),
+            **self._region_args(), grid_hv=G.hv, grid_v=G.v, grid_vh=G.vh, tape=tape, save=int(keep is not None),
         )
         G.clean = True
+
+    def _flip_record(self, S: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """FLIP's scatter record ``[N, 16]``: (x, 0, m v, m C), the APIC transfer of the momentum
+        without the forces that ``W`` carries with it (see ``kernels.g2p``)."""
+        R = self._buf("W_h", (self.n, K.W_DIM))
+        m = W[:, K.WMASS : K.WMASS + 1]
+        R[:, K.WX : K.WX + 3] = W[:, K.WX : K.WX + 3]
+        R[:, K.WMASS] = 0.0
+        R[:, K.WMOM : K.WMOM + 3] = m * S[:, K.V : K.V + 3]
+        R[:, K.WA : K.WA + 9] = m * S[:, K.C : K.C + 9]
+        return R
 
     def _region(self, W) -> None:
         """The node box ``[lo, hi)`` covering every particle's 3x3x3 stencil this substep.
@@ -479,7 +503,7 @@ class Engine:
         """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``); see
         :meth:`_to_grid` for the optional arguments."""
         self._to_grid(S, S_out, P, substep, W, bins, keep)
-        self.g2p(S=S, grid_v=self.grid.v, S_out=S_out)
+        self.g2p(S=S, grid_v=self.grid.v, grid_vh=self.grid.vh, S_out=S_out)
         if any(self.limits) or self.contact:
             pre = [self._limit(i, S_out, P.material) if on else None for i, on in enumerate(self.limits)]
             touch = [self._contact(i, S_out, P, substep) if self.contact else None for i in range(len(self.model.cloth))]
@@ -520,7 +544,7 @@ class Engine:
         cfg, Gr = self.config, self.grid
         W, bins, self.region, grid = taped[:4]
         self._begin_substep()
-        self.load_grid_region(buf=grid, **self._region_args(), mv=Gr.mv, m=Gr.m, v=Gr.v)
+        self.load_grid_region(buf=grid, **self._region_args(), mv=Gr.mv, m=Gr.m, v=Gr.v, vh=Gr.vh)
         self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
@@ -544,17 +568,41 @@ class Engine:
         self.g2p_adjoint_prepare(S=S, S_out=S_next, G_out=G_next, W=W, R=R, G_in=G_out)
         # into g_v (zero between substeps); R's mass column is zero, and grid_update_adjoint overwrites g_m
         self._scatter(R, bins, Gr.g_v, Gr.g_m)
+        flip = cfg.flip != 0
+        if flip:
+            # FLIP's share flip (v - gather(vh)): the scatter of its record into g_vh (zero between
+            # substeps), its position gradient through the gather's weights (GX), its direct dL/dv
+            R_h = self._buf("R_h", (self.n, K.W_DIM))
+            GX = self._buf("GX", (self.n, 3))
+            self.flip_adjoint(W=W, G_out=G_next, grid_vh=Gr.vh, R=R_h, GX=GX)
+            self._scatter(R_h, bins, Gr.g_vh, Gr.g_m)
+            g_v_direct = cfg.flip * G_next[:, K.V : K.V + 3] * self.unpinned
         self.grid_update_adjoint(
             grid_mv=Gr.mv, grid_m=Gr.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
-            **self._region_args(), g_grid_v=Gr.g_v, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m, g_params=g_params,
-            deterministic=g_params.shape[0] > 1,
+            **self._region_args(), grid_vh=Gr.vh, g_grid_v=Gr.g_v, g_grid_vh=Gr.g_vh, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m,
+            g_grid_hv=Gr.g_hv, g_params=g_params, deterministic=g_params.shape[0] > 1,
         )
         Gr.clean = True
         self.transfer_adjoint(W=W, R=R, grid_v=Gr.v, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m, G_W=G_W)
+        if flip:
+            G_W[:, K.WX : K.WX + 3] += GX
+            # vh's scatter (x, 0, m v, m C) back to the particles: transfer_adjoint's p2g half, with
+            # a zero g2p record (its mass column is zero, so g_m's values do not enter)
+            W_h = self._flip_record(S, W)
+            G_Wh = self._buf("G_Wh", (self.n, K.W_DIM))
+            self.transfer_adjoint(W=W_h, R=self._buf("R_zero", (self.n, K.W_DIM)), grid_v=Gr.v, g_grid_mv=Gr.g_hv,
+                                  g_grid_m=Gr.g_m, G_W=G_Wh)
         for _, adjoint in self.constitutive:
             adjoint(S=S, M=P.material, G_out=G_next, G_W=G_W, G_in=G_out, G_M=GP.material)
         for i, c in enumerate(self.model.cloth):
             self._cloth_adjoint(i, c, S, W, P, GP, G_next, G_W, G_out)
+        if flip:
+            m = W[:, K.WMASS : K.WMASS + 1]
+            g_mom, g_a = G_Wh[:, K.WMOM : K.WMOM + 3], G_Wh[:, K.WA : K.WA + 9]
+            G_out[:, K.X : K.X + 3] += G_Wh[:, K.WX : K.WX + 3]
+            G_out[:, K.V : K.V + 3] += g_v_direct + m * g_mom
+            G_out[:, K.C : K.C + 9] += m * g_a
+            GP.material[:, K.MASS] += (g_mom * S[:, K.V : K.V + 3]).sum(1) + (g_a * S[:, K.C : K.C + 9]).sum(1)
 
     def _cloth_adjoint(self, i, c, S, W, P: StepParams, GP: StepParams, G_next, G_W, G_out) -> None:
         G_EF = self._buf(f"G_EF{i}", (c.num_elements, 9))

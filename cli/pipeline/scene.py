@@ -1,6 +1,7 @@
 """Scene files (TOML): parsing, validation with errors that name the key, the value and the file.
 
-    [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid
+    [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid,
+                 flip (the FLIP share of the grid-to-particle velocity, 0 = APIC; default DEFAULT_FLIP)
     [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b],
                  masks = "background" (cut from the background colour) | "colour" (pipeline/colour_masks.py)
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
+
+#: the FLIP share of the grid-to-particle velocity when a scene file does not set ``[scene] flip``
+#: (0 is APIC).  See the README's "Cloth physics" for the measurements behind it.
+DEFAULT_FLIP = 0.95
 
 #: the material parameters a scene can set and fit, in a fixed order (the simulator's table, less
 #: the engine-only ``cloth_friction``: a scene's ``friction`` is the cloth's too)
@@ -101,6 +106,7 @@ class SceneSettings:
     gravity: tuple[float, float, float]
     domain: tuple[tuple[float, float, float], tuple[float, float, float]]
     grid: int
+    flip: float = 0.0  # FLIP share of the grid-to-particle velocity (taichi_mpm.kernels.g2p); files default to DEFAULT_FLIP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +350,7 @@ def load_scene(path: str | Path) -> Scene:
         gravity=sr.vector("gravity", default=[0.0, -9.81, 0.0]),
         domain=(lo, hi),
         grid=sr.number("grid", 32, low=8, high=512, integer=True),
+        flip=sr.number("flip", DEFAULT_FLIP, low=0.0, high=0.999),
     )
     sr.finish()
 
@@ -395,7 +402,7 @@ def to_toml(scene: Scene) -> str:
     lines = [
         "[scene]",
         f"fps = {v(s.fps)}", f"frames = {v(s.frames)}", f"substeps = {v(s.substeps)}", f"gravity = {v(s.gravity)}",
-        f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", "",
+        f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", f"flip = {v(s.flip)}", "",
         "[camera]",
         f"width = {v(c.width)}", f"height = {v(c.height)}", f"fov_y_deg = {v(c.fov_y_deg)}", f"eye = {v(c.eye)}",
         f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", f"masks = {v(c.masks)}", "",

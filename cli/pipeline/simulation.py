@@ -222,7 +222,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
     bounds = _bounds(scene, grid, M.min_rest_edge(model))
     if substeps is None:
         substeps = s.substeps or M.substeps_for(s.fps, M.max_dt(grid.dx, bounds))
-    config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity)
+    config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity, flip=s.flip)
     return Simulation(scene, model, state, config, bounds, list(b.ranges), faces, dtype, torch.device(device))
 
 

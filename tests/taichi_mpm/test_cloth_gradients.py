@@ -11,11 +11,11 @@ NAMES = ["young_modulus", "poisson_ratio", "density", "damping", "friction", "sh
 BASE = [100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0]
 
 
-def _setup(frames=6):
+def _setup(frames=6, flip=0.0):
     grid, model, state, _ = drape_scene(n=4, res=12)
     bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=2.0, shear_stiffness=(150.0, 250.0),
                     normal_stiffness=(150.0, 250.0), min_length=0.1)
-    cfg = stable_config(grid, 30.0, bounds)
+    cfg = stable_config(grid, 30.0, bounds, flip=flip)
     n = model.num_particles
     wx = torch.randn(frames, n, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     wF = torch.randn(frames, n, 3, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -30,8 +30,10 @@ def _setup(frames=6):
 
 
 @pytest.mark.slow
-def test_every_cloth_parameter_matches_finite_differences():
-    loss, cfg, frames = _setup()
+@pytest.mark.parametrize("flip", [0.0, 0.95])
+def test_every_cloth_parameter_matches_finite_differences(flip):
+    """APIC (flip 0) and a PIC/FLIP blend (see ``kernels.g2p``)."""
+    loss, cfg, frames = _setup(flip=flip)
     assert (frames - 1) * cfg.substeps_per_frame >= 100
     values = [torch.tensor(b, dtype=F64, requires_grad=True) for b in BASE]
     v0 = torch.tensor([0.1, -0.3, 0.2], dtype=F64, requires_grad=True)
@@ -58,12 +60,14 @@ def test_every_cloth_parameter_matches_finite_differences():
         assert abs(ad - fd) <= 0.05 * abs(fd), f"{name}: autodiff {ad:.6g} vs finite diff {fd:.6g}"
 
 
-def test_cloth_gradcheck_tiny():
-    """float64 gradcheck through the vertex/element bookkeeping (gathers, centroids) and the segments."""
+@pytest.mark.parametrize("flip", [0.0, 0.95])
+def test_cloth_gradcheck_tiny(flip):
+    """float64 gradcheck through the vertex/element bookkeeping (gathers, centroids) and the segments,
+    with APIC and with a PIC/FLIP blend."""
     grid, model, state, _ = drape_scene(n=3, res=10)
     bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=2.0, shear_stiffness=(150.0, 250.0),
                     normal_stiffness=(150.0, 250.0), min_length=0.2)
-    cfg = stable_config(grid, 30.0, bounds, segment_substeps=3)
+    cfg = stable_config(grid, 30.0, bounds, segment_substeps=3, flip=flip)
     nv = 9
 
     def fn(xv, v, E, shear, cf):

@@ -79,10 +79,12 @@ def test_finite_differences_over_200_substeps():
         assert abs(ad - fd) <= 0.01 * abs(fd), f"{name}: autodiff {ad:.6g} vs finite diff {fd:.6g}"
 
 
-def test_gradcheck_tiny_rollout():
-    """float64 gradcheck of simulate over 3 segments (positions, velocity and every material scalar)."""
+@pytest.mark.parametrize("flip", [0.0, 0.95])
+def test_gradcheck_tiny_rollout(flip):
+    """float64 gradcheck of simulate over 3 segments (positions, velocity and every material scalar),
+    APIC and a PIC/FLIP blend."""
     model, x0, config, _ = _block_scene(substeps=2, frames=4, segment=2, n_side=2)
-    config = dataclasses.replace(config, fps=200.0)
+    config = dataclasses.replace(config, fps=200.0, flip=flip)
     x0 = x0 + torch.tensor([0.0, -0.03, 0.0], dtype=F64)  # touching the plane: friction matters
 
     def fn(x, v, E, nu, rho, friction, damping):
@@ -95,8 +97,10 @@ def test_gradcheck_tiny_rollout():
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
-def test_segmented_equals_unsegmented():
+@pytest.mark.parametrize("flip", [0.0, 0.95])
+def test_segmented_equals_unsegmented(flip):
     model, x0, config, frames = _block_scene(substeps=10, frames=7)
+    config = dataclasses.replace(config, flip=flip)
     results = []
     for seg in (1, 7, None, 60):  # one substep per segment, uneven segments, sqrt(T), one segment
         cfg = dataclasses.replace(config, segment_substeps=seg)

@@ -1,6 +1,8 @@
 """One substep of the Taichi kernels against the dense PyTorch twin: values and VJPs (float64)."""
 
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,8 +14,8 @@ from dreamcloth.taichi_mpm.solver import Engine, StepParams, pack_material, pack
 from .scenes import F64, mixed_model, random_state, tiny_config
 
 
-def _setup(scatter: str, seed=0, n=60):
-    cfg = tiny_config(scatter=scatter)
+def _setup(scatter: str, seed=0, n=60, flip=0.0):
+    cfg = dataclasses.replace(tiny_config(scatter=scatter), flip=flip)
     model = mixed_model(n, cfg.grid)
     st = random_state(n, cfg.grid, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -32,9 +34,9 @@ def _params(model, raw):
     return StepParams(pack_material(mu, lam, model.volume, mass, force), friction, damping)
 
 
-@pytest.mark.parametrize("scatter", ["colored", "atomic"])
-def test_step_matches_reference(scatter):
-    cfg, model, st, raw = _setup(scatter)
+@pytest.mark.parametrize("scatter,flip", [("colored", 0.0), ("atomic", 0.0), ("colored", 0.95), ("atomic", 0.95)])
+def test_step_matches_reference(scatter, flip):
+    cfg, model, st, raw = _setup(scatter, flip=flip)
     eng = Engine(model, cfg)
     S1, _ = eng.run(pack_state(st.x, st.v, st.C, st.F), _params(model, raw), start=3, count=1)
     x1, v1, C1, F1 = unpack_state(S1)
@@ -45,9 +47,9 @@ def test_step_matches_reference(scatter):
     assert (v1 - st.v).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("scatter", ["colored", "atomic"])
-def test_step_vjp_matches_reference(scatter):
-    cfg, model, st, raw = _setup(scatter, seed=3)
+@pytest.mark.parametrize("scatter,flip", [("colored", 0.0), ("atomic", 0.0), ("colored", 0.95), ("atomic", 0.95)])
+def test_step_vjp_matches_reference(scatter, flip):
+    cfg, model, st, raw = _setup(scatter, seed=3, flip=flip)
     eng = Engine(model, cfg)
     gen = torch.Generator().manual_seed(7)
     n = st.x.shape[0]
