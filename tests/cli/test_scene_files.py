@@ -21,6 +21,7 @@ def _text(**kw):
         (("poisson_ratio = 0.3", "poisson_ratio = 0.7"), r"object\[0\]\.material\.poisson_ratio = 0\.7 is out of range \[0, 0\.5\)"),
         (("young_modulus = [20.0, 400.0]", "young_modulus = [400.0, 20.0]"), r"object\[0\]\.fit\.young_modulus range \[400, 20\] has low > high"),
         (("fps = 24", "fps = -3"), r"scene\.fps = -3 is out of range"),
+        (("fps = 24", "fps = 24\nflip = 1.0"), r"scene\.flip = 1 is out of range \[0, 0\.999\]"),
         (('kind = "sphere"', 'kind = "cylinder"'), r"collider\[0\]\.kind = 'cylinder' is not one of"),
         (('mesh = "grid:8x8"', 'mesh = "grid:1x8"'), r"at least 2x2"),
         (("damping = 0.3", "damping = nan"), r"damping must be a finite number"),
