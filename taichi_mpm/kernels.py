@@ -402,14 +402,14 @@ def grid_kernels(kinds: tuple):
         grid_mv: ti.template(), grid_m: ti.template(), coll: ARR, friction: VEC, damping: VEC, dt: float, time: float,
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
         hi_i: int, hi_j: int, hi_k: int, grid_hv: ti.template(), grid_v: ti.template(), grid_vh: ti.template(), tape: ARR,
-        save: int, serial: ti.template(),
+        save: int, flip_on: ti.template(), serial: ti.template(),
     ):
         """Nodes in the box ``[lo, hi)`` (the particles' stencils); nothing outside is read this substep.
 
         Reads mv and m and leaves them zero for the next substep's scatter (no separate clearing
         launch, see ``Engine``); likewise FLIP's ``grid_hv`` (the scatter of the particles' momentum
         alone, m v + m C (x_i - x_p), no forces), whose velocity hv / m goes to ``grid_vh`` (see
-        ``g2p``; zero when FLIP is off); with ``save`` the node's (mv, m, v) go to row ``_box_index`` of
+        ``g2p``; with ``flip_on`` only: otherwise neither is touched, and may be any field); with ``save`` the node's (mv, m, v) go to row ``_box_index`` of
         ``tape [nodes, 7]`` for the backward pass (see ``load_grid_region``)."""
         origin = ti.Vector([ox, oy, oz])
         gravity = ti.Vector([gvx, gvy, gvz])
@@ -424,29 +424,32 @@ def grid_kernels(kinds: tuple):
             v = ti.Vector.zero(float, 3)
             vh = ti.Vector.zero(float, 3)
             if m > MASS_EPS:
-                vh = grid_hv[I] / m
+                if ti.static(flip_on):
+                    vh = grid_hv[I] / m
                 v = _colliders((mv / m + dt * gravity) * s, origin + I * dx, coll, friction, time, I, sdf, n_coll)
                 for d in ti.static(range(3)):
                     if (I[d] < boundary and v[d] < 0) or (I[d] >= res[d] - boundary and v[d] > 0):
                         v[d] = 0.0
             grid_v[I] = v
-            grid_vh[I] = vh
+            if ti.static(flip_on):
+                grid_vh[I] = vh
             if save:
                 q = _box_index(I, lo, hi)
                 put3(tape, q, 0, mv)
                 tape[q, 3] = m
                 put3(tape, q, 4, v)
-                if tape.shape[1] > 7:
+                if ti.static(flip_on):
                     put3(tape, q, 7, vh)
             grid_mv[I] = ti.Vector.zero(float, 3)
             grid_m[I] = 0.0
-            grid_hv[I] = ti.Vector.zero(float, 3)
+            if ti.static(flip_on):
+                grid_hv[I] = ti.Vector.zero(float, 3)
 
     @ti.func
     def _node_adjoint(I, res, grid_mv: ti.template(), grid_m: ti.template(), coll: ti.template(), friction: ti.template(),
                       s, ds, dt, time, gravity, origin, dx, boundary, sdf: ti.template(), g_grid_v: ti.template(),
                       grid_vh: ti.template(), g_grid_vh: ti.template(), g_grid_mv: ti.template(), g_grid_m: ti.template(),
-                      g_grid_hv: ti.template()):
+                      g_grid_hv: ti.template(), flip_on: ti.template()):
         """Writes the node's dL/dmv and dL/dm (from dL/dv, and from FLIP's dL/dvh in ``g_grid_vh``
         through vh = hv / m) and FLIP's dL/dhv; returns its contributions to dL/d(damping, friction_c...)."""
         acc = ti.Vector.zero(float, n_coll + 1)
@@ -474,16 +477,20 @@ def grid_kernels(kinds: tuple):
             acc[0] += g.dot(v0) * ds
             gv0 = g * s
             gmv = gv0 / m
-            gh = g_grid_vh[I]
             # -(gv0 . mv) / m^2 written without m^2, which underflows in float32; vh = hv / m likewise
-            gm = -(gv0.dot(mv / m) + gh.dot(grid_vh[I])) / m
-            ghv = gh / m
+            gm = -gv0.dot(mv / m) / m
+            if ti.static(flip_on):
+                gh = g_grid_vh[I]
+                gm -= gh.dot(grid_vh[I]) / m
+                ghv = gh / m
         g_grid_mv[I] = gmv
         g_grid_m[I] = gm
-        g_grid_hv[I] = ghv
+        if ti.static(flip_on):
+            g_grid_hv[I] = ghv
         # leave the fields this substep's adjoint filled zero for the next one (see ``Engine``)
         g_grid_v[I] = ti.Vector.zero(float, 3)
-        g_grid_vh[I] = ti.Vector.zero(float, 3)
+        if ti.static(flip_on):
+            g_grid_vh[I] = ti.Vector.zero(float, 3)
         grid_mv[I] = ti.Vector.zero(float, 3)
         grid_m[I] = 0.0
         return acc
@@ -494,7 +501,7 @@ def grid_kernels(kinds: tuple):
         gvx: float, gvy: float, gvz: float, ox: float, oy: float, oz: float, dx: float, boundary: int, sdf: SDF, lo_i: int, lo_j: int, lo_k: int,
         hi_i: int, hi_j: int, hi_k: int, grid_vh: ti.template(), g_grid_v: ti.template(), g_grid_vh: ti.template(),
         g_grid_mv: ti.template(), g_grid_m: ti.template(), g_grid_hv: ti.template(), g_params: ARR,
-        deterministic: ti.template(), serial: ti.template(),
+        deterministic: ti.template(), flip_on: ti.template(), serial: ti.template(),
     ):
         """Overwrites g_grid_mv, g_grid_m, g_grid_hv and zeroes g_grid_v, g_grid_vh, grid_mv, grid_m.  Parameter gradients (damping, then each collider's
         friction) go into ``g_params [rows, 1 + C]``: ``deterministic`` writes each grid slab's sum
@@ -511,7 +518,7 @@ def grid_kernels(kinds: tuple):
             ti.loop_config(serialize=serial)
             for I in ti.grouped(ti.ndrange((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))):
                 acc = _node_adjoint(I, res, grid_mv, grid_m, coll, friction, s, ds, dt, time, gravity, origin, dx,
-                                    boundary, sdf, g_grid_v, grid_vh, g_grid_vh, g_grid_mv, g_grid_m, g_grid_hv)
+                                    boundary, sdf, g_grid_v, grid_vh, g_grid_vh, g_grid_mv, g_grid_m, g_grid_hv, flip_on)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[0, c] += acc[c]
         else:
@@ -520,7 +527,7 @@ def grid_kernels(kinds: tuple):
                 acc = ti.Vector.zero(float, n_coll + 1)
                 for j, k in ti.ndrange((lo[1], hi[1]), (lo[2], hi[2])):
                     acc += _node_adjoint(ti.Vector([i, j, k]), res, grid_mv, grid_m, coll, friction, s, ds, dt, time,
-                                         gravity, origin, dx, boundary, sdf, g_grid_v, grid_vh, g_grid_vh, g_grid_mv, g_grid_m, g_grid_hv)
+                                         gravity, origin, dx, boundary, sdf, g_grid_v, grid_vh, g_grid_vh, g_grid_mv, g_grid_m, g_grid_hv, flip_on)
                 for c in ti.static(range(n_coll + 1)):
                     g_params[i, c] += acc[c]
 
@@ -541,11 +548,11 @@ def clear_region(a: ti.template(), b: ti.template(), lo_i: int, lo_j: int, lo_k:
 @ti.kernel
 def load_grid_region(
     buf: ARR, lo_i: int, lo_j: int, lo_k: int, hi_i: int, hi_j: int, hi_k: int, mv: ti.template(), m: ti.template(),
-    v: ti.template(), vh: ti.template(), serial: ti.template(),
+    v: ti.template(), vh: ti.template(), flip_on: ti.template(), serial: ti.template(),
 ):
     """Put back the grid's (mv, m, v) inside ``[lo, hi)`` from ``buf [nodes, 7]`` (row-major over the
-    box), as the forward's ``grid_update`` saved it for the backward pass; and FLIP's vh when ``buf``
-    has its three more columns."""
+    box), as the forward's ``grid_update`` saved it for the backward pass; and FLIP's vh from its
+    three more columns with ``flip_on``."""
     lo = ti.Vector([lo_i, lo_j, lo_k])
     hi = ti.Vector([hi_i, hi_j, hi_k])
     ti.loop_config(serialize=serial)
@@ -554,7 +561,7 @@ def load_grid_region(
         mv[I] = vec3(buf, q, 0)
         m[I] = buf[q, 3]
         v[I] = vec3(buf, q, 4)
-        if buf.shape[1] > 7:
+        if ti.static(flip_on):
             vh[I] = vec3(buf, q, 7)
 
 
@@ -566,7 +573,7 @@ def load_grid_region(
 def g2p(
     S: ARR, grid_v: ti.template(), grid_vh: ti.template(), pins: ARR, flip: float, dt: float, ox: float, oy: float, oz: float,
     inv_dx: float, dx: float, lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, S_out: ARR,
-    serial: ti.template(),
+    flip_on: ti.template(), serial: ti.template(),
 ):
     """Writes x, v and C of ``S_out`` (F was written by the constitutive kernel).
 
@@ -577,7 +584,8 @@ def g2p(
     et al. 2015, section 8).  ``flip`` = 0 is APIC.  (The grid's own mv / m would include the
     forces, and their impulse would then cancel out of the FLIP share: a cloth hanging under that
     rule sagged 90 mm further than under APIC, measured.)
-    Positions move with the gathered (PIC) velocity, and C is the APIC gather, whatever ``flip``."""
+    Positions move with the gathered (PIC) velocity, and C is the APIC gather, whatever ``flip``.
+    Without ``flip_on`` (compile-time) ``grid_vh`` is not read and ``flip`` is ignored."""
     origin = ti.Vector([ox, oy, oz])
     lo = ti.Vector([lo_x, lo_y, lo_z])
     hi = ti.Vector([hi_x, hi_y, hi_z])
@@ -593,9 +601,12 @@ def g2p(
             wt = _weight(w, o)
             gv = grid_v[base + o]
             nv += wt * gv
-            nh += wt * grid_vh[base + o]
+            if ti.static(flip_on):
+                nh += wt * grid_vh[base + o]
             B += wt * gv.outer_product(dpos)
-        vout = nv + flip * (vec3(S, p, V) - nh)
+        vout = nv
+        if ti.static(flip_on):
+            vout = nv + flip * (vec3(S, p, V) - nh)
         if pins[p, 0] != 0:
             nv = vec3(pins, p, 1)
             vout = nv
@@ -612,7 +623,8 @@ def g2p_adjoint_prepare(
     hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR, serial: ti.template(),
 ):
     """Per-particle part of the g2p adjoint: the record ``R`` (x, 0, dL/dv_new, dL/dB; W's layout) for
-    the scatter, and dL/dx through x' = clamp(x + dt v_new) written into ``G_in``.  R's position is
+    the scatter, and dL/dx through x' = clamp(x + dt v_gathered) written into ``G_in`` (g2p's positions
+    move with the gathered velocity, not with FLIP's).  R's position is
     the scatter record's (the same as the state's; for cloth elements the centroid computed from
     the vertices), so that this scatter stays inside the substep's grid region."""
     lo = ti.Vector([lo_x, lo_y, lo_z])

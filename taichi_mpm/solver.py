@@ -106,7 +106,7 @@ class Launcher:
 class _Grid:
     """Dense grid fields (and their adjoints) of one resolution, allocated once per Taichi runtime.
 
-    Between substeps ``mv``, ``m`` and ``g_v`` are zero everywhere: the kernels that read them last
+    Between substeps ``mv``, ``m`` and ``g_v`` (and FLIP's ``hv`` and ``g_vh``) are zero everywhere: the kernels that read them last
     in a substep (``grid_update``, ``grid_update_adjoint``) zero them, which saves a clearing launch
     per pass (a launch costs more than the clearing on small scenes).  ``clean`` is False while a
     substep is under way; a substep that finds it False (one that was interrupted, say by Ctrl-C)
@@ -120,16 +120,24 @@ class _Grid:
         self.mv = ti.Vector.field(3, dtype)
         self.m = ti.field(dtype)
         self.v = ti.Vector.field(3, dtype)
-        # FLIP: the scatter of the particles' momentum alone (hv) and its velocity hv / m (vh)
-        self.hv = ti.Vector.field(3, dtype)
-        self.vh = ti.Vector.field(3, dtype)
         self.g_v = ti.Vector.field(3, dtype)
-        self.g_vh = ti.Vector.field(3, dtype)
-        self.g_hv = ti.Vector.field(3, dtype)
         self.g_mv = ti.Vector.field(3, dtype)
         self.g_m = ti.field(dtype)
-        fb.dense(ti.ijk, res).place(self.mv, self.m, self.v, self.hv, self.vh, self.g_v, self.g_vh, self.g_hv, self.g_mv, self.g_m)
+        fb.dense(ti.ijk, res).place(self.mv, self.m, self.v, self.g_v, self.g_mv, self.g_m)
         self._tree = fb.finalize()
+        self.dtype = dtype
+        self._flip = None
+
+    def flip_fields(self) -> tuple:
+        """FLIP's fields (hv, vh, g_vh, g_hv), allocated on first use: the scatter of the particles'
+        momentum alone, its velocity hv / m, and their adjoints (see ``kernels.g2p``).  ``hv`` and
+        ``g_vh`` are zero between substeps like ``mv`` and ``g_v``."""
+        if self._flip is None:
+            fb = ti.FieldsBuilder()
+            fields = tuple(ti.Vector.field(3, self.dtype) for _ in range(4))
+            fb.dense(ti.ijk, self.res).place(*fields)
+            self._flip = (fields, fb.finalize())
+        return self._flip[0]
 
 
 _GRIDS: dict[tuple, _Grid] = {}
@@ -194,15 +202,18 @@ class Engine:
         gvx, gvy, gvz = self.gravity
         grid = dict(coll=self.coll, dt=config.dt, gvx=gvx, gvy=gvy, gvz=gvz, ox=ox, oy=oy, oz=oz, dx=g.dx, boundary=g.boundary,
                     serial=self.serial)
-        self.grid_update = Launcher(grid_update, **grid)
-        self.grid_update_adjoint = Launcher(grid_update_adjoint, **grid)
         self.clear_region = Launcher(K.clear_region, serial=self.serial)
-        self.load_grid_region = Launcher(K.load_grid_region, serial=self.serial)
         self.p2g_atomic = Launcher(K.p2g_atomic, **transfer)
         self.p2g_colored = Launcher(K.p2g_colored, **transfer)
         self.transfer_adjoint = Launcher(K.transfer_adjoint, **transfer)
         self.bin_particles = Launcher(K.bin_particles, **at_origin)
-        self.g2p = Launcher(K.g2p, pins=self.pins, flip=config.flip, dt=config.dt, **transfer, **inside)
+        # FLIP's grid fields, or (off) any field in their place: the kernels then never touch them
+        self.flip_on = config.flip != 0
+        self.hv, self.vh, self.g_vh, self.g_hv = self.grid.flip_fields() if self.flip_on else (self.grid.v,) * 4
+        self.grid_update = Launcher(grid_update, flip_on=self.flip_on, **grid)
+        self.grid_update_adjoint = Launcher(grid_update_adjoint, flip_on=self.flip_on, **grid)
+        self.load_grid_region = Launcher(K.load_grid_region, flip_on=self.flip_on, serial=self.serial)
+        self.g2p = Launcher(K.g2p, pins=self.pins, flip=config.flip, flip_on=self.flip_on, dt=config.dt, **transfer, **inside)
         self.flip_adjoint = Launcher(K.flip_adjoint, pins=self.pins, flip=config.flip, serial=self.serial, **at_origin)
         self.unpinned = (self.pins[:, 0:1] == 0).to(self.dtype)
         self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx,
@@ -383,6 +394,10 @@ class Engine:
             region = dict(zip(("lo_i", "lo_j", "lo_k", "hi_i", "hi_j", "hi_k"), full))
             self.clear_region(a=G.mv, b=G.m, **region)
             self.clear_region(a=G.g_v, b=G.g_m, **region)
+            if G._flip is not None:  # whichever engine left them (an engine with FLIP off never touches them)
+                hv, _, g_vh, _ = G.flip_fields()
+                self.clear_region(a=hv, b=G.m, **region)
+                self.clear_region(a=g_vh, b=G.g_m, **region)
         G.clean = False
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype=None) -> torch.Tensor:
@@ -436,7 +451,7 @@ class Engine:
         self._scatter(W, bins, G.mv, G.m)
         if cfg.flip:
             # the momentum alone into hv (its zero mass column adds nothing to g_m, which the adjoint overwrites)
-            self._scatter(self._flip_record(S, W), bins, G.hv, G.g_m)
+            self._scatter(self._flip_record(S, W), bins, self.hv, G.g_m)
         self._update_sdf(substep)
         tape = self._no_tape
         if keep is not None:
@@ -447,7 +462,7 @@ class Engine:
             keep.append((W, bins, r, tape))
         self.grid_update(
             grid_mv=G.mv, grid_m=G.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
-            **self._region_args(), grid_hv=G.hv, grid_v=G.v, grid_vh=G.vh, tape=tape, save=int(keep is not None),
+            **self._region_args(), grid_hv=self.hv, grid_v=G.v, grid_vh=self.vh, tape=tape, save=int(keep is not None),
         )
         G.clean = True
 
@@ -503,7 +518,7 @@ class Engine:
         """One substep from packed state ``S [N, 24]`` into ``S_out`` (must not alias ``S``); see
         :meth:`_to_grid` for the optional arguments."""
         self._to_grid(S, S_out, P, substep, W, bins, keep)
-        self.g2p(S=S, grid_v=self.grid.v, grid_vh=self.grid.vh, S_out=S_out)
+        self.g2p(S=S, grid_v=self.grid.v, grid_vh=self.vh, S_out=S_out)
         if any(self.limits) or self.contact:
             pre = [self._limit(i, S_out, P.material) if on else None for i, on in enumerate(self.limits)]
             touch = [self._contact(i, S_out, P, substep) if self.contact else None for i in range(len(self.model.cloth))]
@@ -544,7 +559,7 @@ class Engine:
         cfg, Gr = self.config, self.grid
         W, bins, self.region, grid = taped[:4]
         self._begin_substep()
-        self.load_grid_region(buf=grid, **self._region_args(), mv=Gr.mv, m=Gr.m, v=Gr.v, vh=Gr.vh)
+        self.load_grid_region(buf=grid, **self._region_args(), mv=Gr.mv, m=Gr.m, v=Gr.v, vh=self.vh)
         self._update_sdf(substep)
         for c in self.model.cloth:
             # element particles were moved to their vertices' centroid after g2p
@@ -574,24 +589,26 @@ class Engine:
             # substeps), its position gradient through the gather's weights (GX), its direct dL/dv
             R_h = self._buf("R_h", (self.n, K.W_DIM))
             GX = self._buf("GX", (self.n, 3))
-            self.flip_adjoint(W=W, G_out=G_next, grid_vh=Gr.vh, R=R_h, GX=GX)
-            self._scatter(R_h, bins, Gr.g_vh, Gr.g_m)
+            self.flip_adjoint(W=W, G_out=G_next, grid_vh=self.vh, R=R_h, GX=GX)
+            self._scatter(R_h, bins, self.g_vh, Gr.g_m)
             g_v_direct = cfg.flip * G_next[:, K.V : K.V + 3] * self.unpinned
         self.grid_update_adjoint(
             grid_mv=Gr.mv, grid_m=Gr.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
-            **self._region_args(), grid_vh=Gr.vh, g_grid_v=Gr.g_v, g_grid_vh=Gr.g_vh, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m,
-            g_grid_hv=Gr.g_hv, g_params=g_params, deterministic=g_params.shape[0] > 1,
+            **self._region_args(), grid_vh=self.vh, g_grid_v=Gr.g_v, g_grid_vh=self.g_vh, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m,
+            g_grid_hv=self.g_hv, g_params=g_params, deterministic=g_params.shape[0] > 1,
         )
         Gr.clean = True
         self.transfer_adjoint(W=W, R=R, grid_v=Gr.v, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m, G_W=G_W)
         if flip:
-            G_W[:, K.WX : K.WX + 3] += GX
             # vh's scatter (x, 0, m v, m C) back to the particles: transfer_adjoint's p2g half, with
             # a zero g2p record (its mass column is zero, so g_m's values do not enter)
             W_h = self._flip_record(S, W)
             G_Wh = self._buf("G_Wh", (self.n, K.W_DIM))
-            self.transfer_adjoint(W=W_h, R=self._buf("R_zero", (self.n, K.W_DIM)), grid_v=Gr.v, g_grid_mv=Gr.g_hv,
+            self.transfer_adjoint(W=W_h, R=self._buf("R_zero", (self.n, K.W_DIM)), grid_v=Gr.v, g_grid_mv=self.g_hv,
                                   g_grid_m=Gr.g_m, G_W=G_Wh)
+            # both position gradients through the scatter record's position (for cloth elements the
+            # vertices' centroid), which the constitutive and cloth adjoints carry back
+            G_W[:, K.WX : K.WX + 3] += GX + G_Wh[:, K.WX : K.WX + 3]
         for _, adjoint in self.constitutive:
             adjoint(S=S, M=P.material, G_out=G_next, G_W=G_W, G_in=G_out, G_M=GP.material)
         for i, c in enumerate(self.model.cloth):
@@ -599,7 +616,6 @@ class Engine:
         if flip:
             m = W[:, K.WMASS : K.WMASS + 1]
             g_mom, g_a = G_Wh[:, K.WMOM : K.WMOM + 3], G_Wh[:, K.WA : K.WA + 9]
-            G_out[:, K.X : K.X + 3] += G_Wh[:, K.WX : K.WX + 3]
             G_out[:, K.V : K.V + 3] += g_v_direct + m * g_mom
             G_out[:, K.C : K.C + 9] += m * g_a
             GP.material[:, K.MASS] += (g_mom * S[:, K.V : K.V + 3]).sum(1) + (g_a * S[:, K.C : K.C + 9]).sum(1)

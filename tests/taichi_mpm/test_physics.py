@@ -1,5 +1,6 @@
 """Physical behaviour of the MPM core (float64): conservation, resting contact, free fall, friction, damping."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -53,10 +54,11 @@ def test_p2g_conserves_mass_and_momentum():
     assert not eng.grid.m.to_numpy().any() and not eng.grid.mv.to_numpy().any()
 
 
-def test_an_interrupted_substep_does_not_leak_into_the_next():
-    """A substep cut off between its scatter and its grid update (Ctrl-C) leaves mass on the grid;
-    the next substep must clear it rather than add to it."""
-    cfg = tiny_config(res=12)
+@pytest.mark.parametrize("flip", [0.0, 0.95])
+def test_an_interrupted_substep_does_not_leak_into_the_next(flip):
+    """A substep cut off between its scatter and its grid update (Ctrl-C) leaves mass on the grid
+    (and FLIP's momentum); the next substep must clear it rather than add to it."""
+    cfg = dataclasses.replace(tiny_config(res=12), flip=flip)
     st = random_state(40, cfg.grid, seed=5)
     n = 40
     vol = torch.full((n,), (cfg.grid.dx * 0.5) ** 3, dtype=F64)
