@@ -594,23 +594,26 @@ def g2p(
         xp = vec3(S, p, X)
         base, fx, w, dw = _frame(xp, origin, inv_dx)
         nv = ti.Vector.zero(float, 3)
-        nh = ti.Vector.zero(float, 3)
         B = ti.Matrix.zero(float, 3, 3)
         for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
             dpos = (o - fx) * dx
             wt = _weight(w, o)
             gv = grid_v[base + o]
             nv += wt * gv
-            if ti.static(flip_on):
-                nh += wt * grid_vh[base + o]
             B += wt * gv.outer_product(dpos)
-        vout = nv
         if ti.static(flip_on):
+            nh = ti.Vector.zero(float, 3)
+            for o in ti.static(ti.grouped(ti.ndrange(3, 3, 3))):
+                nh += _weight(w, o) * grid_vh[base + o]
             vout = nv + flip * (vec3(S, p, V) - nh)
-        if pins[p, 0] != 0:
-            nv = vec3(pins, p, 1)
-            vout = nv
-        put3(S_out, p, V, vout)
+            if pins[p, 0] != 0:
+                nv = vec3(pins, p, 1)
+                vout = nv
+            put3(S_out, p, V, vout)
+        else:
+            if pins[p, 0] != 0:
+                nv = vec3(pins, p, 1)
+            put3(S_out, p, V, nv)
         # quadratic B-splines: D^-1 = 4 / dx^2 (Jiang et al. 2015)
         put33(S_out, p, C, 4.0 * inv_dx * inv_dx * B)
         # the walls keep particles inside; the clamp is a guard that a CFL-respecting run never hits
@@ -620,7 +623,7 @@ def g2p(
 @ti.kernel
 def g2p_adjoint_prepare(
     S: ARR, S_out: ARR, G_out: ARR, W: ARR, pins: ARR, dt: float, inv_dx: float, lo_x: float, lo_y: float, lo_z: float,
-    hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR, serial: ti.template(),
+    hi_x: float, hi_y: float, hi_z: float, R: ARR, G_in: ARR, flip_on: ti.template(), serial: ti.template(),
 ):
     """Per-particle part of the g2p adjoint: the record ``R`` (x, 0, dL/dv_new, dL/dB; W's layout) for
     the scatter, and dL/dx through x' = clamp(x + dt v_gathered) written into ``G_in`` (g2p's positions
@@ -631,13 +634,19 @@ def g2p_adjoint_prepare(
     hi = ti.Vector([hi_x, hi_y, hi_z])
     ti.loop_config(serialize=serial)
     for p in range(S.shape[0]):
-        # the clamp test on g2p's output position (its velocity is not the one that moved x when
-        # FLIP is on); equal to testing x + dt v_gathered but on the boundary itself
-        xn = vec3(S_out, p, X)
         gxn = vec3(G_out, p, X)
-        for d in ti.static(range(3)):
-            if xn[d] <= lo[d] or xn[d] >= hi[d]:
-                gxn[d] = 0.0
+        if ti.static(flip_on):
+            # the clamp test on g2p's output position (with FLIP its velocity is not the one that
+            # moved x): the same as testing x + dt v_gathered, but on the boundary itself
+            xo = vec3(S_out, p, X)
+            for d in ti.static(range(3)):
+                if xo[d] <= lo[d] or xo[d] >= hi[d]:
+                    gxn[d] = 0.0
+        else:
+            xn = vec3(S, p, X) + dt * vec3(S_out, p, V)
+            for d in ti.static(range(3)):
+                if xn[d] < lo[d] or xn[d] > hi[d]:
+                    gxn[d] = 0.0
         gnv = ti.Vector.zero(float, 3)
         if pins[p, 0] == 0:
             gnv = vec3(G_out, p, V) + dt * gxn

@@ -216,7 +216,7 @@ class Engine:
         self.g2p = Launcher(K.g2p, pins=self.pins, flip=config.flip, flip_on=self.flip_on, dt=config.dt, **transfer, **inside)
         self.flip_adjoint = Launcher(K.flip_adjoint, pins=self.pins, flip=config.flip, serial=self.serial, **at_origin)
         self.unpinned = (self.pins[:, 0:1] == 0).to(self.dtype)
-        self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, dt=config.dt, inv_dx=g.inv_dx,
+        self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, flip_on=self.flip_on, dt=config.dt, inv_dx=g.inv_dx,
                                             serial=self.serial, **inside)
         # per material group: its constitutive kernel and adjoint over its particle range
         step = dict(dt=config.dt, inv_dx=g.inv_dx, serial=self.serial)
