@@ -449,7 +449,7 @@ class Engine:
             axis = max(range(3), key=lambda d: r[3 + d] - r[d])
             self.bin_particles(W=W, axis=axis, bins=bins)
         self._scatter(W, bins, G.mv, G.m)
-        if cfg.flip:
+        if self.flip_on:
             # the momentum alone into hv (its zero mass column adds nothing to g_m, which the adjoint overwrites)
             self._scatter(self._flip_record(S, W), bins, self.hv, G.g_m)
         self._update_sdf(substep)
@@ -457,7 +457,7 @@ class Engine:
         if keep is not None:
             r = self.region
             nodes = max(r[3] - r[0], 0) * max(r[4] - r[1], 0) * max(r[5] - r[2], 0)
-            dim = GRID_TAPE_DIM_FLIP if self.config.flip else GRID_TAPE_DIM
+            dim = GRID_TAPE_DIM_FLIP if self.flip_on else GRID_TAPE_DIM
             tape = torch.empty((max(nodes, 1), dim), dtype=self.dtype, device=self.device)
             keep.append((W, bins, r, tape))
         self.grid_update(
@@ -583,7 +583,7 @@ class Engine:
         self.g2p_adjoint_prepare(S=S, S_out=S_next, G_out=G_next, W=W, R=R, G_in=G_out)
         # into g_v (zero between substeps); R's mass column is zero, and grid_update_adjoint overwrites g_m
         self._scatter(R, bins, Gr.g_v, Gr.g_m)
-        flip = cfg.flip != 0
+        flip = self.flip_on
         if flip:
             # FLIP's share flip (v - gather(vh)): the scatter of its record into g_vh (zero between
             # substeps), its position gradient through the gather's weights (GX), its direct dL/dv
