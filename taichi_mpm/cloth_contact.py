@@ -34,14 +34,22 @@ grid is shared, and a shrunk collider would let the solid sink 1.5 cells).  A me
 signed distance lives on grid nodes, stays grid-only.
 
 Gradient.  The map is piecewise smooth like the friction return mapping: a vertex outside every
-collider passes through unchanged; a vertex inside is differentiated exactly by torch's autograd
-(position, velocity and the collider's friction).  The engine's adjoint recomputes the projection
-from the pre-contact state kept in the substep's tape, like the strain limit's.
+collider passes through unchanged; a vertex inside is differentiated exactly (position, velocity
+and the collider's friction).  The engine runs the Taichi kernels of :func:`vertex_kernels` (one
+launch forward, one backward, with a hand-written adjoint that replays the projection from the
+pre-contact state kept in the substep's tape, like the strain limit's).  The torch functions below
+(:func:`contact`, differentiated by autograd) are the reference the kernels are tested against:
+in the engine they cost ~35 small torch operations per collider and substep, and their autograd
+replay ~70 more, 15% of the bundled demo's fit (profiled 2026-12-03: 45 of 285 s).
 """
 
-from __future__ import annotations
+import functools
 
+import taichi as ti
 import torch
+
+from .kernels import _collider_frame
+from .layout import ARR, INT, VEC, V, X, put3, vec3
 
 #: colliders that get vertex contact (the mesh collider's distance is sampled on grid nodes only)
 ANALYTIC = ("plane", "sphere", "box")
@@ -135,41 +143,175 @@ def _push(x: torch.Tensor, v: torch.Tensor, n: torch.Tensor, depth: torch.Tensor
 
 
 def contact(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torch.Tensor, friction: torch.Tensor,
-            time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor],
-            active: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertex positions and velocities ``[V, 3]`` after contact with each analytic collider in turn.
 
     ``rows [C, 18]`` are the colliders' true geometry (not the grid's shrunk one), ``friction [C]``
     their friction coefficients, ``time`` the end of the substep (where ``x`` is), ``dt`` the
     substep, ``free [V]`` bool (pinned vertices never move), ``box`` the (lo, hi) corners that keep
-    every stencil inside the grid; ``active`` the colliders to apply (default: every analytic one;
-    :func:`touch` says which matter).  Continuous and piecewise smooth in ``x``, ``v`` and
-    ``friction``, differentiated by autograd."""
+    every stencil inside the grid.  Continuous and piecewise smooth in ``x``, ``v`` and
+    ``friction``, differentiated by autograd.  The engine runs :func:`vertex_kernels` instead."""
     keep = free[:, None].to(x.dtype)
     for c, kind in enumerate(kinds):
-        if kind in ANALYTIC and (active is None or c in active):
+        if kind in ANALYTIC:
             depth, n = _depth(kind, rows[c], x, keep, time)
             x, v = _push(x, v, n, depth, rows[c], friction[c], dt)
     return torch.maximum(torch.minimum(x, box[1]), box[0]), v
 
 
-def touch(x: torch.Tensor, v: torch.Tensor, kinds: tuple[str, ...], rows: torch.Tensor, friction: torch.Tensor,
-          time: float, dt: float, free: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]
-          ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-    """:func:`contact` that skips the colliders no free vertex is inside (where it is the identity,
-    exactly), and says which it applied: ``(x, v, active)``, with ``contact(..., active=active)``
-    the same map (the adjoint recomputes that).  ``active`` empty: nothing touches, ``x`` and ``v``
-    are returned as given.  Costs one host sync per collider; saves its ~35 operations where it
-    does not touch (a drape rarely reaches the ground under its sphere)."""
-    keep = free[:, None].to(x.dtype)
-    active = []
-    for c, kind in enumerate(kinds):
-        if kind not in ANALYTIC:
-            continue
-        depth, n = _depth(kind, rows[c], x, keep, time)
-        if bool((depth > 0).any()):
-            active.append(c)
-            x, v = _push(x, v, n, depth, rows[c], friction[c], dt)
-    if not active:
-        return x, v, ()
-    return torch.maximum(torch.minimum(x, box[1]), box[0]), v, tuple(active)
+# --------------------------------------------------------------------------------------------
+# The engine's kernels: the same map as ``contact``, one launch each way
+
+
+@ti.func
+def _impulse(v, n, depth, vc, mu, dt):
+    """:func:`impulse` for one vertex inside a collider (``depth > 0``)."""
+    vrel = v - vc
+    vn = vrel.dot(n)
+    dv = ti.max(ti.min(depth / dt, -vn), 0.0)
+    vt = vrel - vn * n
+    t = vt.norm()
+    keep = 0.0
+    if t > 0:
+        keep = ti.max(1.0 - mu * dv / t, 0.0)
+    return vc + keep * vt + (vn + dv) * n
+
+
+@ti.func
+def _impulse_adjoint(v, n, depth, vc, mu, dt, gv):
+    """(d v' / d v)^T gv, (d v' / d n)^T gv, d v' / d depth . gv and d v' / d mu . gv of ``_impulse``.
+
+    v' = vc + keep vt + (vn + dv) n with vt = vrel - vn n, keep = max(1 - mu dv / |vt|, 0) and
+    dv = max(0, min(depth / dt, -vn)), vn = vrel . n, vrel = v - vc: each line below reverses one."""
+    vrel = v - vc
+    vn = vrel.dot(n)
+    a = depth / dt
+    dv = ti.max(ti.min(a, -vn), 0.0)
+    vt = vrel - vn * n
+    t = vt.norm()
+    keep = 0.0
+    g_keep = gv.dot(vt)
+    g_vt = gv * 0.0
+    g_t = 0.0
+    g_mu = 0.0
+    g_dv = gv.dot(n)
+    g_vn = gv.dot(n)
+    g_n = (vn + dv) * gv
+    if t > 0:
+        r = 1.0 - mu * dv / t
+        if r > 0:
+            keep = r
+            g_mu = -g_keep * dv / t
+            g_dv += -g_keep * mu / t
+            g_t = g_keep * mu * dv / (t * t)
+    g_vt = keep * gv
+    if t > 0:
+        g_vt += g_t * vt / t
+    g_vrel = g_vt
+    g_vn -= g_vt.dot(n)
+    g_n -= vn * g_vt
+    g_depth = 0.0
+    if ti.min(a, -vn) > 0:
+        if a < -vn:
+            g_depth = g_dv / dt
+        else:
+            g_vn -= g_dv
+    g_vrel += g_vn * n
+    g_n += g_vn * vrel
+    return g_vrel, g_n, g_depth, g_mu
+
+
+@functools.lru_cache(maxsize=None)
+def vertex_kernels(kinds: tuple):
+    """The vertex contact and its adjoint for a tuple of collider kinds (compile-time; colliders that
+    are not ``ANALYTIC`` are skipped, as in :func:`contact`)."""
+    n_coll = len(kinds)
+    acting = tuple(c for c, k in enumerate(kinds) if k in ANALYTIC)
+
+    @ti.func
+    def _apply(x0, v0, coll: ti.template(), friction: ti.template(), time, dt, upto: ti.template()):
+        """Position and velocity after the analytic colliders ``c < upto`` in turn, and how many acted."""
+        x = x0
+        v = v0
+        hit = 0
+        I = ti.Vector([0, 0, 0])
+        for c in ti.static(acting):
+            if ti.static(c < upto):
+                phi, n, vc = _collider_frame(kinds[c], coll, c, x, time, I, coll)
+                if phi < 0:
+                    hit += 1
+                    v = _impulse(v, n, -phi, vc, friction[c], dt)
+                    x = x - phi * n
+        return x, v, hit
+
+    @ti.kernel
+    def vertex_contact(S: ARR, start: int, free: VEC, coll: ARR, friction: VEC, time: float, dt: float, lo_x: float,
+                       lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, pre: ARR, touched: INT,
+                       serial: ti.template()):
+        """Rows ``start .. start + len(free)`` of the packed state ``S`` in place (x and v), where
+        ``free`` is non-zero; their positions and velocities before go to ``pre [rows, 6]`` and the
+        number of rows that a collider moved is added to ``touched[0]``.  A moved row is then kept
+        inside the box ``[lo, hi]`` (the particles' clamp, see ``kernels.g2p``)."""
+        lo = ti.Vector([lo_x, lo_y, lo_z])
+        hi = ti.Vector([hi_x, hi_y, hi_z])
+        ti.loop_config(serialize=serial)
+        for r in range(free.shape[0]):
+            p = start + r
+            x = vec3(S, p, X)
+            v = vec3(S, p, V)
+            put3(pre, r, 0, x)
+            put3(pre, r, 3, v)
+            if free[r] != 0:
+                xc, vc, hit = _apply(x, v, coll, friction, time, dt, n_coll)
+                if hit > 0:
+                    put3(S, p, X, ti.min(ti.max(xc, lo), hi))
+                    put3(S, p, V, vc)
+                    ti.atomic_add(touched[0], 1)
+
+    @ti.kernel
+    def vertex_contact_adjoint(G: ARR, start: int, free: VEC, coll: ARR, friction: VEC, time: float, dt: float,
+                               lo_x: float, lo_y: float, lo_z: float, hi_x: float, hi_y: float, hi_z: float, pre: ARR,
+                               g_mu: ARR, serial: ti.template()):
+        """Rows ``start ..`` of ``G`` (dL/dx, dL/dv after the contact) become dL/d(x, v) before it, in
+        place; ``g_mu [rows, C]`` gets each row's dL/d friction_c (overwritten; summed by the caller,
+        in a fixed order).  Each collider's input is replayed from ``pre`` (``n_coll`` is small)."""
+        lo = ti.Vector([lo_x, lo_y, lo_z])
+        hi = ti.Vector([hi_x, hi_y, hi_z])
+        ti.loop_config(serialize=serial)
+        for r in range(free.shape[0]):
+            for c in ti.static(range(n_coll)):
+                g_mu[r, c] = 0.0
+            if free[r] != 0:
+                p = start + r
+                gx = vec3(G, p, X)
+                gv = vec3(G, p, V)
+                x0 = vec3(pre, r, 0)
+                v0 = vec3(pre, r, 3)
+                xf, vf, hit = _apply(x0, v0, coll, friction, time, dt, n_coll)
+                if hit > 0:
+                    for d in ti.static(range(3)):
+                        if xf[d] < lo[d] or xf[d] > hi[d]:
+                            gx[d] = 0.0
+                    I = ti.Vector([0, 0, 0])
+                    for cc in ti.static(range(len(acting))):
+                        c = ti.static(acting[len(acting) - 1 - cc])
+                        x, v, h = _apply(x0, v0, coll, friction, time, dt, c)
+                        phi, n, vc = _collider_frame(kinds[c], coll, c, x, time, I, coll)
+                        if phi < 0:
+                            # x' = x + depth n, v' = impulse(v, n, depth); depth = -phi(x), d phi / dx = n
+                            g_v, g_n, g_depth, gm = _impulse_adjoint(v, n, -phi, vc, friction[c], dt, gv)
+                            g_depth += gx.dot(n)
+                            g_n += -phi * gx
+                            gx = gx - g_depth * n
+                            if ti.static(kinds[c] == "sphere"):
+                                # n = (x - centre) / |x - centre|: dn/dx = (I - n n^T) / |x - centre|
+                                rad = coll[c, 3] + phi
+                                if rad > 0:
+                                    gx += (g_n - n.dot(g_n) * n) / rad
+                            # plane and box (inside: the nearest face's normal): n does not move with x
+                            gv = g_v
+                            g_mu[r, c] = gm
+                    put3(G, p, X, gx)
+                    put3(G, p, V, gv)
+
+    return vertex_contact, vertex_contact_adjoint

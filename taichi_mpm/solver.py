@@ -261,8 +261,14 @@ class Engine:
         self.contact_rows = []
         for i, c in enumerate(model.cloth if self.contact else ()):
             assert c.element_start == c.vertex_start + c.num_vertices
-            free = torch.cat([self.free[i][:, 0] > 0, torch.ones(c.num_elements, dtype=torch.bool, device=self.device)])
+            free = torch.cat([self.free[i][:, 0], torch.ones(c.num_elements, dtype=self.dtype, device=self.device)]).contiguous()
             self.contact_rows.append((slice(c.vertex_start, c.element_start + c.num_elements), free))
+        if self.contact:
+            contact, contact_adjoint = CC.vertex_kernels(self.kinds)
+            at = dict(coll=self.coll_true, dt=config.dt, serial=self.serial, **inside)
+            self.vertex_contact = Launcher(contact, **at)
+            self.vertex_contact_adjoint = Launcher(contact_adjoint, **at)
+            self._touched = torch.zeros(1, dtype=torch.int32, device=self.device)
         # per cloth: whether its strain limit is on (``max_stretch`` non-zero somewhere; see
         # set_mesh_forces) and its projection's mesh data (strain_limit.LimitMesh), built when first used
         self.limits: list[bool] = [False] * len(model.cloth)
@@ -327,49 +333,36 @@ class Engine:
         GP.material[el, K.LIMIT] += gm
 
     def _contact_rows(self, i: int) -> tuple[slice, torch.Tensor]:
-        """Cloth ``i``'s particle rows (its vertices, then its elements: contiguous) and which may move.
+        """Cloth ``i``'s particle rows (its vertices, then its elements: contiguous) and which may move
+        (1) or not (0).
 
         The element particles (half of the cloth's mass) take the contact's velocity rule as well, so
         that the momentum they send to the grid next substep does not push into the collider; their
         positions are the vertices' centroids again right after (``sync_centroids``)."""
         return self.contact_rows[i]
 
-    def _contact(self, i: int, S_out: torch.Tensor, P: StepParams, substep: int) -> tuple[torch.Tensor, tuple[int, ...]] | None:
+    def _contact(self, i: int, S_out: torch.Tensor, P: StepParams, substep: int) -> torch.Tensor | None:
         """Cloth ``i``'s vertex contact with the analytic colliders on ``S_out``, in place (see
-        ``cloth_contact``).  Returns, for the adjoint, the pre-contact ``[V + E, 6]`` positions and
-        velocities and the colliders that acted, or None where no free vertex is inside a collider
-        (the map is then the identity)."""
+        ``cloth_contact``: one kernel launch).  Returns, for the adjoint, the pre-contact ``[V + E,
+        6]`` positions and velocities, or None where no free vertex was inside a collider (the map
+        was then the identity)."""
         vs, free = self._contact_rows(i)
-        time = (substep + 1) * self.config.dt  # g2p has moved the vertices to the end of the substep
-        pre = S_out[vs, K.X : K.X + 6]
-        xc, vc, active = CC.touch(pre[:, 0:3], pre[:, 3:6], self.kinds, self.coll_true, P.friction, time, self.config.dt, free,
-                                  self.box)
-        if not active:
-            return None
-        pre = pre.clone()
-        S_out[vs, K.X : K.X + 3] = xc
-        S_out[vs, K.V : K.V + 3] = vc
-        return pre, active
+        pre = torch.empty((vs.stop - vs.start, 6), dtype=self.dtype, device=self.device)
+        self._touched.zero_()
+        # g2p has moved the vertices to the end of the substep
+        self.vertex_contact(S=S_out, start=vs.start, free=free, friction=P.friction, time=(substep + 1) * self.config.dt,
+                            pre=pre, touched=self._touched)
+        return pre if int(self._touched[0]) else None
 
-    def _contact_adjoint(self, i: int, taped: tuple[torch.Tensor, tuple[int, ...]], P: StepParams, substep: int,
-                         G_next: torch.Tensor, g_params: torch.Tensor) -> None:
+    def _contact_adjoint(self, i: int, pre: torch.Tensor, P: StepParams, substep: int, G_next: torch.Tensor,
+                         g_params: torch.Tensor) -> None:
         """Adjoint of :meth:`_contact`, in place on ``G_next`` (vertex x and v rows); the friction
-        gradients accumulate into row 0 of ``g_params`` (columns 1..C).  Recomputes the contact of
-        the colliders that acted from the pre-contact state under autograd."""
-        pre, active = taped
+        gradients accumulate into row 0 of ``g_params`` (columns 1..C), summed in a fixed order."""
         vs, free = self._contact_rows(i)
-        with torch.enable_grad():
-            x = pre[:, 0:3].detach().requires_grad_(True)
-            v = pre[:, 3:6].detach().requires_grad_(True)
-            mu = P.friction.detach().requires_grad_(True)
-            xc, vc = CC.contact(x, v, self.kinds, self.coll_true, mu, (substep + 1) * self.config.dt, self.config.dt, free,
-                                self.box, active=active)
-            gx, gv, gm = torch.autograd.grad((xc, vc), (x, v, mu), (G_next[vs, K.X : K.X + 3], G_next[vs, K.V : K.V + 3]),
-                                             allow_unused=True)
-        G_next[vs, K.X : K.X + 3] = gx
-        G_next[vs, K.V : K.V + 3] = gv
-        if gm is not None and self.kinds:
-            g_params[0, 1:] += gm[: len(self.kinds)]
+        g_mu = self._buf(f"g_mu{i}", (pre.shape[0], len(self.kinds)))
+        self.vertex_contact_adjoint(G=G_next, start=vs.start, free=free, friction=P.friction,
+                                    time=(substep + 1) * self.config.dt, pre=pre, g_mu=g_mu)
+        g_params[0, 1:] += g_mu.sum(0)
 
     def _implicit(self, i: int, mass: torch.Tensor):
         """``cloth_forces.mesh_forces``'s ``implicit`` argument for cloth ``i`` (vertex ``mass [V]``)."""
@@ -573,7 +566,7 @@ class Engine:
             S_next = S_next.clone()
             for i, rec in touched:
                 self._contact_adjoint(i, rec, P, substep, G_next, g_params)
-                S_next[self._contact_rows(i)[0], K.X : K.X + 6] = rec[0]
+                S_next[self._contact_rows(i)[0], K.X : K.X + 6] = rec
             for i, pre in limited:
                 self._limit_adjoint(i, pre, P, GP, G_next)
                 c = self.model.cloth[i]

@@ -68,24 +68,6 @@ def test_the_contact_is_continuous_across_the_surface():
     assert float(w[0, 1]) == pytest.approx(0.0, abs=1e-12) and float(w[0, 0]) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_touch_skips_only_colliders_where_contact_is_the_identity():
-    kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1), Plane((0, 0.1, 0), (0, 1, 0)), Box((0.2, 0.5, 0.2), (0.05, 0.05, 0.05))])
-    box = (torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
-    mu = torch.tensor([0.3, 0.5, 0.2], dtype=F64)
-    free = torch.ones(3, dtype=torch.bool)
-    v = torch.tensor([[0.1, -1.0, 0.0], [0.0, -1.0, 0.2], [0.3, -0.5, 0.0]], dtype=F64)
-    x = torch.tensor([[0.5, 0.495, 0.5], [0.7, 0.3, 0.7], [0.8, 0.8, 0.8]], dtype=F64)  # the sphere only
-    y, w, active = CC.touch(x, v, kinds, rows, mu, 0.0, 1e-3, free, box)
-    assert active == (0,)
-    for a, b in zip((y, w), CC.contact(x, v, kinds, rows, mu, 0.0, 1e-3, free, box)):
-        assert torch.equal(a, b)
-    for a, b in zip((y, w), CC.contact(x, v, kinds, rows, mu, 0.0, 1e-3, free, box, active=active)):
-        assert torch.equal(a, b)
-    x[0, 1] = 0.55  # outside everything: nothing acts and nothing changes
-    y, w, active = CC.touch(x, v, kinds, rows, mu, 0.0, 1e-3, free, box)
-    assert active == () and torch.equal(y, x) and torch.equal(w, v)
-
-
 def test_the_projection_gradcheck():
     kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1, friction=0.4), Plane((0, 0.1, 0), (0.1, 1, 0), friction=0.6),
                          Box((0.2, 0.5, 0.2), (0.05, 0.06, 0.07), (10.0, 30.0, 5.0), friction=0.3)])
@@ -156,4 +138,83 @@ def test_gradients_stay_finite_in_float32_where_the_tangential_speed_is_zero():
     y, w = CC.contact(x, v, kinds, rows, mu, 0.0, 1e-3, torch.ones(5, dtype=torch.bool), (torch.zeros(3), torch.ones(3)))
     (y.sum() + w.sum()).backward()
     for t in (x.grad, v.grad, mu.grad):
+        assert torch.isfinite(t).all(), t
+
+
+def _kernel_contact(x, v, kinds, rows, mu, time, dt, free, box, g=None):
+    """The engine's Taichi kernels on packed rows: (x', v') and, given ``g = (gx', gv')``, the VJP
+    (gx, gv, g_mu)."""
+    from dreamcloth.taichi_mpm import runtime
+
+    runtime.ensure(x.device, x.dtype)
+    fwd, adj = CC.vertex_kernels(tuple(kinds))
+    n = x.shape[0]
+    start = 2  # rows of another object before the cloth's: the kernels must respect the offset
+    S = torch.zeros((n + start + 1, 24), dtype=x.dtype)
+    S[start : start + n, 0:3] = x
+    S[start : start + n, 3:6] = v
+    freef = free.to(x.dtype).contiguous()
+    pre = torch.zeros((n, 6), dtype=x.dtype)
+    touched = torch.zeros(1, dtype=torch.int32)
+    lo, hi = box
+    rows = rows.contiguous()
+    fwd(S, start, freef, rows, mu.contiguous(), time, dt, *[float(a) for a in lo], *[float(a) for a in hi], pre, touched, True)
+    assert torch.equal(pre, torch.cat([x, v], 1))
+    out = (S[start : start + n, 0:3].clone(), S[start : start + n, 3:6].clone(), int(touched[0]))
+    if g is None:
+        return out
+    G = torch.zeros_like(S)
+    G[start : start + n, 0:3] = g[0]
+    G[start : start + n, 3:6] = g[1]
+    g_mu = torch.zeros((n, len(kinds)), dtype=x.dtype)
+    adj(G, start, freef, rows, mu.contiguous(), time, dt, *[float(a) for a in lo], *[float(a) for a in hi], pre, g_mu, True)
+    return out + (G[start : start + n, 0:3], G[start : start + n, 3:6], g_mu.sum(0))
+
+
+def test_the_engine_kernels_match_the_torch_reference_and_its_gradients():
+    """The Taichi kernels the engine runs against ``contact`` under autograd (float64): positions,
+    velocities and the VJP in x, v and every friction; moving colliders, several colliders acting on
+    one vertex, sliding and sticking, pinned vertices."""
+    kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1, friction=0.4, velocity=(0.0, 0.3, 0.1)),
+                         Plane((0, 0.1, 0), (0.1, 1, 0), friction=0.6),
+                         Box((0.2, 0.5, 0.2), (0.05, 0.06, 0.07), (10.0, 30.0, 5.0), friction=0.3)])
+    gen = torch.Generator().manual_seed(5)
+    time, dt = 0.01, 1e-3
+    centre = torch.tensor([0.5, 0.4 + 0.3 * time, 0.5 + 0.1 * time], dtype=F64)
+    x = torch.cat([centre + 0.095 * torch.nn.functional.normalize(torch.randn(12, 3, generator=gen, dtype=F64), dim=1),
+                   torch.tensor([[0.6, 0.098, 0.7], [0.8, 0.105, 0.3], [0.3, 0.0995, 0.3]], dtype=F64),
+                   torch.tensor([0.2, 0.5, 0.2], dtype=F64) + 0.03 * torch.randn(4, 3, generator=gen, dtype=F64),
+                   torch.tensor([[0.8, 0.8, 0.8]], dtype=F64)])
+    v = torch.randn(x.shape, generator=gen, dtype=F64)
+    v[:, 1] -= 1.0
+    v[13] = torch.tensor([0.0, -2.0, 0.0], dtype=F64)  # straight down: no tangential speed
+    free = torch.ones(len(x), dtype=torch.bool)
+    free[2] = False
+    box = (torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
+    mu = torch.tensor([0.4, 0.6, 0.3], dtype=F64)
+    gx, gv = torch.randn(x.shape, generator=gen, dtype=F64), torch.randn(x.shape, generator=gen, dtype=F64)
+
+    xr, vr, mr = (t.clone().requires_grad_(True) for t in (x, v, mu))
+    y, w = CC.contact(xr, vr, kinds, rows, mr, time, dt, free, box)
+    ref = torch.autograd.grad((y, w), (xr, vr, mr), (gx, gv))
+    yk, wk, touched, *got = _kernel_contact(x, v, kinds, rows, mu, time, dt, free, box, g=(gx, gv))
+    inside = int((((y - x).abs().sum(1) > 0) | ((w - v).abs().sum(1) > 0)).sum())
+    assert touched == inside and touched >= 15
+    torch.testing.assert_close(yk, y.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(wk, w.detach(), rtol=0, atol=1e-12)
+    for name, a, b in zip(("x", "v", "friction"), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"dL/d{name}")
+
+
+def test_the_engine_kernels_leave_outside_vertices_alone_in_float32():
+    kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1), Plane((0, 0.1, 0), (0, 1, 0)), Box((0.2, 0.5, 0.2), (0.05, 0.05, 0.05))])
+    x = torch.tensor([[0.5, 0.499, 0.5], [0.7, 0.099, 0.7], [0.2, 0.549, 0.2], [0.8, 0.8, 0.8], [0.5, 0.4, 0.5]])
+    v = torch.tensor([[0.0, -1.0, 0.0], [0.0, -1.0, 0.0], [0.0, -1.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mu = torch.tensor([0.3, 0.5, 0.2])
+    g = (torch.ones_like(x), torch.ones_like(v))
+    y, w, touched, gx, gv, gm = _kernel_contact(x, v, kinds, rows.float(), mu, 0.0, 1e-3, torch.ones(5, dtype=torch.bool),
+                                                 (torch.zeros(3), torch.ones(3)), g=g)
+    assert touched == 4 and torch.equal(y[3], x[3]) and torch.equal(w[3], v[3])
+    assert torch.equal(gx[3], g[0][3]) and torch.equal(gv[3], g[1][3])
+    for t in (y, w, gx, gv, gm):
         assert torch.isfinite(t).all(), t
