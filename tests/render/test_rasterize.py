@@ -168,8 +168,16 @@ def test_tile_and_pixel_loop_orders_agree_bitwise(dtype):
     tile, pixel = results["tile"], results["pixel"]
     assert torch.equal(tile[0], pixel[0]) and torch.equal(tile[1], pixel[1])
     for a, b in zip(tile[2], pixel[2]):
-        # Gradient sums are accumulated in a different order (atomics vs per-pair sums).
-        assert torch.allclose(a, b, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-6)
+        # Gradient sums are accumulated in a different order (atomics vs per-pair sums), and the atomics'
+        # order changes from run to run.  An entry that is a sum of cancelling terms as large as the
+        # tensor's largest carries that scale's round-off: in float32, the covariance gradient (max
+        # 1.3e4) had an entry 0.3363 that differed by 3.8e-5 in 2 runs of 12 (2026-12-03; norm-wise
+        # the two agreed to 2e-7), so the absolute tolerance scales with the largest entry.
+        scale = float(b.abs().max())
+        if dtype == torch.float32:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+        else:
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-6)
 
 
 def test_empty_and_fully_culled_scenes_render_background():
