@@ -191,7 +191,6 @@ def _impulse_adjoint(v, n, depth, vc, mu, dt, gv):
     t = vt.norm()
     keep = 0.0
     g_keep = gv.dot(vt)
-    g_vt = gv * 0.0
     g_t = 0.0
     g_mu = 0.0
     g_dv = gv.dot(n)

@@ -7,7 +7,7 @@ import torch
 from dreamcloth.taichi_mpm import GridSpec, ModelBuilder, Plane, Sphere, grid_mesh, simulate, stable_config
 from dreamcloth.taichi_mpm import cloth_contact as CC
 from dreamcloth.taichi_mpm.colliders import Box, pack
-from dreamcloth.taichi_mpm.solver import Engine
+from dreamcloth.taichi_mpm.solver import Engine, Launcher
 
 from .cloth_scenes import F64, cloth_bounds, cloth_params
 
@@ -147,7 +147,11 @@ def _kernel_contact(x, v, kinds, rows, mu, time, dt, free, box, g=None):
     from dreamcloth.taichi_mpm import runtime
 
     runtime.ensure(x.device, x.dtype)
-    fwd, adj = CC.vertex_kernels(tuple(kinds))
+    lo, hi = box
+    # by argument name, as the engine launches them
+    fixed = dict(coll=rows.contiguous(), time=time, dt=dt, serial=True,
+                 **dict(zip(("lo_x", "lo_y", "lo_z", "hi_x", "hi_y", "hi_z"), [float(a) for a in (*lo, *hi)])))
+    fwd, adj = (Launcher(k, **fixed) for k in CC.vertex_kernels(tuple(kinds)))
     n = x.shape[0]
     start = 2  # rows of another object before the cloth's: the kernels must respect the offset
     S = torch.zeros((n + start + 1, 24), dtype=x.dtype)
@@ -156,9 +160,7 @@ def _kernel_contact(x, v, kinds, rows, mu, time, dt, free, box, g=None):
     freef = free.to(x.dtype).contiguous()
     pre = torch.zeros((n, 6), dtype=x.dtype)
     touched = torch.zeros(1, dtype=torch.int32)
-    lo, hi = box
-    rows = rows.contiguous()
-    fwd(S, start, freef, rows, mu.contiguous(), time, dt, *[float(a) for a in lo], *[float(a) for a in hi], pre, touched, True)
+    fwd(S=S, start=start, free=freef, friction=mu.contiguous(), pre=pre, touched=touched)
     assert torch.equal(pre, torch.cat([x, v], 1))
     out = (S[start : start + n, 0:3].clone(), S[start : start + n, 3:6].clone(), int(touched[0]))
     if g is None:
@@ -167,7 +169,7 @@ def _kernel_contact(x, v, kinds, rows, mu, time, dt, free, box, g=None):
     G[start : start + n, 0:3] = g[0]
     G[start : start + n, 3:6] = g[1]
     g_mu = torch.zeros((n, len(kinds)), dtype=x.dtype)
-    adj(G, start, freef, rows, mu.contiguous(), time, dt, *[float(a) for a in lo], *[float(a) for a in hi], pre, g_mu, True)
+    adj(G=G, start=start, free=freef, friction=mu.contiguous(), pre=pre, g_mu=g_mu)
     return out + (G[start : start + n, 0:3], G[start : start + n, 3:6], g_mu.sum(0))
 
 
