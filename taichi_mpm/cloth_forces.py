@@ -1,11 +1,11 @@
 """Forces on a cloth's mesh besides its membrane: bending and air drag.
 
 Both act on the vertex particles (added to their momentum in the scatter record, like the
-membrane forces of ``cloth``), are computed with torch on the ``[V, 3]`` vertex positions and
-velocities, and are differentiated by torch's autograd in the adjoint substep (see
-``Engine._cloth_adjoint``): two sparse matrix products (the bending stencil, CSR) and a few
-gathers and scatters per substep, where a Taichi kernel launch alone costs 200-400 us on the small
-CPUs this runs on.
+membrane forces of ``cloth``).  This module builds the bending operator and computes the forces
+with torch and scipy on the ``[V, 3]`` vertex positions and velocities, with a written-out adjoint
+(``mesh_forces_adjoint``) and torch's autograd as references.  The engine runs the same arithmetic
+as two Taichi kernels (``mesh_kernels``: one launch forward, one backward, tested against these
+functions in float64) on a flat-rest mesh, and these functions on a mesh with rest curvature.
 
 Bending (``bending_stiffness`` B, N m: the bending rigidity per unit width of KES and the Peirce
 cantilever).  A thin plate with Poisson ratio 0 stores (B/2) (k1^2 + k2^2) per unit area.  For an
