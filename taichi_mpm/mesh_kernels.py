@@ -51,6 +51,31 @@ def _solve(Y: ti.template(), band: ti.template()):
 
 
 @ti.func
+def _stencil_row(S: ti.template(), v0, l_ptr: ti.template(), l_idx: ti.template(), l_val: ti.template(), dt,
+                 LZ: ti.template(), r):
+    """Row ``r`` of L (x + dt v) into ``LZ``."""
+    acc = ti.Vector.zero(float, 3)
+    for k in range(l_ptr[r], l_ptr[r + 1]):
+        p = v0 + l_idx[k]
+        acc += l_val[k] * (vec3(S, p, X) + dt * vec3(S, p, V))
+    for d in ti.static(range(3)):
+        LZ[r, d] = acc[d]
+
+
+@ti.func
+def _rhs_row(free: ti.template(), lt_ptr: ti.template(), lt_idx: ti.template(), lt_val: ti.template(),
+             k_row: ti.template(), perm: ti.template(), dt, LZ: ti.template(), Y: ti.template(), q):
+    """Row ``q`` (solver order) of the bending step's right-hand side dt P f, f = -L^T diag(k) LZ."""
+    j = perm[q]
+    acc = ti.Vector.zero(float, 3)
+    for k in range(lt_ptr[j], lt_ptr[j + 1]):
+        r = lt_idx[k]
+        acc += (lt_val[k] * k_row[r]) * vec3(LZ, r, 0)
+    for d in ti.static(range(3)):
+        Y[q, d] = -dt * free[j] * acc[d]
+
+
+@ti.func
 def _triangle(S: ti.template(), faces: ti.template(), v0, e):
     """Edge vectors, twice the area vector (e1 x e2) and the mean velocity of triangle ``e``."""
     a, b, c = faces[e, 0], faces[e, 1], faces[e, 2]
@@ -84,21 +109,10 @@ def mesh_forces(S: ARR, M: ARR, W: ARR, v0: int, e0: int, free: VEC, l_ptr: INT,
     if ti.static(bend):
         ti.loop_config(serialize=serial)
         for r in range(LZ.shape[0]):  # L (x + dt v)
-            acc = ti.Vector.zero(float, 3)
-            for k in range(l_ptr[r], l_ptr[r + 1]):
-                p = v0 + l_idx[k]
-                acc += l_val[k] * (vec3(S, p, X) + dt * vec3(S, p, V))
-            for d in ti.static(range(3)):
-                LZ[r, d] = acc[d]
+            _stencil_row(S, v0, l_ptr, l_idx, l_val, dt, LZ, r)
         ti.loop_config(serialize=serial)
         for q in range(perm.shape[0]):  # right-hand side dt P f(x + dt v), f = -L^T diag(k) L z
-            j = perm[q]
-            acc = ti.Vector.zero(float, 3)
-            for k in range(lt_ptr[j], lt_ptr[j + 1]):
-                r = lt_idx[k]
-                acc += (lt_val[k] * k_row[r]) * vec3(LZ, r, 0)
-            for d in ti.static(range(3)):
-                Y[q, d] = -dt * free[j] * acc[d]
+            _rhs_row(free, lt_ptr, lt_idx, lt_val, k_row, perm, dt, LZ, Y, q)
         ti.loop_config(serialize=True)
         for _ in range(1):
             _solve(Y, band)
@@ -163,21 +177,10 @@ def mesh_forces_adjoint(S: ARR, M: ARR, G_W: ARR, G_out: ARR, G_M: ARR, v0: int,
         if ti.static(want_k or want_mass):  # the forward's L z and dv, recomputed
             ti.loop_config(serialize=serial)
             for r in range(LZ.shape[0]):
-                acc = ti.Vector.zero(float, 3)
-                for k in range(l_ptr[r], l_ptr[r + 1]):
-                    p = v0 + l_idx[k]
-                    acc += l_val[k] * (vec3(S, p, X) + dt * vec3(S, p, V))
-                for d in ti.static(range(3)):
-                    LZ[r, d] = acc[d]
+                _stencil_row(S, v0, l_ptr, l_idx, l_val, dt, LZ, r)
             ti.loop_config(serialize=serial)
             for q in range(perm.shape[0]):
-                j = perm[q]
-                acc = ti.Vector.zero(float, 3)
-                for k in range(lt_ptr[j], lt_ptr[j + 1]):
-                    r = lt_idx[k]
-                    acc += (lt_val[k] * k_row[r]) * vec3(LZ, r, 0)
-                for d in ti.static(range(3)):
-                    Y2[q, d] = -dt * free[j] * acc[d]
+                _rhs_row(free, lt_ptr, lt_idx, lt_val, k_row, perm, dt, LZ, Y2, q)
             ti.loop_config(serialize=True)
             for _ in range(1):
                 _solve(Y2, band)
