@@ -312,6 +312,13 @@ def row_stiffness(stiffness: torch.Tensor, op: BendingOperator) -> torch.Tensor:
     return b_row * op.row_weight
 
 
+def rows_to_elements(g_row: torch.Tensor, op: BendingOperator, num_elements: int) -> torch.Tensor:
+    """The adjoint of :func:`row_stiffness`'s averaging: dL/d(per-row stiffness) ``[R]`` (area
+    weight included) -> dL/d(per-element stiffness) ``[E]``."""
+    return torch.zeros(num_elements, dtype=g_row.dtype, device=g_row.device).index_add_(
+        0, op.element_of_pair, op.pair_weight.to(g_row.dtype) * g_row.index_select(0, op.row_of_pair))
+
+
 def _apply_stencil(op: BendingOperator, x: torch.Tensor) -> torch.Tensor:
     """``L x``: ``[V, 3]`` -> ``[R, 3]``."""
     return _SparseProduct.apply(x.contiguous(), op.matrix, op.matrix_t)
@@ -522,8 +529,7 @@ def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor,
             lp = system.lp_matrix
             g_k = -(dt * dt) * (_product(lp, lam) * _product(lp, dv)).sum(1) - (l_gfb * lz).sum(1)
             g_k = g_k * op.row_weight.to(x.dtype)
-            g_bend = torch.zeros_like(bending).index_add_(
-                0, op.element_of_pair, (op.pair_weight.to(x.dtype) * g_k.index_select(0, op.row_of_pair)).to(bending.dtype))
+            g_bend = rows_to_elements(g_k, op, bending.shape[0]).to(bending.dtype)
     if use_drag:
         fa, fb_, fc = faces[:, 0], faces[:, 1], faces[:, 2]
         xa = x.index_select(0, fa)

@@ -265,7 +265,7 @@ class Engine:
         # per cloth: the banded system of its backward-Euler bending step (cloth_forces.ImplicitBending),
         # built at the first substep with bending on
         self.implicit: list[CF.ImplicitBending | None] = [None] * len(model.cloth)
-        # per cloth: the mesh-force kernels' fixed arguments (see _mesh_kernel_args), built when first used
+        # the mesh-force kernels, and per cloth their fixed arguments (see _mesh_kernel_args), built when first used
         self.mesh_forces_kernel = Launcher(MK.mesh_forces)
         self.mesh_forces_adjoint_kernel = Launcher(MK.mesh_forces_adjoint)
         self.mesh_kernel_data: list[dict | None] = [None] * len(model.cloth)
@@ -399,34 +399,41 @@ class Engine:
         return (self.mesh_forces[i] is not None and c.num_vertices <= MESH_KERNEL_MAX_VERTICES
                 and not (self.mesh_forces[i][0] and c.bending.curved.numel()))
 
+    def _mesh_kernel_data(self, i: int) -> dict:
+        """Cloth ``i``'s fixed mesh-kernel data: ``args`` (the arguments shared by both kernels, with
+        placeholders for those of the bending step), ``row_weight``, and the last banded factor
+        (numpy) with its tensor."""
+        data = self.mesh_kernel_data[i]
+        if data is not None:
+            return data
+        c, op = self.model.cloth[i], self.model.cloth[i].bending
+        t = dict(dtype=self.dtype, device=self.device)
+        i32 = dict(dtype=torch.int32, device=self.device)
+        lp, li, lv = MK.csr_arrays(op.matrix, self.dtype)
+        tp, ti_, tv = MK.csr_arrays(op.matrix_t, self.dtype)
+        rows, nv = max(op.num_rows, 1), c.num_vertices  # kernels take no empty arrays
+        no_perm = torch.zeros(nv, **i32)
+        args = dict(v0=c.vertex_start, e0=c.element_start, free=self.free[i][:, 0].contiguous(), l_ptr=lp, l_idx=li,
+                    l_val=lv, lt_ptr=tp, lt_idx=ti_, lt_val=tv, faces=c.faces_local.to(**i32).contiguous(),
+                    incidence=c.incidence, offsets=c.offsets, dt=self.config.dt, share=CL.ELEMENT_MASS_FRACTION,
+                    serial=self.serial, LZ=torch.zeros((rows, 3), **t),
+                    Y=torch.zeros((nv, 3), dtype=torch.float64, device=self.device),
+                    k_row=torch.zeros(rows, **t), band=torch.zeros((1, 1), dtype=torch.float64, device=self.device),
+                    perm=no_perm, inverse_perm=no_perm)
+        row_weight = op.row_weight.to(**t).contiguous() if op.num_rows else args["k_row"]
+        data = dict(args=args, row_weight=row_weight, factor=None, band=None)
+        self.mesh_kernel_data[i] = data
+        return data
+
     def _mesh_kernel_args(self, i: int, material: torch.Tensor) -> dict:
-        """The arguments of ``mesh_kernels.mesh_forces`` (and most of its adjoint's) for cloth ``i``
-        this substep: the fixed mesh data, and the row stiffnesses and banded factor of ``material``."""
+        """The arguments of ``mesh_kernels.mesh_forces`` (the adjoint's, less its own scratch) for
+        cloth ``i`` this substep: the fixed mesh data, and the row stiffnesses and banded factor of
+        ``material``."""
         c, (bend, drag) = self.model.cloth[i], self.mesh_forces[i]
         op = c.bending
+        data = self._mesh_kernel_data(i)
         bend = bend and op.num_rows > 0
-        data = self.mesh_kernel_data[i]
-        if data is None:
-            lp, li, lv = MK.csr_arrays(op.matrix, self.dtype)
-            tp, ti_, tv = MK.csr_arrays(op.matrix_t, self.dtype)
-            i32 = dict(dtype=torch.int32, device=self.device)
-            data = dict(v0=c.vertex_start, e0=c.element_start, free=self.free[i][:, 0].contiguous(), l_ptr=lp, l_idx=li,
-                        l_val=lv, lt_ptr=tp, lt_idx=ti_, lt_val=tv, faces=c.faces_local.to(**i32).contiguous(),
-                        incidence=c.incidence, offsets=c.offsets, dt=self.config.dt, share=CL.ELEMENT_MASS_FRACTION,
-                        serial=self.serial)
-            rows, nv = max(op.num_rows, 1), c.num_vertices
-            data["scratch"] = dict(LZ=torch.zeros((rows, 3), dtype=self.dtype, device=self.device),
-                                   Y=torch.zeros((nv, 3), dtype=torch.float64, device=self.device),
-                                   T=torch.zeros((c.num_elements, 3), dtype=self.dtype, device=self.device))
-            data["band"] = data["perm"] = data["inverse_perm"] = None
-            data["factor"] = None
-            data["no_band"] = torch.zeros((1, 1), dtype=torch.float64, device=self.device)
-            data["no_rows"] = torch.zeros(rows, dtype=self.dtype, device=self.device)
-            data["no_perm"] = torch.zeros(nv, **i32)
-            self.mesh_kernel_data[i] = data
-        args = {k: data[k] for k in ("v0", "e0", "free", "l_ptr", "l_idx", "l_val", "lt_ptr", "lt_idx", "lt_val", "faces",
-                                     "incidence", "offsets", "dt", "share", "serial")}
-        args.update(data["scratch"], bend=bend, drag=drag)
+        args = dict(data["args"], bend=bend, drag=drag)
         if bend:
             el = slice(c.element_start, c.element_start + c.num_elements)
             vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
@@ -436,12 +443,9 @@ class Engine:
             if data["factor"] is not system._factor:  # refactored (another stiffness, mass or dt)
                 data["factor"] = system._factor
                 data["band"] = torch.from_numpy(system._factor).to(self.device).contiguous()
-                if data["perm"] is None:
-                    data["perm"] = torch.from_numpy(system.perm).to(torch.int32).to(self.device)
-                    data["inverse_perm"] = torch.from_numpy(system.inverse_perm).to(torch.int32).to(self.device)
+                data["perm"] = torch.from_numpy(system.perm).to(device=self.device, dtype=torch.int32)
+                data["inverse_perm"] = torch.from_numpy(system.inverse_perm).to(device=self.device, dtype=torch.int32)
             args.update(k_row=k.contiguous(), band=data["band"], perm=data["perm"], inverse_perm=data["inverse_perm"])
-        else:
-            args.update(k_row=data["no_rows"], band=data["no_band"], perm=data["no_perm"], inverse_perm=data["no_perm"])
         return args
 
     def _begin_substep(self) -> None:
@@ -495,8 +499,9 @@ class Engine:
             CL.gather_vertices(S, c.faces, EX)
             self.cloth_elements[i](EX=EX, S=S, M=P.material, S_out=S_out, W=W, EF=EF)
             self.cloth_vertices[i](S=S, M=P.material, EF=EF, S_out=S_out, W=W)
-            if self.mesh_forces[i] is not None and self._mesh_kernels_apply(i):
-                self.mesh_forces_kernel(**self._mesh_kernel_args(i, P.material), S=S, M=P.material, W=W)
+            if self._mesh_kernels_apply(i):
+                self.mesh_forces_kernel(**self._mesh_kernel_args(i, P.material), S=S, M=P.material, W=W,
+                                        T=self._buf(f"mesh_T{i}", (c.num_elements, 3)))
             elif self.mesh_forces[i] is not None:
                 fv, fe = self._mesh_force(i, S, P.material, self.mesh_forces[i])
                 W[c.vertex_start : c.vertex_start + c.num_vertices, K.WMOM : K.WMOM + 3] += cfg.dt * fv * self.free[i]
@@ -719,24 +724,19 @@ class Engine:
         c, flags, free = self.model.cloth[i], self.mesh_forces[i], self.free[i]
         if self._mesh_kernels_apply(i):
             args = self._mesh_kernel_args(i, P.material)
-            del args["T"]
             rows = args["LZ"].shape[0]
             want_k, want_drag, want_mass = self.mesh_param_grads
             want_k, want_mass = want_k and args["bend"], want_mass and args["bend"]
             g_k = self._buf(f"mesh_g_k{i}", (rows,))
-            data = self.mesh_kernel_data[i]
-            if "row_weight" not in data:
-                data["row_weight"] = c.bending.row_weight.to(self.dtype).contiguous() if c.bending.num_rows else data["no_rows"]
             self.mesh_forces_adjoint_kernel(**args, S=S, M=P.material, G_W=G_W, G_out=G_out, G_M=GP.material,
-                                            row_weight=data["row_weight"], LG=self._buf(f"mesh_LG{i}", (rows, 3)),
+                                            row_weight=self.mesh_kernel_data[i]["row_weight"],
+                                            LG=self._buf(f"mesh_LG{i}", (rows, 3)),
                                             Y2=self._buf(f"mesh_Y2{i}", (c.num_vertices, 3), torch.float64),
                                             GC=self._buf(f"mesh_GC{i}", (c.num_elements, 18)), g_k=g_k, want_k=want_k,
                                             want_drag=want_drag and flags[1], want_mass=want_mass)
             if want_k:
-                op = c.bending
                 el = slice(c.element_start, c.element_start + c.num_elements)
-                GP.material[el, K.BEND] += torch.zeros(c.num_elements, dtype=self.dtype, device=self.device).index_add_(
-                    0, op.element_of_pair, op.pair_weight.to(self.dtype) * g_k.index_select(0, op.row_of_pair))
+                GP.material[el, K.BEND] += CF.rows_to_elements(g_k, c.bending, c.num_elements)
             return
         vs = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         el = slice(c.element_start, c.element_start + c.num_elements)
