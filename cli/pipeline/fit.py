@@ -37,6 +37,11 @@ CHECKPOINT_VERSION = 1
 EDGE_TOLERANCE = 0.02
 #: an L-BFGS step that moves no coordinate of u by more than this ends the fit (u ~ 1 spans most of a range)
 POLISH_TOLERANCE = 1e-6
+#: loss evaluations one L-BFGS polish iteration may spend, its strong-Wolfe line search included.
+#: torch's default for max_iter=1 is max_eval = 1, which leaves the line search no evaluation at
+#: all (max_ls = max_eval - 1 = 0): one trial step, and t = 0 when it did not lower the loss, which
+#: ended the demo's fits at their first polish iteration.
+POLISH_MAX_EVALS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +450,8 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         if polish:
             # quasi-Newton polish at the full horizon: the loss is deterministic and smooth near the
             # optimum, where Adam's normalised, decaying steps crawl along shallow valleys
-            return torch.optim.LBFGS([u], lr=1.0, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
+            return torch.optim.LBFGS([u], lr=1.0, max_iter=1, max_eval=POLISH_MAX_EVALS, history_size=10,
+                                     line_search_fn="strong_wolfe")
         return torch.optim.Adam([u], lr=cfg.lr)
 
     opt = make_optimizer(st.iteration >= adam_iterations)
@@ -472,17 +478,21 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         if not polish:
             set_lr(st.iteration)
 
+        evaluated = []  # (loss, u) of every evaluation in this iteration (L-BFGS's line search makes several)
+
         def closure():
             opt.zero_grad()
             l = problem.loss(u, h)
             l.backward()
             if not (torch.isfinite(l) and torch.isfinite(u.grad).all()):
                 raise _NonFinite("a non-finite loss or gradient")
+            evaluated.append((float(l.detach()), u.detach().clone()))
             return l
 
         for attempt in range(cfg.max_dt_halvings + 1):
             try:
                 start = u.detach().clone()
+                evaluated.clear()
                 if polish:
                     loss = opt.step(closure)
                 else:
@@ -507,10 +517,16 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         lv = float(loss.detach())
         vals = {k: float(v) for k, v in space.values(u.detach()).items()}
         rec = {"iteration": st.iteration, "loss": lv, "horizon": h, "candidate": st.candidate,
-               "optimizer": "lbfgs" if polish else "adam",
+               "optimizer": "lbfgs" if polish else "adam", "evaluations": len(evaluated),
                "values": {f"{i}:{p}": v for (i, p), v in vals.items()}, "seconds": time.perf_counter() - t0}
         st.history.append(rec)
-        if h == frames:
+        if polish:
+            # the result: the lowest full-horizon loss the polish has evaluated (its line searches
+            # evaluate the points they accept; Adam's last full-horizon iterate is the first candidate)
+            low = min(evaluated, key=lambda e: e[0])
+            if st.best is None or low[0] < st.best["loss"]:
+                st.best = {"loss": low[0], "u": low[1]}
+        elif h == frames:
             # the result: the last iterate whose full-horizon loss was measured
             st.best = {"loss": lv, "u": start}
         if polish and float((u.detach() - start).abs().max()) < POLISH_TOLERANCE:

@@ -73,3 +73,25 @@ def test_nan_halves_dt_and_retries(data, tmp_path, monkeypatch):
     assert result.state.substeps == base and base % 2 == 0
     assert any("halving dt" in m for m in logs)
     assert all(math.isfinite(v) for v in result.values.values())
+
+
+def test_the_lbfgs_polish_line_searches_to_the_minimum(data, tmp_path, monkeypatch):
+    """The polish on a known smooth loss (a quadratic in u, in place of the rollout): it must reach the
+    minimum.  L-BFGS's first trial step moves u by 1 (t = 1 / |g|_1), past the minimum 0.3 away.
+    With torch's default max_eval for max_iter=1 the line search had no evaluation left to spend: t
+    fell back to 0 and the fit reported convergence at its first polish iteration, loss unchanged."""
+    scene, target, _ = data
+
+    def quadratic(self, u, horizon, v0=None):
+        curv = torch.logspace(1, 2, u.numel(), dtype=torch.float64)
+        return 0.5 * (curv * (u + 0.3) ** 2).sum() + 0.1
+
+    monkeypatch.setattr(Fm.FitProblem, "loss", quadratic)
+    cfg = dataclasses.replace(CFG, iterations=8, polish_iterations=8)
+    result = Fm.run_fit(scene, target, tmp_path / "polish", cfg, log=lambda m: None)
+    first = result.history[0]["loss"]
+    print("polish losses", [round(h["loss"], 6) for h in result.history], "evaluations", [h["evaluations"] for h in result.history])
+    assert all(h["optimizer"] == "lbfgs" for h in result.history)
+    assert max(h["evaluations"] for h in result.history) > 1  # a line search ran
+    assert result.loss - 0.1 < 1e-4 * (first - 0.1)
+    assert result.loss <= min(h["loss"] for h in result.history)  # the best point evaluated is the result

@@ -220,3 +220,75 @@ def test_the_engine_kernels_leave_outside_vertices_alone_in_float32():
     assert torch.equal(gx[3], g[0][3]) and torch.equal(gv[3], g[1][3])
     for t in (y, w, gx, gv, gm):
         assert torch.isfinite(t).all(), t
+
+
+def _band_states(dt=1e-3, mu=0.5):
+    """Vertices just below a ground plane, each with depth / (dt |v_n|) and
+    1 - mu dv / |v_t| chosen in and around the rounded corners (NORMAL_BAND, FRICTION_BAND)."""
+    zs = [0.8, 1 - CC.NORMAL_BAND, 0.93, 1.0, 1.04, 1 + CC.NORMAL_BAND, 1.3]
+    rs = [-0.3, -CC.FRICTION_BAND, -0.04, 0.0, 0.06, CC.FRICTION_BAND, 0.4]
+    x, v = [], []
+    for z in zs:
+        for r in rs:
+            a = z * 1.0  # inward speed 1 m/s
+            dv = min(a, 1.0) if abs(z - 1) >= CC.NORMAL_BAND else float(CC.normal_loss(torch.tensor(a, dtype=F64), torch.tensor(1.0, dtype=F64), CC.NORMAL_BAND))
+            t = mu * dv / (1.0 - r)
+            x.append([0.5, 0.1 - z * dt, 0.5])
+            v.append([0.6 * t, -1.0, 0.8 * t])
+    return torch.tensor(x, dtype=F64), torch.tensor(v, dtype=F64)
+
+
+def test_the_rounded_corners_are_c1_and_exact_outside_their_bands():
+    """The normal response's min and the stick/slip ramp are rounded over their bands only: exact
+    outside, and their derivatives continuous across each band's edges (a parabola of the wrong
+    width or offset would break one of the two)."""
+    b = torch.tensor(2.0, dtype=F64)
+    for edge in (1 - CC.NORMAL_BAND, 1 + CC.NORMAL_BAND):
+        vals, grads = [], []
+        for a0 in (edge * 2.0 - 1e-9, edge * 2.0 + 1e-9):
+            a, bb = torch.tensor(a0, dtype=F64, requires_grad=True), b.clone().requires_grad_(True)
+            y = CC.normal_loss(a, bb, CC.NORMAL_BAND)
+            y.backward()
+            vals.append(float(y.detach()))
+            grads.append((float(a.grad), float(bb.grad)))
+        assert vals[0] == pytest.approx(vals[1], abs=1e-8)
+        assert grads[0] == pytest.approx(grads[1], abs=1e-7)
+    for a0, want in ((1.5, 1.5), (2.5, 2.0), (0.3, 0.3)):
+        assert float(CC.normal_loss(torch.tensor(a0, dtype=F64), b, CC.NORMAL_BAND)) == want
+    assert float(CC.normal_loss(torch.tensor(2.0, dtype=F64), b, CC.NORMAL_BAND)) == pytest.approx(2.0 - 2.0 * CC.NORMAL_BAND / 4)
+    assert float(CC.normal_loss(torch.tensor(0.5, dtype=F64), torch.tensor(-1.0, dtype=F64), CC.NORMAL_BAND)) == 0.0
+    for edge in (-CC.FRICTION_BAND, CC.FRICTION_BAND):
+        grads = []
+        for r0 in (edge - 1e-9, edge + 1e-9):
+            r = torch.tensor(r0, dtype=F64, requires_grad=True)
+            CC._soft_ramp(r, CC.FRICTION_BAND).backward()
+            grads.append(float(r.grad))
+        assert grads[0] == pytest.approx(grads[1], abs=1e-7)
+    assert float(CC._soft_ramp(torch.tensor(0.0, dtype=F64), CC.FRICTION_BAND)) == pytest.approx(CC.FRICTION_BAND / 4)
+
+
+def test_the_kernels_match_the_reference_inside_the_rounded_corners():
+    """Kernels against ``contact`` (values and VJP, float64) and ``contact``'s gradcheck, for vertices
+    placed in and around both bands: the random states of the other tests rarely fall inside."""
+    kinds, rows = _rows([Plane((0, 0.1, 0), (0, 1, 0), friction=0.5)])
+    dt, mu = 1e-3, torch.tensor([0.5], dtype=F64)
+    x, v = _band_states(dt, 0.5)
+    free = torch.ones(len(x), dtype=torch.bool)
+    box = (torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
+    gen = torch.Generator().manual_seed(11)
+    gx, gv = torch.randn(x.shape, generator=gen, dtype=F64), torch.randn(x.shape, generator=gen, dtype=F64)
+    xr, vr, mr = (t.clone().requires_grad_(True) for t in (x, v, mu))
+    y, w = CC.contact(xr, vr, kinds, rows, mr, 0.0, dt, free, box)
+    ref = torch.autograd.grad((y, w), (xr, vr, mr), (gx, gv))
+    yk, wk, touched, *got = _kernel_contact(x, v, kinds, rows, mu, 0.0, dt, free, box, g=(gx, gv))
+    assert touched == len(x)
+    torch.testing.assert_close(wk, w.detach(), rtol=0, atol=1e-12)
+    for name, a, b in zip(("x", "v", "friction"), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"dL/d{name}")
+
+    def f(x, v, mu):
+        return CC.contact(x, v, kinds, rows, mu, 0.0, dt, free, box)
+
+    # entries reach 1 / dt = 1000; central differences straddling a band's edge (states sit on each
+    # edge) are off by curvature x step, ~0.01: atol 0.05 still catches a wrong slope inside a band
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), v.requires_grad_(), mu.clone().requires_grad_()), eps=1e-8, atol=0.05)
