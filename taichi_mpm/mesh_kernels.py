@@ -11,8 +11,9 @@ above ``solver.MESH_KERNEL_MAX_VERTICES`` (where these serial substitutions, str
 factor, were slower than LAPACK's blocked solve).
 
 The banded solve is the forward and backward substitution of scipy's factor
-``A = U^T U`` (LAPACK's upper banded storage ``ab[u + i - j, j] = U[i, j]``), in float64 like
-scipy's, on the calling thread (it is sequential; ~6 u V multiply-adds per right-hand side).
+``A = U^T U`` (LAPACK's upper banded storage ``ab[u + i - j, j] = U[i, j]``, transposed so that a
+column of U is contiguous), in float64 like scipy's, on the calling thread (it is sequential;
+~2 u V multiply-adds per right-hand side).
 Every other loop gathers (a CSR row of the stencil L or of L^T, or a vertex's incident triangle
 corners), so results do not depend on the loop's parallel order.
 """
@@ -32,22 +33,31 @@ def _row(Y: ti.template(), q):
 
 @ti.func
 def _solve(Y: ti.template(), band: ti.template()):
-    """``Y [V, 3]`` <- A^-1 Y in place, A = U^T U from the banded factor ``band [u + 1, V]``."""
-    u = band.shape[0] - 1
+    """``Y [V, 3]`` <- A^-1 Y in place, A = U^T U from the banded factor stored by column,
+    ``band [V, u + 1]`` with ``band[j, u + i - j] = U[i, j]`` (LAPACK's upper band, transposed).
+
+    Both substitutions read a column of U, contiguous in this layout: U^T z = b by dot products
+    (z_j from the column above the diagonal), U y = z by axpys (y_i, then the column above it
+    updates the earlier rows).  All three right-hand sides share each read of the factor."""
+    u = band.shape[1] - 1
     n = Y.shape[0]
     for j in range(n):  # U^T z = b
+        s = ti.Vector([Y[j, 0], Y[j, 1], Y[j, 2]])
+        lo = ti.max(0, j - u)
+        for i in range(lo, j):
+            s -= band[j, u + i - j] * ti.Vector([Y[i, 0], Y[i, 1], Y[i, 2]])
+        s /= band[j, u]
         for d in ti.static(range(3)):
-            s = Y[j, d]
-            for i in range(ti.max(0, j - u), j):
-                s -= band[u + i - j, j] * Y[i, d]
-            Y[j, d] = s / band[u, j]
+            Y[j, d] = s[d]
     for t in range(n):  # U y = z
         i = n - 1 - t
+        y = ti.Vector([Y[i, 0], Y[i, 1], Y[i, 2]]) / band[i, u]
         for d in ti.static(range(3)):
-            s = Y[i, d]
-            for j in range(i + 1, ti.min(n, i + u + 1)):
-                s -= band[u + i - j, j] * Y[j, d]
-            Y[i, d] = s / band[u, i]
+            Y[i, d] = y[d]
+        for q in range(ti.max(0, i - u), i):
+            c = band[i, u + q - i]
+            for d in ti.static(range(3)):
+                Y[q, d] -= c * y[d]
 
 
 @ti.func

@@ -442,7 +442,8 @@ class Engine:
             system.factor(mass, k, dt)
             if data["factor"] is not system._factor:  # refactored (another stiffness, mass or dt)
                 data["factor"] = system._factor
-                data["band"] = torch.from_numpy(system._factor).to(self.device).contiguous()
+                # by column (see mesh_kernels._solve): [V, u + 1]
+                data["band"] = torch.from_numpy(system._factor).T.to(self.device).contiguous()
                 data["perm"] = torch.from_numpy(system.perm).to(device=self.device, dtype=torch.int32)
                 data["inverse_perm"] = torch.from_numpy(system.inverse_perm).to(device=self.device, dtype=torch.int32)
             args.update(k_row=k.contiguous(), band=data["band"], perm=data["perm"], inverse_perm=data["inverse_perm"])

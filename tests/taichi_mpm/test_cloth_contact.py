@@ -225,7 +225,7 @@ def test_the_engine_kernels_leave_outside_vertices_alone_in_float32():
 def _band_states(dt=1e-3, mu=0.5):
     """Vertices just below a ground plane, each with depth / (dt |v_n|) and
     1 - mu dv / |v_t| chosen in and around the rounded corners (NORMAL_BAND, FRICTION_BAND)."""
-    zs = [0.8, 1 - CC.NORMAL_BAND, 0.93, 1.0, 1.04, 1 + CC.NORMAL_BAND, 1.3]
+    zs = [0.3, 1 - CC.NORMAL_BAND, 0.8, 0.93, 1.0, 1.04, 1.3, 1 + CC.NORMAL_BAND, 1.8]
     rs = [-0.3, -CC.FRICTION_BAND, -0.04, 0.0, 0.06, CC.FRICTION_BAND, 0.4]
     x, v = [], []
     for z in zs:
@@ -253,7 +253,7 @@ def test_the_rounded_corners_are_c1_and_exact_outside_their_bands():
             grads.append((float(a.grad), float(bb.grad)))
         assert vals[0] == pytest.approx(vals[1], abs=1e-8)
         assert grads[0] == pytest.approx(grads[1], abs=1e-7)
-    for a0, want in ((1.5, 1.5), (2.5, 2.0), (0.3, 0.3)):
+    for a0, want in ((2.0 * (1 - CC.NORMAL_BAND) - 0.01, 2.0 * (1 - CC.NORMAL_BAND) - 0.01), (2.0 * (1 + CC.NORMAL_BAND) + 0.01, 2.0), (0.3, 0.3)):
         assert float(CC.normal_loss(torch.tensor(a0, dtype=F64), b, CC.NORMAL_BAND)) == want
     assert float(CC.normal_loss(torch.tensor(2.0, dtype=F64), b, CC.NORMAL_BAND)) == pytest.approx(2.0 - 2.0 * CC.NORMAL_BAND / 4)
     assert float(CC.normal_loss(torch.tensor(0.5, dtype=F64), torch.tensor(-1.0, dtype=F64), CC.NORMAL_BAND)) == 0.0
