@@ -54,8 +54,10 @@ SERIAL_LOOPS_MAX = 8000
 #: way), larger ones with torch and scipy.  Measured 2026-12-03 (2 cores, float32, alternating runs):
 #: the demo's 12 x 12 cloth, full-horizon fit iteration 7.4 s with the kernels vs 7.9 s without;
 #: a 41 x 41 cloth (bandwidth ~300 after RCM) forward 15.7-16.1 s vs 9.4-10.1 s, backward 29-33 vs
-#: 18 s: the kernels' serial banded substitutions walk the factor with a stride of V (LAPACK's
-#: blocked solve took 0.5 ms); until they are reordered, big meshes keep scipy's
+#: 18 s: the kernels' serial banded substitutions walked the factor with a stride of V (LAPACK's
+#: blocked solve took 0.5 ms).  With the factor stored by column (2026-12-04, same script, under
+#: load from tests): forward 10.8-15.2 s vs 9.0-12.7 s, backward 22.2-27.4 vs 16.8-19.5 s, still
+#: 1.2-1.4x slower, so big meshes keep scipy's
 MESH_KERNEL_MAX_VERTICES = 400
 
 #: values per grid node kept for the backward pass: mv (3), m, v (3)
