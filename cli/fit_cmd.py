@@ -44,7 +44,11 @@ def _print_table(console, doc: dict, truth: dict | None) -> None:
         t.add_column(c)
     for p in doc["parameters"]:
         edge = p.get("at_range_edge")
-        value = f"{p['value']:.4g}" + (f" [yellow](at {'bottom' if edge == 'low' else 'top'} of range)[/]" if edge else "")
+        if edge and p.get("at_physical_limit"):
+            flag = f" [yellow](at its physical limit {p['range'][0 if edge == 'low' else 1]:g})[/]"
+        else:
+            flag = f" [yellow](at {'bottom' if edge == 'low' else 'top'} of range)[/]" if edge else ""
+        value = f"{p['value']:.4g}" + flag
         row = [p["name"], value, f"[{p['range'][0]:g}, {p['range'][1]:g}]", f"{p['initial']:.4g}",
                {True: "yes", False: "[red]no[/]", None: "?"}[p.get("identifiable")]]
         if truth:

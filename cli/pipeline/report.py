@@ -13,6 +13,26 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
+def _at_physical_limit(parameter: str, edge: str, lo: float, hi: float) -> bool:
+    """Whether the range's ``edge`` is the parameter's own admissible limit (damping 1, drag or
+    friction 0), where a range cannot be widened: a fit that ends there reads "none of it"."""
+    from dreamcloth.taichi_mpm.parameters import PARAMETERS
+
+    spec = PARAMETERS.get(parameter)
+    if spec is None:
+        return False
+    if edge == "high":
+        return spec.high_inclusive and hi == spec.high
+    return spec.low_inclusive and lo == spec.low
+
+
+def _meaning(parameter: str) -> str:
+    from dreamcloth.taichi_mpm.parameters import PARAMETERS
+
+    return {"damping": "1 keeps all the velocity: no damping", "drag_coefficient": "0: no air drag",
+            "friction": "0: frictionless", "max_stretch": "1: no stretch at all"}.get(parameter, PARAMETERS[parameter].rule())
+
+
 def write_params_json(path: Path, scene, space, result, ident: dict | None, notes: list[str], extra: dict) -> dict:
     """params.json: each value with its range, initial guess and identifiability; NaN is never written."""
     names = space.names(scene)
@@ -24,7 +44,14 @@ def write_params_json(path: Path, scene, space, result, ident: dict | None, note
         edge = space.range_edge(len(params), v)
         entry = {"name": name, "object": scene.objects[key[0]].name, "parameter": key[1], "value": v, "range": [lo, hi],
                  "initial": result.initial[key], "space": "log" if lg else "linear", "at_range_edge": edge}
-        if edge is not None:
+        limit = edge is not None and _at_physical_limit(key[1], edge, lo, hi)
+        if limit:
+            entry["at_physical_limit"] = True
+            notes = notes + [
+                f"{name} = {v:.4g} ended at {lo if edge == 'low' else hi:g}, the physical limit of {key[1]} "
+                f"({_meaning(key[1])}): the range cannot be widened there; the video shows as little of it as the model allows."
+            ]
+        elif edge is not None:
             notes = notes + [
                 f"{name} = {v:.4g} ended at the {'bottom' if edge == 'low' else 'top'} of its range [{lo:g}, {hi:g}]: "
                 f"the range, not the video, stopped it; widen [object.fit] {key[1]} "

@@ -121,6 +121,17 @@ def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     flags = {p["name"]: p["at_range_edge"] for p in saved["parameters"]}
     assert flags == {"young_modulus": "high", "damping": None}
     assert any("young_modulus = 399 ended at the top of its range [20, 400]" in n and "widen" in n for n in doc["notes"])
+    # damping 1 (no damping) and drag 0 (no drag) are physical limits: flagged, but nothing to widen
+    drag = drape_text().replace("[object.fit]", "[object.fit]\ndamping = [0.05, 1.0]\ndrag_coefficient = [0.0, 3.0]")
+    scene = load_scene(write_drape(tmp_path, "limits.toml", text=drag))
+    space = ParamSpace(scene)
+    values = {key: {"young_modulus": 100.0, "damping": 0.999, "drag_coefficient": 0.01}[key[1]] for key in space.keys}
+    result = types.SimpleNamespace(values=values, initial=values, loss=0.1, history=[], state=types.SimpleNamespace(events=[]))
+    doc = write_params_json(tmp_path / "limits.json", scene, space, result, None, [], {})
+    flags = {p["name"]: (p["at_range_edge"], p.get("at_physical_limit", False)) for p in doc["parameters"]}
+    assert flags == {"young_modulus": (None, False), "damping": ("high", True), "drag_coefficient": ("low", True)}
+    assert any("damping = 0.999 ended at 1, the physical limit of damping (1 keeps all the velocity: no damping)" in n for n in doc["notes"])
+    assert not any("fit again" in n for n in doc["notes"])
 
 
 def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
