@@ -594,6 +594,7 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
     accuracy suite's small drape: the loss at log young_modulus shifts of -2%, 0, +2% is 0.14992,
     0.14912, 0.14949 (curvature +2.9), while the exact gradients at -2% and +2% had the same sign
     (curvature -0.50, "not identifiable").  Cost: 1 + 2p + p(p - 1) forward rollouts, no backward.
+    A video prior, if the fit has one, is left out: its value is a surrogate with fresh noise per call.
 
     For each parameter: ``independence`` = (1 / [H^-1]_ii) / H_ii in [0, 1]: near 1 it is
     determined on its own; near 0 only in combination with others (its curvature comes from
@@ -611,8 +612,14 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
             f = (z[k] - math.log(lo)) / (math.log(hi) - math.log(lo)) if lg else (z[k] * (hi - lo) - lo) / (hi - lo)
             f = f.clamp(1e-6, 1 - 1e-6)
             uu.append(torch.log(f / (1 - f)))
-        with torch.no_grad():
-            return float(problem.loss(torch.stack(uu), frames))
+        # without the video prior: its score-distillation value is a surrogate that draws new noise
+        # at every call (and drawing it here would move the prior's step counter)
+        prior, problem.prior = getattr(problem, "prior", None), None
+        try:
+            with torch.no_grad():
+                return float(problem.loss(torch.stack(uu), frames))
+        finally:
+            problem.prior = prior
 
     p = space.size
     h = rel_step

@@ -57,3 +57,15 @@ def test_a_valley_along_a_combination_is_reported():
     problem.loss = lambda u, h: (lambda d: 0.5 * (d[0] - 3 * d[1]) ** 2 + 5e-5 * (d @ d))(problem.space.natural(u) - Z0)
     rep = Fm.identifiability(problem, _u_at(problem, Z0), ["young_modulus", "damping"])
     assert not rep["parameters"]["young_modulus"]["identifiable"] and not rep["parameters"]["damping"]["identifiable"]
+
+
+def test_the_video_prior_is_left_out_and_kept():
+    """A score-distillation term draws new noise at every call: it must not enter the curvature."""
+    problem = _problem(0.0)
+    data = problem.loss
+    gen = torch.Generator().manual_seed(0)
+    problem.prior = lambda: float(torch.rand((), generator=gen))
+    problem.loss = lambda u, h: data(u, h) + (problem.prior() if problem.prior is not None else 0.0)
+    rep = Fm.identifiability(problem, _u_at(problem, Z0), ["young_modulus", "damping"])
+    assert torch.allclose(torch.tensor(rep["hessian"], dtype=torch.float64), A, atol=1e-6)
+    assert problem.prior is not None
