@@ -606,36 +606,31 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
     z0 = space.natural(u).detach().to(torch.float64)
 
     def loss_z(z):
-        # u from natural coordinates, then the loss (forward only)
-        uu = []
-        for k, ((lo, hi), lg) in enumerate(zip(space.ranges, space.log)):
-            f = (z[k] - math.log(lo)) / (math.log(hi) - math.log(lo)) if lg else (z[k] * (hi - lo) - lo) / (hi - lo)
-            f = f.clamp(1e-6, 1 - 1e-6)
-            uu.append(torch.log(f / (1 - f)))
-        # without the video prior: its score-distillation value is a surrogate that draws new noise
-        # at every call (and drawing it here would move the prior's step counter)
-        prior, problem.prior = getattr(problem, "prior", None), None
-        try:
-            with torch.no_grad():
-                return float(problem.loss(torch.stack(uu), frames))
-        finally:
-            problem.prior = prior
+        # natural coordinates -> values -> u, then the loss (forward only)
+        values = {key: math.exp(float(z[k])) if lg else float(z[k]) * (hi - lo)
+                  for k, (key, (lo, hi), lg) in enumerate(zip(space.keys, space.ranges, space.log))}
+        with torch.no_grad():
+            return float(problem.loss(space.to_u(values), frames))
 
     p = space.size
     h = rel_step
     eye = torch.eye(p, dtype=torch.float64) * h
-    f0 = loss_z(z0)
-    plus = [loss_z(z0 + eye[i]) for i in range(p)]
-    minus = [loss_z(z0 - eye[i]) for i in range(p)]
     H = torch.zeros(p, p, dtype=torch.float64)
-    for i in range(p):
-        H[i, i] = (plus[i] - 2 * f0 + minus[i]) / h**2
-    for i in range(p):
-        for j in range(i + 1, p):
-            # f(+i+j) + f(-i-j) - 2 f0 = h^2 (H_ii + H_jj + 2 H_ij) + O(h^4)
-            pp = loss_z(z0 + eye[i] + eye[j])
-            mm = loss_z(z0 - eye[i] - eye[j])
-            H[i, j] = H[j, i] = ((pp + mm - 2 * f0) / h**2 - H[i, i] - H[j, j]) / 2
+    # without the video prior: its score-distillation value is a surrogate that draws new noise at
+    # every call (and drawing it here would move the prior's step counter)
+    prior, problem.prior = getattr(problem, "prior", None), None
+    try:
+        f0 = loss_z(z0)
+        for i in range(p):
+            H[i, i] = (loss_z(z0 + eye[i]) - 2 * f0 + loss_z(z0 - eye[i])) / h**2
+        for i in range(p):
+            for j in range(i + 1, p):
+                # f(+i+j) + f(-i-j) - 2 f0 = h^2 (H_ii + H_jj + 2 H_ij) + O(h^4)
+                pp = loss_z(z0 + eye[i] + eye[j])
+                mm = loss_z(z0 - eye[i] - eye[j])
+                H[i, j] = H[j, i] = ((pp + mm - 2 * f0) / h**2 - H[i, i] - H[j, j]) / 2
+    finally:
+        problem.prior = prior
     evals, evecs = torch.linalg.eigh(H)
     report = {"hessian": H.tolist(), "eigenvalues": evals.tolist(), "parameters": {}}
     positive = evals.max() > 0
