@@ -16,6 +16,7 @@ iteration; nothing non-finite is ever written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -29,20 +30,14 @@ from dreamcloth import taichi_mpm as M
 
 from .errors import InputError, RunFailedError
 from .losses import image_loss, soft_foreground
+from .polish import REL_STEP, ModelPolish, NonFiniteLoss, QuadraticModel, build_model
 from .scene import Scene
 from .simulation import SceneRenderer, Simulation, build
 
 CHECKPOINT_VERSION = 1
 #: a fitted value this close to an edge of its range (fraction of the range in fit space) is flagged
 EDGE_TOLERANCE = 0.02
-#: an L-BFGS step that moves no coordinate of u by more than this ends the fit (u ~ 1 spans most of a range)
-POLISH_TOLERANCE = 1e-6
-#: loss evaluations one L-BFGS polish iteration may spend, its strong-Wolfe line search included.
-#: torch's default for max_iter=1 is max_eval = 1, which leaves the line search no evaluation at
-#: all (max_ls = max_eval - 1 = 0): one trial step, and t = 0 when it did not lower the loss, which
-#: ended the demo's fits at their first polish iteration.
-POLISH_MAX_EVALS = 4
-#: an L-BFGS iteration that lowers the best loss by less than this fraction ends the fit: below it
+#: a polish step that lowers the loss by less than this fraction ends the fit: below it
 #: the float32 rollout's round-off, not the parameters, moves the loss (the demo's polish spent
 #: 52 s, five evaluations, on a step from 0.15145 to 0.15143)
 POLISH_RTOL = 1e-4
@@ -55,7 +50,7 @@ class FitConfig:
     iterations: int = 30
     lr: float = 0.2  # Adam step in the normalised coordinates u (value = box(sigmoid(u)))
     lr_final: float = 0.05  # cosine decay of the step to this fraction: the last iterations settle
-    polish_iterations: int | None = None  # L-BFGS iterations at the end (None: all after the first third)
+    polish_iterations: int | None = None  # Newton-polish iterations at the end (None: all after the first third)
     appearance_steps: int = 80
     appearance_lr: float = 0.05
     fit_velocity: bool = False
@@ -134,6 +129,18 @@ class ParamSpace:
             return None
         f = (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo)) if lg else (value - lo) / (hi - lo)
         return "low" if f <= tolerance else ("high" if f >= 1 - tolerance else None)
+
+    def natural_box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ranges in natural coordinates (see :meth:`natural`)."""
+        lo = [math.log(a) if lg else a / max(b - a, 1e-12) for (a, b), lg in zip(self.ranges, self.log)]
+        hi = [math.log(b) if lg else b / max(b - a, 1e-12) for (a, b), lg in zip(self.ranges, self.log)]
+        return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+
+    def from_natural(self, z: torch.Tensor) -> torch.Tensor:
+        """u at natural coordinates ``z`` (the inverse of :meth:`natural`, through :meth:`to_u`)."""
+        values = {key: math.exp(float(z[k])) if lg else float(z[k]) * (hi - lo)
+                  for k, (key, (lo, hi), lg) in enumerate(zip(self.keys, self.ranges, self.log))}
+        return self.to_u(values)
 
     def natural(self, u: torch.Tensor) -> torch.Tensor:
         """Coordinates used for identifiability: log value (log-space parameters) or value / range width."""
@@ -317,15 +324,31 @@ def horizon_at(it: int, cfg: FitConfig, frames: int, iterations: int | None = No
     return int(min(frames, max(cfg.horizon_start, round(h))))
 
 
-def probe_starts(problem: FitProblem, cfg: FitConfig) -> list[torch.Tensor]:
-    """Candidate starting points ranked by their loss over every frame (forward only).
+#: parameters that only take energy out of the motion, and the end of their range that takes none
+DISSIPATIVE = {"damping": "high", "drag_coefficient": "low"}
+#: how far toward that end the low-dissipation start sits: sigmoid(3) = 0.953 of the range.  A cloth
+#: over one or two seconds loses little of its motion; the cross-simulator sphere_soft video on grid
+#: 64 (2026-12-04): 0.1516 there against 0.1973 for the best of the other starts, and the fit that
+#: began at the latter ended at 0.2139 (Adam's steps cover ~2 units of u in 10 iterations)
+LOW_DISSIPATION_U = 3.0
 
-    The middle of the box first, then stratified points (one per stratum of every axis, a Latin
+
+def probe_starts(problem: FitProblem, cfg: FitConfig) -> tuple[list[torch.Tensor], list[float]]:
+    """Candidate starting points ranked by their loss over every frame (forward only), and those losses.
+
+    The middle of the box first; then, when damping or drag is fitted, the middle with those near
+    their no-dissipation end; then stratified points (one per stratum of every axis, a Latin
     hypercube with a fixed seed) in u in [-2, 2]."""
     p = problem.space.size
     gen = torch.Generator().manual_seed(cfg.seed)
     cands = [torch.zeros(p, dtype=torch.float64)]
-    m = cfg.starts - 1
+    low = torch.zeros(p, dtype=torch.float64)
+    for k, (_, name) in enumerate(problem.space.keys):
+        if name in DISSIPATIVE:
+            low[k] = LOW_DISSIPATION_U if DISSIPATIVE[name] == "high" else -LOW_DISSIPATION_U
+    if cfg.starts > 1 and bool(low.any()):
+        cands.append(low)
+    m = cfg.starts - len(cands)
     if m > 0:
         strata = torch.stack([torch.randperm(m, generator=gen) for _ in range(p)], 1).double()
         pts = (strata + torch.rand(m, p, generator=gen, dtype=torch.float64)) / m
@@ -340,7 +363,7 @@ def probe_starts(problem: FitProblem, cfg: FitConfig) -> list[torch.Tensor]:
                 l = math.inf
             scored.append((l if math.isfinite(l) else math.inf, c))
     order = sorted(range(len(scored)), key=lambda i: (scored[i][0], i))
-    return [scored[i][1] for i in order]
+    return [scored[i][1] for i in order], [scored[i][0] for i in order]
 
 
 def fit_velocity(problem: FitProblem, u: torch.Tensor, cfg: FitConfig, log) -> torch.Tensor:
@@ -374,7 +397,8 @@ class FitState:
     v0: torch.Tensor
     substeps: int
     events: list[str]
-    converged: bool = False  # the L-BFGS polish stopped moving: later iterations would repeat the same loss
+    converged: bool = False  # the polish stopped moving: later iterations would repeat the same loss
+    model: dict | None = None  # the polish's last quadratic model (QuadraticModel.as_dict)
 
 
 def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
@@ -438,34 +462,40 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     else:
         appearance = fit_appearance(sim, renderer, target, cfg, log)
         problem = FitProblem(sim, renderer, target, space, cfg, appearance, prior)
-        candidates = probe_starts(problem, cfg)
+        candidates, losses = probe_starts(problem, cfg)
         u0 = candidates[0]
         if cfg.fit_velocity:
             problem.v0 = fit_velocity(problem, u0, cfg, log)
-        st = FitState(0, u0.clone(), {}, candidates, 0, 0, None, None, [], appearance, problem.v0, sim.config.substeps_per_frame, [])
+        # the best start's full-horizon loss is the one to beat: Adam's first iterations see only
+        # the first frames and may leave a good start (the cross-simulator sphere_soft on grid 64:
+        # from 0.1516 at the start to 0.1577 at Adam's first full-horizon iterate)
+        best = {"loss": losses[0], "u": u0.clone()} if (prior is None and not cfg.fit_velocity and math.isfinite(losses[0])) else None
+        st = FitState(0, u0.clone(), {}, candidates, 0, 0, None, best, [], appearance, problem.v0, sim.config.substeps_per_frame, [])
         save_checkpoint(ckpt, st, meta)
     initial = {k: float(v) for k, v in space.values(st.candidates[0]).items()}
 
     u = st.u.clone().requires_grad_(True)
-    # Adam for the horizon curriculum and the first descent, then L-BFGS until it converges.  The
-    # bundled demo (2026-12-04, FLIP, contact corners rounded), two runs side by side: 22 Adam + 8
-    # L-BFGS took 24 iterations, 251 s, loss 0.15147 (Adam oscillated around the optimum for its last
-    # 12 full-horizon iterations); 10 Adam + 20 L-BFGS took 14 iterations, 229 s, loss 0.15141
+    # Adam for the horizon curriculum and the first descent, then the Newton polish (polish.py) until
+    # it converges.  The bundled demo (2026-12-04, quiet): 10 Adam iterations and then L-BFGS took
+    # 235 s (the polish 110 s, the identifiability analysis 22 s more); with the Newton polish, 13
+    # iterations and 124 s (the polish 52 s, three models of 6-7 rollouts, whose last one the
+    # identifiability analysis reuses); 6 Adam iterations and the polish took 145 s
     n_polish = cfg.polish_iterations if cfg.polish_iterations is not None else cfg.iterations - cfg.iterations // 3
     adam_iterations = cfg.iterations - n_polish
 
+    box = space.natural_box()
+
     def make_optimizer(polish: bool):
         if polish:
-            # quasi-Newton polish at the full horizon: the loss is deterministic and smooth near the
-            # optimum, where Adam's normalised, decaying steps crawl along shallow valleys
-            return torch.optim.LBFGS([u], lr=1.0, max_iter=1, max_eval=POLISH_MAX_EVALS, history_size=10,
-                                     line_search_fn="strong_wolfe")
+            # Newton polish at the full horizon on a model of the loss at the 2% scale (polish.py):
+            # near the optimum Adam's normalised, decaying steps crawl along shallow valleys
+            return ModelPolish(*box)
         return torch.optim.Adam([u], lr=cfg.lr)
 
     opt = make_optimizer(st.iteration >= adam_iterations)
     # the saved state is Adam's when the fit stopped right before the polish: the polish then starts
     # afresh, as it does in a fit that was not interrupted
-    if st.adam and isinstance(opt, torch.optim.LBFGS) == ("history_size" in st.adam["param_groups"][0]):
+    if st.adam and isinstance(opt, ModelPolish) == bool(st.adam.get("polish")):
         opt.load_state_dict(st.adam)
 
     def set_lr(it):
@@ -481,14 +511,20 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         if stop_after is not None and st.iteration >= stop_after:
             break
         polish = st.iteration >= adam_iterations
-        if polish and not isinstance(opt, torch.optim.LBFGS):
+        if polish and not isinstance(opt, ModelPolish):
             opt = make_optimizer(True)
+            if st.best is not None and prior is None:
+                # from the lowest full-horizon loss Adam measured (its last step may have gone up)
+                with torch.no_grad():
+                    u.copy_(st.best["u"])
+                opt.f = st.best["loss"]
         local = st.iteration - st.start_iteration
         h = frames if polish else horizon_at(st.iteration, cfg, frames, adam_iterations)
         if not polish:
             set_lr(st.iteration)
 
-        evaluated = []  # (loss, u) of every evaluation in this iteration (L-BFGS's line search makes several)
+        evaluated = []  # (loss, u) of Adam's evaluation
+        step = None
 
         def closure():
             opt.zero_grad()
@@ -504,12 +540,17 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
                 start = u.detach().clone()
                 evaluated.clear()
                 if polish:
-                    loss = opt.step(closure)
+                    with without_prior(problem):
+                        step = opt.step(space.natural(u.detach()), lambda z: forward_loss(problem, space.from_natural(z)))
+                    with torch.no_grad():
+                        u.copy_(space.from_natural(step.z))
+                    u.grad = None
+                    loss = torch.tensor(step.loss, dtype=torch.float64)
                 else:
                     loss = closure()
                     opt.step()
                 break
-            except (M.SimulationError, _NonFinite) as exc:
+            except (M.SimulationError, _NonFinite, NonFiniteLoss) as exc:
                 why = str(exc)
                 with torch.no_grad():
                     u.copy_(start)
@@ -523,32 +564,33 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             st.events.append(msg)
             log(msg)
         with torch.no_grad():
-            u.clamp_(-12.0, 12.0)  # sigmoid saturates beyond: the value sits at the range's edge
+            clamped = u.clamp(-12.0, 12.0)  # sigmoid saturates beyond: the value sits at the range's edge
+            if polish and not torch.equal(clamped, u):
+                opt.f = None  # its loss was for the point before the clamp
+            u.copy_(clamped)
         lv = float(loss.detach())
         vals = {k: float(v) for k, v in space.values(u.detach()).items()}
         rec = {"iteration": st.iteration, "loss": lv, "horizon": h, "candidate": st.candidate,
-               "optimizer": "lbfgs" if polish else "adam", "evaluations": len(evaluated),
+               "optimizer": "newton" if polish else "adam", "evaluations": step.evaluations if step else len(evaluated),  # rollouts
                "values": {f"{i}:{p}": v for (i, p), v in vals.items()}, "seconds": time.perf_counter() - t0}
         st.history.append(rec)
-        gain = math.inf
         if polish:
-            # the result: the lowest full-horizon loss the polish has evaluated (its line searches
-            # evaluate the points they accept; Adam's last full-horizon iterate is the first candidate)
-            low = min(evaluated, key=lambda e: e[0])
-            if st.best is None or low[0] < st.best["loss"]:
-                gain = (st.best["loss"] - low[0]) if st.best is not None else math.inf
-                st.best = {"loss": low[0], "u": low[1]}
-            else:
-                gain = 0.0
-        elif h == frames:
-            # the result: the last iterate whose full-horizon loss was measured
+            # the result: the polish's point (where its accepted steps led).  Not the lowest loss it
+            # evaluated: that is often a point of a model's stencil, lower by the loss's wiggle
+            # (the demo: damping 0.2921 against the polish's 0.2983, the truth 0.3)
+            st.best = {"loss": step.loss, "u": u.detach().clone()}
+        elif h == frames and (prior is not None or st.best is None or lv < st.best["loss"]):
+            # the result: the iterate with the lowest full-horizon loss (with a video prior, whose
+            # term is drawn afresh at every call, the last one)
             st.best = {"loss": lv, "u": start}
-        if polish and (float((u.detach() - start).abs().max()) < POLISH_TOLERANCE or gain < POLISH_RTOL * abs(st.best["loss"])):
-            # L-BFGS found no step that lowers the loss (every later iteration would evaluate the
-            # same point again: 4 such iterations were 73 s of the bundled demo's 701 s), or one that
-            # lowers it by less than the rollout's round-off
+        if polish:
+            st.model = opt.model.as_dict() if opt.model is not None else None
+        if polish and (step.converged or step.gain < POLISH_RTOL * abs(step.loss) or step.length <= REL_STEP):
+            # the model's minimum is where the step began (to its resolution), or the step lowers the
+            # loss by less than the rollout's round-off, or it stays inside the model's stencil (the
+            # model there is as good as a new one: its Hessian serves the identifiability analysis)
             st.converged = True
-            msg = f"iteration {st.iteration}: L-BFGS made no further progress; the fit has converged"
+            msg = f"iteration {st.iteration}: the polish made no further progress; the fit has converged"
             st.events.append(msg)
             log(msg)
         # multi-start: a start whose first iterations neither lower the loss nor see a gradient is
@@ -584,7 +626,26 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
 # identifiability
 
 
-def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_step: float = 0.02) -> dict:
+@contextlib.contextmanager
+def without_prior(problem: FitProblem):
+    """The problem without its video prior: the prior's score-distillation value is a surrogate that
+    draws new noise at every call (and drawing it would move the prior's step counter), so the
+    polish and the identifiability analysis, which compare loss values, leave it out."""
+    prior, problem.prior = getattr(problem, "prior", None), None
+    try:
+        yield problem
+    finally:
+        problem.prior = prior
+
+
+def forward_loss(problem: FitProblem, u: torch.Tensor) -> float:
+    """The full-horizon loss at ``u``, forward only."""
+    with torch.no_grad():
+        return float(problem.loss(u, problem.target.frames.shape[0]))
+
+
+def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_step: float = REL_STEP,
+                    model: QuadraticModel | None = None) -> dict:
     """Curvature of the full-horizon loss in natural coordinates (log value for stiffnesses and
     densities, value / range width otherwise), from second differences of the loss itself at steps
     of ``rel_step`` (2%: the resolution a fitted value is read at).
@@ -593,44 +654,27 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
     the 2% scale but wiggles below it, and its exact gradient follows the wiggles.  Measured on the
     accuracy suite's small drape: the loss at log young_modulus shifts of -2%, 0, +2% is 0.14992,
     0.14912, 0.14949 (curvature +2.9), while the exact gradients at -2% and +2% had the same sign
-    (curvature -0.50, "not identifiable").  Cost: 1 + 2p + p(p - 1) forward rollouts, no backward.
-    A video prior, if the fit has one, is left out: its value is a surrogate with fresh noise per call.
+    (curvature -0.50, "not identifiable").  Cost: 1 + 2p + p(p - 1) forward rollouts, no backward
+    (the polish's model, :func:`polish.build_model`; shifted inward at the box's edges).  A video
+    prior, if the fit has one, is left out: its value is a surrogate with fresh noise per call.
 
     For each parameter: ``independence`` = (1 / [H^-1]_ii) / H_ii in [0, 1]: near 1 it is
     determined on its own; near 0 only in combination with others (its curvature comes from
     correlations).  The eigenvector of the smallest eigenvalue names the combination the video
     does not determine.
+
+    ``model``: the polish's last quadratic model; used when its stencil is centred within one step
+    of this point (its Hessian is then this one's to the stencil's resolution), which saves the
+    rollouts.
     """
     space = problem.space
-    frames = problem.target.frames.shape[0]
     z0 = space.natural(u).detach().to(torch.float64)
-
-    def loss_z(z):
-        # natural coordinates -> values -> u, then the loss (forward only)
-        values = {key: math.exp(float(z[k])) if lg else float(z[k]) * (hi - lo)
-                  for k, (key, (lo, hi), lg) in enumerate(zip(space.keys, space.ranges, space.log))}
-        with torch.no_grad():
-            return float(problem.loss(space.to_u(values), frames))
-
-    p = space.size
-    h = rel_step
-    eye = torch.eye(p, dtype=torch.float64) * h
-    H = torch.zeros(p, p, dtype=torch.float64)
-    # without the video prior: its score-distillation value is a surrogate that draws new noise at
-    # every call (and drawing it here would move the prior's step counter)
-    prior, problem.prior = getattr(problem, "prior", None), None
-    try:
-        f0 = loss_z(z0)
-        for i in range(p):
-            H[i, i] = (loss_z(z0 + eye[i]) - 2 * f0 + loss_z(z0 - eye[i])) / h**2
-        for i in range(p):
-            for j in range(i + 1, p):
-                # f(+i+j) + f(-i-j) - 2 f0 = h^2 (H_ii + H_jj + 2 H_ij) + O(h^4)
-                pp = loss_z(z0 + eye[i] + eye[j])
-                mm = loss_z(z0 - eye[i] - eye[j])
-                H[i, j] = H[j, i] = ((pp + mm - 2 * f0) / h**2 - H[i, i] - H[j, j]) / 2
-    finally:
-        problem.prior = prior
+    if model is not None and float((model.center - z0).abs().max()) <= model.step:
+        H = model.H  # the polish's last model: the same stencil, around (within one step of) this point
+    else:
+        lo, hi = space.natural_box()
+        with without_prior(problem):
+            H = build_model(lambda z: forward_loss(problem, space.from_natural(z)), z0, lo, hi, rel_step).H
     evals, evecs = torch.linalg.eigh(H)
     report = {"hessian": H.tolist(), "eigenvalues": evals.tolist(), "parameters": {}}
     positive = evals.max() > 0
@@ -644,7 +688,7 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
         marg = 1.0 / inv_ii if 0 < inv_ii < math.inf else 0.0
         indep = max(0.0, min(1.0, marg / hii)) if hii > 0 else 0.0
         report["parameters"][n] = {"curvature": hii, "independence": indep, "identifiable": bool(hii > 0 and indep > 0.05)}
-    if p > 1 and positive:
+    if space.size > 1 and positive:
         ratio = float(evals[0] / evals[-1])
         v = evecs[:, 0]
         v = v / v.abs().max()

@@ -15,7 +15,7 @@ from dreamcloth.cli.pipeline.simulate import run_simulation
 
 from .scenes import drape_text, write_drape
 
-# the smallest fit that still runs every stage: 4 material iterations (1 Adam, 3 L-BFGS polish), 2 starts
+# the smallest fit that still runs every stage: 4 material iterations (1 Adam, 3 of the Newton polish), 2 starts
 SETTINGS = "iterations,appearance_steps,starts,horizon_start,identify"
 TINY = "4,10,2,4,false"
 
@@ -81,7 +81,7 @@ def test_batch_records_failure_and_resumes_to_the_same_results(batch_data, tmp_p
     assert float(rows["fast"]["young_modulus"]) == by_name["fast"]["parameters"][0]["value"]
 
     # interrupted after the first iteration of every job (their checkpoints stay), then the same command:
-    # with 1 Adam iteration the L-BFGS polish may converge by the second
+    # with 1 Adam iteration the Newton polish may converge by the second
     split = tmp_path / "split"
     stopped = run_batch(read_jobs(jobs), split, workers=2, stop_after=1)
     assert [r.status for r in stopped.results] == ["interrupted", "interrupted", "failed"]

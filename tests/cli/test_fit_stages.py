@@ -75,23 +75,37 @@ def test_nan_halves_dt_and_retries(data, tmp_path, monkeypatch):
     assert all(math.isfinite(v) for v in result.values.values())
 
 
-def test_the_lbfgs_polish_line_searches_to_the_minimum(data, tmp_path, monkeypatch):
-    """The polish on a known smooth loss (a quadratic in u, in place of the rollout): it must reach the
-    minimum.  L-BFGS's first trial step moves u by 1 (t = 1 / |g|_1), past the minimum 0.3 away.
-    With torch's default max_eval for max_iter=1 the line search had no evaluation left to spend: t
-    fell back to 0 and the fit reported convergence at its first polish iteration, loss unchanged."""
+def test_the_newton_polish_ends_at_the_minimum_and_leaves_its_model(data, tmp_path, monkeypatch):
+    """The polish on a known loss in place of the rollout: a bowl in natural coordinates, off the
+    start, with a ripple below the 2% scale. It must end within its resolution (a quarter of the
+    stencil's step) of the bowl's minimum, report that point, and leave its last model, whose
+    Hessian the identifiability analysis then reads without new rollouts."""
+    from dreamcloth.cli.pipeline import polish as P
+
     scene, target, _ = data
+    space = Fm.ParamSpace(scene)
+    lo, hi = space.natural_box()
+    zstar = lo + 0.35 * (hi - lo)
+    curv = torch.logspace(0, 1, space.size, dtype=torch.float64)
+    calls = {"n": 0}
 
-    def quadratic(self, u, horizon, v0=None):
-        curv = torch.logspace(1, 2, u.numel(), dtype=torch.float64)
-        return 0.5 * (curv * (u + 0.3) ** 2).sum() + 0.1
+    def bowl(self, u, horizon, v0=None):
+        calls["n"] += 1
+        d = space.natural(u) - zstar
+        return 0.5 * (curv * d**2).sum() + 2e-6 * torch.sin(2 * math.pi * d.sum() / 2e-3) + 0.1
 
-    monkeypatch.setattr(Fm.FitProblem, "loss", quadratic)
+    monkeypatch.setattr(Fm.FitProblem, "loss", bowl)
     cfg = dataclasses.replace(CFG, iterations=8, polish_iterations=8)
     result = Fm.run_fit(scene, target, tmp_path / "polish", cfg, log=lambda m: None)
-    first = result.history[0]["loss"]
     print("polish losses", [round(h["loss"], 6) for h in result.history], "evaluations", [h["evaluations"] for h in result.history])
-    assert all(h["optimizer"] == "lbfgs" for h in result.history)
-    assert max(h["evaluations"] for h in result.history) > 1  # a line search ran
-    assert result.loss - 0.1 < 1e-4 * (first - 0.1)
-    assert result.loss <= min(h["loss"] for h in result.history)  # the best point evaluated is the result
+    assert all(h["optimizer"] == "newton" for h in result.history)
+    assert result.state.converged and len(result.history) < 8
+    z = space.natural(result.state.best["u"])
+    assert float((z - zstar).abs().max()) < P.MIN_STEP * P.REL_STEP
+    assert result.loss == result.history[-1]["loss"] == min(h["loss"] for h in result.history)
+    model = Fm.QuadraticModel.from_dict(result.state.model)
+    assert torch.allclose(torch.diagonal(model.H), curv, rtol=0.05)
+    before = calls["n"]
+    rep = Fm.identifiability(result.problem, result.state.best["u"], space.names(scene), model=model)
+    assert calls["n"] == before  # no rollout: the model was centred within a step of this point
+    assert rep["hessian"] == model.H.tolist()
