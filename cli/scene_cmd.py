@@ -14,7 +14,12 @@ scene_app = typer.Typer(help="Scene files.", no_args_is_help=True)
 
 @scene_app.command("check")
 @report_errors
-def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> None:
+def check(
+    file: Annotated[Path, typer.Argument(help="Scene file (TOML).")],
+    convergence: Annotated[bool, typer.Option("--convergence", help="Also simulate the scene on a finer grid and compare the silhouettes frame by frame (minutes).")] = False,
+    fine: Annotated[int | None, typer.Option(help="The finer grid for --convergence (default: twice the scene's).", min=2)] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames simulated for --convergence (default: all).", min=2)] = None,
+) -> None:
     """Validate a scene file (unknown keys, ranges, geometry inside the domain) and summarise it."""
     from rich.console import Console
     from rich.table import Table
@@ -49,6 +54,16 @@ def check(file: Annotated[Path, typer.Argument(help="Scene file (TOML).")]) -> N
 
     for note in resolution_notes(sim):
         console.print(f"[yellow]not converged:[/] {escape(note)}")
+    if convergence:
+        from .common import bar_progress, progress_bar
+        from .pipeline.simulate import CONVERGED_IOU, measured_convergence
+
+        with progress_bar() as bar:
+            c = measured_convergence(scene, fine, frames, progress=bar_progress(bar))
+        verdict = "[green]converged[/]" if c["converged"] else "[red]not converged[/]"
+        console.print(f"measured: grid {c['coarse']} against grid {c['fine']}, the scene's values, {c['frames']} frames: "
+                      f"worst per-frame silhouette IoU {c['worst']:.3f} (frame {c['worst_frame']}), mean {c['mean']:.3f}: "
+                      f"{verdict} (worst >= {CONVERGED_IOU:g})")
 
 
 @scene_app.command("init")

@@ -146,6 +146,26 @@ def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
     assert "not converged" not in out.output
 
 
+def test_scene_check_measures_convergence_on_a_finer_grid(tmp_path):
+    """``--convergence`` simulates the scene on its grid and on a finer one and compares the
+    silhouettes frame by frame: frame 0 (the rest geometry, the same on both) is identical, later
+    frames are not (the 8x8 drape on grid 16 against 32 folds differently over the sphere)."""
+    from dreamcloth.cli.pipeline.simulate import CONVERGED_IOU, measured_convergence
+
+    path = write_drape(tmp_path, "drape.toml", frames=8)
+    c = measured_convergence(load_scene(path), frames=8)
+    print(c)
+    assert (c["coarse"], c["fine"], c["frames"], len(c["iou"])) == (16, 32, 8, 8)
+    assert c["iou"][0] == 1.0 and 0.0 < c["worst"] < 1.0 and c["worst"] == min(c["iou"])
+    assert c["converged"] == (c["worst"] >= CONVERGED_IOU)
+    out = CliRunner().invoke(app, ["scene", "check", str(path), "--convergence", "--frames", "3"], terminal_width=400)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # rich wraps at its own width
+    assert "measured: grid 16 against grid 32" in text and "worst per-frame silhouette IoU" in text
+    out = CliRunner().invoke(app, ["scene", "check", str(path), "--convergence", "--fine", "16"], terminal_width=400)
+    assert out.exit_code != 0 and "--fine 16 must be above the scene's grid (16)" in " ".join(out.output.split())
+
+
 def test_color_back_defaults_to_color_and_is_validated_like_it(tmp_path):
     text = _text()
     assert "kind = \"cloth\"" in text
