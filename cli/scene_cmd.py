@@ -19,6 +19,7 @@ def check(
     convergence: Annotated[bool, typer.Option("--convergence", help="Also simulate the scene on a finer grid and compare the silhouettes frame by frame (minutes).")] = False,
     fine: Annotated[int | None, typer.Option(help="The finer grid for --convergence (default: twice the scene's).", min=2)] = None,
     frames: Annotated[int | None, typer.Option(help="Frames simulated for --convergence (default: all).", min=2)] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda, for --convergence's simulations.")] = "cpu",
 ) -> None:
     """Validate a scene file (unknown keys, ranges, geometry inside the domain) and summarise it."""
     from rich.console import Console
@@ -59,7 +60,7 @@ def check(
         from .pipeline.simulate import CONVERGED_IOU, measured_convergence
 
         with progress_bar() as bar:
-            c = measured_convergence(scene, fine, frames, progress=bar_progress(bar))
+            c = measured_convergence(scene, fine, frames, device, progress=bar_progress(bar))
         verdict = "[green]converged[/]" if c["converged"] else "[red]not converged[/]"
         console.print(f"measured: grid {c['coarse']} against grid {c['fine']}, the scene's values, {c['frames']} frames: "
                       f"worst per-frame silhouette IoU {c['worst']:.3f} (frame {c['worst_frame']}), mean {c['mean']:.3f}: "

@@ -494,9 +494,11 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
 
     opt = make_optimizer(st.iteration >= adam_iterations)
     # the saved state is Adam's when the fit stopped right before the polish: the polish then starts
-    # afresh, as it does in a fit that was not interrupted
+    # afresh (and is seeded below), as it does in a fit that was not interrupted
+    fresh_polish = isinstance(opt, ModelPolish)
     if st.adam and isinstance(opt, ModelPolish) == bool(st.adam.get("polish")):
         opt.load_state_dict(st.adam)
+        fresh_polish = False
 
     def set_lr(it):
         frac = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(adam_iterations - 1, 1)))
@@ -513,6 +515,9 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         polish = st.iteration >= adam_iterations
         if polish and not isinstance(opt, ModelPolish):
             opt = make_optimizer(True)
+            fresh_polish = True
+        if polish and fresh_polish:
+            fresh_polish = False
             if st.best is not None and prior is None:
                 # from the lowest full-horizon loss Adam measured (its last step may have gone up)
                 with torch.no_grad():
@@ -560,6 +565,12 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
                 raise RunFailedError(f"iteration {st.iteration}: {why}; still failing after halving dt {cfg.max_dt_halvings} times")
             st.substeps *= 2
             problem.with_substeps(st.substeps)
+            if st.best is not None:
+                # the loss to beat was measured with the other dt: measure it again with this one
+                try:
+                    st.best["loss"] = forward_loss(problem, st.best["u"]) if prior is None else math.inf
+                except M.SimulationError:
+                    st.best["loss"] = math.inf
             msg = f"iteration {st.iteration}: {why}; halving dt ({st.substeps} substeps per frame) and retrying"
             st.events.append(msg)
             log(msg)
@@ -669,7 +680,7 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
     """
     space = problem.space
     z0 = space.natural(u).detach().to(torch.float64)
-    if model is not None and float((model.center - z0).abs().max()) <= model.step:
+    if model is not None and model.step == rel_step and float((model.center - z0).abs().max()) <= model.step:
         H = model.H  # the polish's last model: the same stencil, around (within one step of) this point
     else:
         lo, hi = space.natural_box()

@@ -104,8 +104,10 @@ def build_model(f: Callable[[torch.Tensor], float], z0: torch.Tensor, lo: torch.
 
 def newton_target(model: QuadraticModel, z0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, radius: float) -> torch.Tensor:
     """The model's minimiser over the box and the trust region |z - z0|_inf <= radius, its Hessian
-    made positive definite. Coordinates whose unconstrained step leaves the region are fixed at its
-    bound and the rest re-solved (an active-set pass per fixed coordinate)."""
+    made positive definite, approximately: coordinates whose unconstrained step leaves the region
+    are fixed at its bound and the rest re-solved (a pass per newly fixed coordinate; a fixed one is
+    never freed again, and no multiplier is checked). The trial that follows is accepted only if the
+    loss falls, so an inexact target costs a rollout, not a worse fit."""
     lam, V = torch.linalg.eigh(model.H)
     lam = lam.abs().clamp_min(EIGEN_FLOOR * max(float(lam.abs().max()), 1e-12))
     Hp = V @ torch.diag(lam) @ V.T
@@ -181,6 +183,9 @@ class ModelPolish:
                     self.radius = min(2 * self.radius, 1.0)
                 self.f = ft
                 return PolishStep(target, ft, len(evaluated), True, f0 - ft, evaluated, False, length)
-            self.radius = max(length / 4, MIN_STEP * self.h)
+            self.radius = length / 4
+            if self.radius < MIN_STEP * self.h:
+                self.radius = MIN_STEP * self.h
+                break
             target = newton_target(model, z0, self.lo, self.hi, self.radius)
         return PolishStep(z0.clone(), f0, len(evaluated), False, 0.0, evaluated, True)

@@ -109,3 +109,53 @@ def test_the_newton_polish_ends_at_the_minimum_and_leaves_its_model(data, tmp_pa
     rep = Fm.identifiability(result.problem, result.state.best["u"], space.names(scene), model=model)
     assert calls["n"] == before  # no rollout: the model was centred within a step of this point
     assert rep["hessian"] == model.H.tolist()
+
+
+def _bowl_loss(space, zstar, calls, fail_at=None):
+    """A bowl in natural coordinates in place of the rollout, 1e-3 higher per doubling of the
+    substeps (a loss that depends on dt, as a rollout's does); raises SimulationError at call ``fail_at``."""
+
+    def loss(self, u, horizon, v0=None):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise M.SimulationError("simulation produced NaN/inf at substep 3 (during frame 1)", substep=3, frame=1)
+        d = space.natural(u) - zstar
+        dt_term = 1e-3 * math.log2(self.sim.config.substeps_per_frame)
+        return 0.5 * (d**2).sum() + 0.1 + dt_term
+
+    return loss
+
+
+def test_a_fit_resumed_at_the_hand_over_to_the_polish_ends_where_an_uninterrupted_one_does(data, tmp_path, monkeypatch):
+    """Stopped right after the last Adam iteration, the checkpoint holds Adam's state; the resumed
+    fit must still start its polish from the best point measured (not Adam's last iterate), as the
+    uninterrupted one does, and end on the same values."""
+    scene, target, _ = data
+    space = Fm.ParamSpace(scene)
+    lo, hi = space.natural_box()
+    monkeypatch.setattr(Fm.FitProblem, "loss", _bowl_loss(space, lo + 0.3 * (hi - lo), {"n": 0}))
+    cfg = dataclasses.replace(CFG, iterations=8, polish_iterations=5, starts=2)
+    full = Fm.run_fit(scene, target, tmp_path / "full", cfg, log=lambda m: None)
+    assert [h["optimizer"] for h in full.history][:4] == ["adam"] * 3 + ["newton"]
+    adam_full_horizon = [h["loss"] for h in full.history if h["optimizer"] == "adam" and h["horizon"] == target.frames.shape[0]]
+    assert full.history[3]["loss"] <= min(adam_full_horizon)  # the polish began at the best point, and only went down
+    Fm.run_fit(scene, target, tmp_path / "split", cfg, log=lambda m: None, stop_after=3)
+    resumed = Fm.run_fit(scene, target, tmp_path / "split", cfg, log=lambda m: None, resume=True)
+    assert resumed.values == full.values and resumed.loss == full.loss
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
+def test_after_dt_is_halved_the_loss_to_beat_is_measured_again(data, tmp_path, monkeypatch):
+    """The best probed start is the loss to beat; when a NaN halves dt, its loss is measured again
+    with the new dt, so that the result's loss is the loss of its values at the dt the fit ended with."""
+    scene, target, _ = data
+    space = Fm.ParamSpace(scene)
+    zstar = space.natural(torch.zeros(space.size, dtype=torch.float64)) + 0.001  # the start (the middle) is nearly the minimum
+    calls = {"n": 0}
+    loss = _bowl_loss(space, zstar, calls, fail_at=2)  # call 1 probes the start, call 2 is Adam's first
+    monkeypatch.setattr(Fm.FitProblem, "loss", loss)
+    result = Fm.run_fit(scene, target, tmp_path / "halved", CFG, log=lambda m: None)
+    assert any("halving dt" in e for e in result.state.events)
+    assert torch.equal(result.state.best["u"], torch.zeros(space.size, dtype=torch.float64))  # Adam's steps overshoot: the start stays best
+    at_end = float(loss(result.problem, result.state.best["u"], target.frames.shape[0]))
+    assert result.loss == pytest.approx(at_end, abs=1e-12)
