@@ -36,7 +36,7 @@ def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path):
     (p,) = doc["parameters"]
     assert p["name"] == "young_modulus" and 20.0 <= p["value"] <= 400.0 and math.isfinite(p["value"])
     assert "young_modulus" in doc["identifiability"]["parameters"]
-    assert doc["iterations"] == CFG.iterations
+    assert 1 <= doc["iterations"] <= CFG.iterations  # the polish may converge before the last
     assert len(json.loads((tmp_path / "full" / "params.json").read_text())["parameters"]) == 1
 
     # killed after 3 iterations, then resumed: the same result as the uninterrupted run
