@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .common import DeviceOption
 from .errors import report_errors
 
 scene_app = typer.Typer(help="Scene files.", no_args_is_help=True)
@@ -19,7 +20,7 @@ def check(
     convergence: Annotated[bool, typer.Option("--convergence", help="Also simulate the scene on a finer grid and compare the silhouettes frame by frame (minutes).")] = False,
     fine: Annotated[int | None, typer.Option(help="The finer grid for --convergence (default: twice the scene's).", min=2)] = None,
     frames: Annotated[int | None, typer.Option(help="Frames simulated for --convergence (default: all).", min=2)] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda, for --convergence's simulations.")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Validate a scene file (unknown keys, ranges, geometry inside the domain) and summarise it."""
     from rich.console import Console

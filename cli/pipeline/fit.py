@@ -398,7 +398,11 @@ class FitState:
     substeps: int
     events: list[str]
     converged: bool = False  # the polish stopped moving: later iterations would repeat the same loss
-    model: dict | None = None  # the polish's last quadratic model (QuadraticModel.as_dict)
+
+    @property
+    def model(self) -> QuadraticModel | None:
+        """The polish's last quadratic model (kept in its saved state), None before the polish."""
+        return QuadraticModel.from_dict(self.adam.get("model")) if self.adam.get("polish") else None
 
 
 def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
@@ -528,7 +532,6 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         if not polish:
             set_lr(st.iteration)
 
-        evaluated = []  # (loss, u) of Adam's evaluation
         step = None
 
         def closure():
@@ -537,13 +540,11 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             l.backward()
             if not (torch.isfinite(l) and torch.isfinite(u.grad).all()):
                 raise _NonFinite("a non-finite loss or gradient")
-            evaluated.append((float(l.detach()), u.detach().clone()))
             return l
 
         for attempt in range(cfg.max_dt_halvings + 1):
             try:
                 start = u.detach().clone()
-                evaluated.clear()
                 if polish:
                     with without_prior(problem):
                         step = opt.step(space.natural(u.detach()), lambda z: forward_loss(problem, space.from_natural(z)))
@@ -582,7 +583,7 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         lv = float(loss.detach())
         vals = {k: float(v) for k, v in space.values(u.detach()).items()}
         rec = {"iteration": st.iteration, "loss": lv, "horizon": h, "candidate": st.candidate,
-               "optimizer": "newton" if polish else "adam", "evaluations": step.evaluations if step else len(evaluated),  # rollouts
+               "optimizer": "newton" if polish else "adam", "evaluations": step.evaluations if polish else 1,  # rollouts
                "values": {f"{i}:{p}": v for (i, p), v in vals.items()}, "seconds": time.perf_counter() - t0}
         st.history.append(rec)
         if polish:
@@ -594,8 +595,6 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             # the result: the iterate with the lowest full-horizon loss (with a video prior, whose
             # term is drawn afresh at every call, the last one)
             st.best = {"loss": lv, "u": start}
-        if polish:
-            st.model = opt.model.as_dict() if opt.model is not None else None
         if polish and (step.converged or step.gain < POLISH_RTOL * abs(step.loss) or step.length <= REL_STEP):
             # the model's minimum is where the step began (to its resolution), or the step lowers the
             # loss by less than the rollout's round-off, or it stays inside the model's stencil (the

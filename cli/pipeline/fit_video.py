@@ -109,7 +109,7 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
         ident = None
         if identify and space.size > 0:
             progress("fit", result.state.iteration, total, "identifiability (curvature at the optimum)")
-            ident = Fm.identifiability(result.problem, outcome.fitted_u, names, model=Fm.QuadraticModel.from_dict(result.state.model))
+            ident = Fm.identifiability(result.problem, outcome.fitted_u, names, model=result.state.model)
         progress("fit", result.state.iteration, total, "report")
         metrics = write_fit_video(out, result.problem, outcome.fitted_u, scene.settings.fps)
     notes = Fm.physics_notes(scene, space)

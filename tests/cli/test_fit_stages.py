@@ -103,7 +103,7 @@ def test_the_newton_polish_ends_at_the_minimum_and_leaves_its_model(data, tmp_pa
     z = space.natural(result.state.best["u"])
     assert float((z - zstar).abs().max()) < P.MIN_STEP * P.REL_STEP
     assert result.loss == result.history[-1]["loss"] == min(h["loss"] for h in result.history)
-    model = Fm.QuadraticModel.from_dict(result.state.model)
+    model = result.state.model
     assert torch.allclose(torch.diagonal(model.H), curv, rtol=0.05)
     before = calls["n"]
     rep = Fm.identifiability(result.problem, result.state.best["u"], space.names(scene), model=model)
