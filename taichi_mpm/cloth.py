@@ -194,10 +194,14 @@ def cloth_element(
     d3 = (ti.Matrix.identity(float, 3) + dt * Cp) @ ti.Vector([Fp[0, 2], Fp[1, 2], Fp[2, 2]])
     Q, r11, r12, r22, r13, r23, r33 = cloth_qr(ti.Matrix.cols([f0, f1, d3]))
     gamma, k = M[p, SHEAR], M[p, NORMAL]
-    r13, r23, r33 = cloth_return_mapping(r13, r23, r33, gamma, k, M[p, CFRIC])
-    d3n = Q @ ti.Vector([r13, r23, r33])
+    # New names for the mapped values: bound back to r13, r23, r33, Taichi 1.7.4's autodiff of this
+    # kernel was not linear in the cotangent in float32 (the vertices' dL/dx grew with its square),
+    # and a fit's backward pass over a cloth sliding on a sphere overflowed to NaN (2026-12-04;
+    # tests/taichi_mpm/test_cloth_model.py::test_the_element_kernel_adjoint_is_linear_in_the_cotangent)
+    s13, s23, s33 = cloth_return_mapping(r13, r23, r33, gamma, k, M[p, CFRIC])
+    d3n = Q @ ti.Vector([s13, s23, s33])
     put33(S_out, p, F, ti.Matrix.cols([f0, f1, d3n]))
-    P = cloth_stress(Q, r11, r12, r22, r13, r23, r33, M[p, MU], M[p, LAM], gamma, k)
+    P = cloth_stress(Q, r11, r12, r22, s13, s23, s33, M[p, MU], M[p, LAM], gamma, k)
     area = M[p, VOL]
     # in-plane forces on the vertices: -area dpsi/d(e1, e2) = -area P[:, :2] Dm^-T
     p0 = ti.Vector([P[0, 0], P[1, 0], P[2, 0]])

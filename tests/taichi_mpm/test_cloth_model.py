@@ -137,9 +137,10 @@ def test_return_mapping_lands_on_or_inside_the_cone():
     assert torch.allclose(again, out, atol=1e-14)
 
 
-def _element_kernel_grads(dtype, seed=7):
+def _element_kernel_grads(dtype, seed=7, scale=1.0):
     """dL/d(inputs) of the engine's cloth element kernel (``cloth_elements``, Taichi's autodiff) under
-    the engine's own runtime settings, for elements on both sides of r33 = 1 and of the friction cone."""
+    the engine's own runtime settings, for elements on both sides of r33 = 1 and of the friction cone;
+    ``scale`` multiplies the outputs' cotangents."""
     from dreamcloth.taichi_mpm import layout as K
     from dreamcloth.taichi_mpm import runtime
     from dreamcloth.taichi_mpm.cloth import ClothGroup, cloth_elements, grid_mesh
@@ -165,6 +166,7 @@ def _element_kernel_grads(dtype, seed=7):
     gS = torch.randn(E, K.STATE_DIM, generator=gen, dtype=f64)
     gW = torch.randn(E, K.W_DIM, generator=gen, dtype=f64)
     gE = torch.randn(E, 9, generator=gen, dtype=f64)
+    gS, gW, gE = scale * gS, scale * gW, scale * gE
 
     def leaf(t, grad=None):
         t = t.to(dtype).clone().contiguous().requires_grad_(True)
@@ -191,3 +193,22 @@ def test_the_element_kernel_float32_gradient_is_its_float64_gradient():
         err = float((a - b).abs().max()) / scale
         print(f"{name}: max |grad| {scale:.3e}, float32 vs float64 {err:.1e}")
         assert err < 1e-3, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_element_kernel_adjoint_is_linear_in_the_cotangent(dtype):
+    """An adjoint is linear in the gradient it is given.  Taichi 1.7.4's autodiff of the element
+    kernel was not, in float32, while the return mapping's results were bound back to its inputs'
+    names (``r13, r23, r33 = cloth_return_mapping(r13, r23, r33, ...)``): dL/dx of the vertices
+    grew with the square of the cotangent's size.  In a fit's backward pass over a cloth sliding on
+    a sphere (cotangents ~100) it multiplied ~80x a substep and overflowed to NaN ("a non-finite
+    loss or gradient", 2026-12-04).  The same kernel with 1000x the cotangents gives 1000x the
+    gradients."""
+    g1 = _element_kernel_grads(dtype)
+    g1000 = _element_kernel_grads(dtype, scale=1000.0)
+    for name, a, b in zip(("EX", "S", "M"), g1, g1000):
+        scale = float(a.abs().max())
+        assert scale > 0
+        err = float((b / 1000.0 - a).abs().max()) / scale
+        print(f"{name}: max |grad| {scale:.3e}, 1000x cotangent / 1000 vs 1x: {err:.1e}")
+        assert err < 1e-4, name
