@@ -7,6 +7,7 @@ is symmetric, so the comparison allows its half-turn (a quarter-turn for a squar
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +97,8 @@ def test_scene_init_recovers_random_cameras(tmp_path, seed):
 @pytest.mark.parametrize("seed", [101, 102])
 def test_scene_init_estimates_the_field_of_view(tmp_path, seed):
     """Without ``--fov`` the field of view is fitted with the pose to the edges' sub-pixel positions
-    (``fit_edges``, ``refine_rendered``).  Of 12 random views (``default_rng(100 + i)``) all came within
+    (``fit_edges``).  With a Levenberg-Marquardt step on the rendered cloth after it (removed 2026-12-04),
+    of 12 random views (``default_rng(100 + i)``) all came within
     0.71 deg, 1.45% of the distance and 0.08 deg of direction; seed 101 (a small cloth seen from
     2.85 m) was the worst fov, -0.71 deg (3.05 deg with the search over pose-refined renderings this
     replaced), seed 102 (a 52 px cloth) -0.30 deg (+6.15 deg before)."""
@@ -125,12 +127,45 @@ def test_scene_init_from_an_anti_aliased_mask_video_over_a_textured_background(t
     R.write_video(np.stack([frame, frame]), tmp_path / "clip.mp4", fps=24)
     R.write_video(np.repeat(np.stack([a, a]), 3, -1), tmp_path / "masks.mp4", fps=24)
     result = init_scene(tmp_path / "clip.mp4", size, tmp_path / "scene.toml", masks_path=tmp_path / "masks.mp4")
-    assert abs(result.estimate.camera.fov_y_deg - cam.fov_y_deg) < 1.0
+    fov_err = result.estimate.camera.fov_y_deg - cam.fov_y_deg
     pos, ang = camera_errors(load_scene(result.scene_path), size, centre, yaw, cam)
-    # the issue's goal is 3%.  Twelve such views measured up to 1.42%; this one passed under 1% on the
-    # machine the test was written on and gives 1.26% on another of the same kind (the refinement's
-    # round-off differs: av 18.0, scipy 1.17.0 and numpy 2.4.5 gave the same 1.26%); thresholded masks gave up to 16%
-    assert pos < 0.02 and ang < 0.5, f"camera position error {pos:.2%} of the distance, direction error {ang:.2f} deg"
+    print(f"fov {fov_err:+.2f} deg, camera {pos:.2%} of the distance, direction {ang:.2f} deg")
+    # the issue's goals: fov within 2 deg, the camera within 3% of its distance and 2 deg of direction.
+    # These masks are the estimator's own 9x9-mesh rendering, which the Levenberg-Marquardt step on the
+    # rendered cloth (removed 2026-12-04, see scene_init.rendered_iou) fitted exactly: it gave 1.26%
+    # here; the edge fit alone -0.78 deg and 2.28%.  Masks drawn from a 31x31 mesh (crisp, like a
+    # camera's anti-aliasing): +2.63 deg with that step, +1.60 deg and 3.51% without (over the goal).
+    assert abs(fov_err) < 2.0
+    assert pos < 0.03 and ang < 2.0, f"camera position error {pos:.2%} of the distance, direction error {ang:.2f} deg"
+
+
+def test_scene_init_on_a_video_that_dreamcloth_simulate_rendered(tmp_path):
+    """The issue's own case: frame 0 of ``dreamcloth simulate``'s video of the bundled demo scene (a 12x12
+    mesh with a dark checker that reaches the cloth's border, not the estimator's 9x9 plain model) seen
+    from a random camera (``default_rng(308)`` in elevation 15-70 deg, distance 1-3 m, fov 30-60 deg),
+    320x240 H.264, fov estimated.  With the Levenberg-Marquardt step on the rendered cloth (removed
+    2026-12-04) this view was 7.1% and -2.8 deg off, and 3 of 12 such views missed the goals; with the
+    edge fit alone it gives 1.3% and -0.4 deg, and all 12 were within 2.4% and 1.0 deg."""
+    from dreamcloth.cli.pipeline.demo import DEMO_SCENE
+
+    text = Path(DEMO_SCENE).read_text()
+    camera = ("[camera]\nwidth = 320\nheight = 240\nfov_y_deg = 45.0846\neye = [0.0789379, 2.86801, -1.00791]\n"
+              "look_at = [0.545046, 0.557386, 0.588639]\nbackground = [1.0, 1.0, 1.0]\n")
+    start, end = text.index("[camera]"), text.index("[[object]]")
+    (tmp_path / "view.toml").write_text(text[:start] + camera + "\n" + text[end:])
+    r = CliRunner().invoke(app, ["simulate", "--scene", str(tmp_path / "view.toml"), "--out", str(tmp_path / "sim"),
+                                 "--frames", "2"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    result = init_scene(tmp_path / "sim" / "video.mp4", (0.6, 0.6), tmp_path / "scene.toml", height=0.2)
+    cam = R.Camera(eye=(0.0789379, 2.86801, -1.00791), look_at=(0.545046, 0.557386, 0.588639), fov_y_deg=45.0846,
+                   width=320, height=240)
+    scene = load_scene(tmp_path / "view.toml")
+    cloth = scene.objects[0]
+    fov_err = result.estimate.camera.fov_y_deg - cam.fov_y_deg
+    pos, ang = camera_errors(load_scene(result.scene_path), (0.6, 0.6), np.asarray(cloth.center), cloth.rotation_deg[1], cam)
+    print(f"fov {fov_err:+.2f} deg, camera {pos:.2%} of the distance, direction {ang:.2f} deg")
+    assert abs(fov_err) < 2.0
+    assert pos < 0.03 and ang < 2.0, f"camera position error {pos:.2%} of the distance, direction error {ang:.2f} deg"
 
 
 def test_scene_init_cli_writes_a_scene_that_checks(tmp_path):
