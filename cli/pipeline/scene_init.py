@@ -558,7 +558,7 @@ def rendered_iou(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float,
     alpha, a 31x31 mesh's ~2 px and ~0.99.  It helped on views drawn with the estimator's own 9x9
     mesh and hurt on everything else: on 12 views of the demo's 12x12 checkered cloth rendered by
     ``dreamcloth simulate`` (320x240, fov estimated) the camera was 0.8-7.1% off its distance and
-    the fov up to 2.8 deg (3 views beyond the 3% goal), against 0.7-2.4% and 1.0 deg from the edge
+    the fov up to 2.8 deg (4 views beyond the 3% goal), against 0.7-2.4% and 1.0 deg from the edge
     fit alone, whose blur and gain are free."""
     from scipy import ndimage
 

@@ -144,7 +144,7 @@ def test_scene_init_on_a_video_that_dreamcloth_simulate_rendered(tmp_path):
     mesh with a dark checker that reaches the cloth's border, not the estimator's 9x9 plain model) seen
     from a random camera (``default_rng(308)`` in elevation 15-70 deg, distance 1-3 m, fov 30-60 deg),
     320x240 H.264, fov estimated.  With the Levenberg-Marquardt step on the rendered cloth (removed
-    2026-12-04) this view was 7.1% and -2.8 deg off, and 3 of 12 such views missed the goals; with the
+    2026-12-04) this view was 7.1% and -2.8 deg off, and 4 of 12 such views missed the goals; with the
     edge fit alone it gives 1.3% and -0.4 deg, and all 12 were within 2.4% and 1.0 deg."""
     from dreamcloth.cli.pipeline.demo import DEMO_SCENE
 
