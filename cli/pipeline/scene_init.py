@@ -632,8 +632,8 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: floa
     alpha = cloth_alpha(frame, background, sil) if mask is None else mask_alpha(levels, sil)
     # The corners' residual does not always rank the assignments right (a pixel of error on a thin
     # silhouette): refine the best few (the rectangle's half-turn twin adds nothing) and keep the best match.
-    # Each is refined three times: on blurred then sharp silhouettes (a wide basin), on the edges' sub-pixel
-    # positions (which also give the fov when it is not given), on the rendered cloth's alpha.
+    # Each is refined twice: on blurred then sharp silhouettes (a wide basin), then on the edges' sub-pixel
+    # positions (which also give the fov when it is not given); the rendered cloth's IoU ranks them.
     best = None
     tried: list[np.ndarray] = []
     for _, cand, _ in candidates:
