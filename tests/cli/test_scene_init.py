@@ -148,17 +148,17 @@ def test_scene_init_on_a_video_that_dreamcloth_simulate_rendered(tmp_path):
     edge fit alone it gives 1.3% and -0.4 deg, and all 12 were within 2.4% and 1.0 deg."""
     from dreamcloth.cli.pipeline.demo import DEMO_SCENE
 
+    cam = R.Camera(eye=(0.0789379, 2.86801, -1.00791), look_at=(0.545046, 0.557386, 0.588639), fov_y_deg=45.0846,
+                   width=320, height=240)
     text = Path(DEMO_SCENE).read_text()
-    camera = ("[camera]\nwidth = 320\nheight = 240\nfov_y_deg = 45.0846\neye = [0.0789379, 2.86801, -1.00791]\n"
-              "look_at = [0.545046, 0.557386, 0.588639]\nbackground = [1.0, 1.0, 1.0]\n")
+    camera = (f"[camera]\nwidth = {cam.width}\nheight = {cam.height}\nfov_y_deg = {cam.fov_y_deg}\n"
+              f"eye = {list(cam.eye)}\nlook_at = {list(cam.look_at)}\nbackground = [1.0, 1.0, 1.0]\n")
     start, end = text.index("[camera]"), text.index("[[object]]")
     (tmp_path / "view.toml").write_text(text[:start] + camera + "\n" + text[end:])
     r = CliRunner().invoke(app, ["simulate", "--scene", str(tmp_path / "view.toml"), "--out", str(tmp_path / "sim"),
                                  "--frames", "2"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     result = init_scene(tmp_path / "sim" / "video.mp4", (0.6, 0.6), tmp_path / "scene.toml", height=0.2)
-    cam = R.Camera(eye=(0.0789379, 2.86801, -1.00791), look_at=(0.545046, 0.557386, 0.588639), fov_y_deg=45.0846,
-                   width=320, height=240)
     scene = load_scene(tmp_path / "view.toml")
     cloth = scene.objects[0]
     fov_err = result.estimate.camera.fov_y_deg - cam.fov_y_deg
