@@ -25,18 +25,18 @@ from .common import Measurement
 SECTION = "mpm"
 
 
-def block_scene(n_side: int = 28, res: int = 64, dt: float = 1e-4, dtype=torch.float32):
+def block_scene(n_side: int = 28, res: int = 64, dt: float = 1e-4, dtype=torch.float32, device="cpu"):
     """The issue's block: n_side^3 particles, 8 per cell (spacing dx/2), in a res^3 grid over [0,1]^3."""
     from dreamcloth.taichi_mpm import GridSpec, Model, Params, Plane, SimConfig, State
 
     dx = 1.0 / res
     grid = GridSpec(origin=(0.0, 0.0, 0.0), dx=dx, res=(res, res, res))
     ax = (torch.arange(n_side, dtype=dtype) + 0.5) * dx * 0.5
-    x = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3) + 0.3
-    vol = torch.full((x.shape[0],), (dx * 0.5) ** 3, dtype=dtype)
+    x = (torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3) + 0.3).to(device)
+    vol = torch.full((x.shape[0],), (dx * 0.5) ** 3, dtype=dtype, device=device)
     model = Model.create(vol, "neo_hookean", colliders=[Plane(point=(0, 0.1, 0), normal=(0, 1, 0), friction=0.5)])
     config = SimConfig(grid=grid, fps=1.0 / dt, substeps_per_frame=1)
-    params = Params.create(1e5, 0.3, 1000.0, 0.9, 0.5, dtype=dtype)
+    params = Params.create(1e5, 0.3, 1000.0, 0.9, 0.5, dtype=dtype, device=device)
     return model, State.at_rest(x), params, config
 
 
@@ -64,14 +64,15 @@ def _rate(n_particles: int, steps: int, seconds: float) -> float:
     return n_particles * steps / seconds
 
 
-def speed(quick: bool) -> list[Measurement]:
+def speed(quick: bool, device: str = "cpu") -> list[Measurement]:
+    """Ours against Taichi's mpm3d example on the same arch (``device`` cpu or cuda)."""
     import taichi as ti
 
     from dreamcloth.taichi_mpm import runtime, simulate
 
     n_side, steps = (12, 20) if quick else (28, 200)
-    runtime.ensure("cpu", torch.float32)
-    model, state, params, config = block_scene(n_side)
+    runtime.ensure(device, torch.float32)
+    model, state, params, config = block_scene(n_side, device=device)
     # one output frame every 10 substeps (a 1e-4 s substep at 1000 fps): the peer keeps no frames, and
     # copying every substep's state out would measure memory traffic, not the simulator
     spf = 10
@@ -83,7 +84,7 @@ def speed(quick: bool) -> list[Measurement]:
     # peer: Taichi's own example on the same particles
     peer = load_mpm3d(n, 64, config.dt)
     peer.init()
-    peer.F_x.from_numpy(state.x.numpy())
+    peer.F_x.from_numpy(state.x.cpu().numpy())
     peer.substep()
     ti.sync()
 
@@ -94,10 +95,16 @@ def speed(quick: bool) -> list[Measurement]:
         ti.sync()
         return time.perf_counter() - t
 
+    def sync():
+        ti.sync()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def ours_forward():
         t = time.perf_counter()
         with torch.no_grad():
             simulate(model, state, params, config, frames)
+        sync()
         return time.perf_counter() - t
 
     E = params.young_modulus.clone().requires_grad_(True)
@@ -107,6 +114,7 @@ def speed(quick: bool) -> list[Measurement]:
         t = time.perf_counter()
         traj = simulate(model, state, p_grad, config, frames)
         traj.x[-1].sum().backward()
+        sync()
         return time.perf_counter() - t
 
     ours_forward()  # compile
@@ -120,7 +128,7 @@ def speed(quick: bool) -> list[Measurement]:
     r_peer = _rate(n, steps, min(t_peer))
     r_fwd = _rate(n, steps, min(t_fwd))
     r_fb = _rate(n, steps, min(t_fb))
-    note = f"{n} particles, 64^3 grid, dt {config.dt:g}, {steps} substeps, a frame every {spf}"
+    note = f"{n} particles, 64^3 grid, dt {config.dt:g}, {steps} substeps, a frame every {spf}, {device}"
     out.append(Measurement(SECTION, "mpm3d.py forward (peer)", r_peer / 1e6, "M particle-steps/s", note))
     out.append(Measurement(SECTION, "forward", r_fwd / 1e6, "M particle-steps/s", note + "; goal >= 3.0x", "mpm3d forward",
                            r_fwd / r_peer))

@@ -160,6 +160,16 @@ def config_for(device: torch.device | str, dtype: torch.dtype) -> RuntimeConfig:
         raise ValueError(f"unsupported device {device}: dreamcloth's Taichi kernels run on cpu or cuda")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"unsupported dtype {dtype}: use torch.float32 or torch.float64")
+    if device.type == "cuda" and dtype == torch.float64:
+        # Measured on an H200 (CUDA 13.0 driver, Taichi 1.7.4, 2026-12-04): every float64 rollout
+        # on CUDA - cloth and solid blocks, atomic and coloured scatters, the grid's fields in one
+        # dense SNode or six, advanced_optimization on or off, our launch path or Taichi's - stopped
+        # in the particle-to-grid scatter with CUDA_ERROR_MISALIGNED_ADDRESS, which poisons the
+        # process's CUDA context.  float32 on CUDA matched the CPU (tests/taichi_mpm/test_cuda.py).
+        raise ValueError(
+            "float64 simulation on CUDA is not supported: Taichi 1.7.4's CUDA backend faults "
+            "(misaligned address) in the particle-to-grid scatter; use float32 on CUDA, or float64 on the CPU"
+        )
     return RuntimeConfig("cuda" if device.type == "cuda" else "cpu", "f64" if dtype == torch.float64 else "f32")
 
 

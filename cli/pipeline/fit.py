@@ -246,7 +246,7 @@ def fit_appearance(sim: Simulation, renderer: SceneRenderer, target: Target, cfg
     g = renderer.num_gaussians
     color = torch.log(mean / (1 - mean)).expand(g, 3).clone().requires_grad_(True)
     back = color.detach().clone().requires_grad_(True)
-    opacity = torch.full((g,), 2.0, dtype=sim.dtype).requires_grad_(True)
+    opacity = torch.full((g,), 2.0, dtype=sim.dtype, device=color.device).requires_grad_(True)
     opt = torch.optim.Adam([color, back, opacity], lr=cfg.appearance_lr * 10)
     with torch.no_grad():
         means, covs, normals = renderer.frame(sim.state0.x, sim.state0.F)
@@ -282,7 +282,7 @@ class FitProblem:
         self.sim, self.renderer, self.target, self.space, self.cfg = sim, renderer, target, space, cfg
         self.appearance = appearance
         self.prior = prior
-        self.v0 = torch.zeros(3, dtype=sim.dtype)
+        self.v0 = torch.zeros(3, dtype=sim.dtype, device=sim.device)
 
     def with_substeps(self, substeps: int) -> None:
         self.sim.config = dataclasses.replace(self.sim.config, substeps_per_frame=substeps)
@@ -368,7 +368,7 @@ def probe_starts(problem: FitProblem, cfg: FitConfig) -> tuple[list[torch.Tensor
 
 def fit_velocity(problem: FitProblem, u: torch.Tensor, cfg: FitConfig, log) -> torch.Tensor:
     """A global initial velocity from the first frames, materials at ``u``."""
-    v0 = torch.zeros(3, dtype=problem.sim.dtype, requires_grad=True)
+    v0 = torch.zeros(3, dtype=problem.sim.dtype, device=problem.sim.device, requires_grad=True)
     opt = torch.optim.Adam([v0], lr=cfg.velocity_lr)
     h = min(cfg.velocity_frames, problem.target.frames.shape[0])
     for _ in range(cfg.velocity_steps):
@@ -448,6 +448,8 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     sim = build(scene, dtype, device)
+    # the video's frames and masks live where the simulator and the renderer do
+    target = dataclasses.replace(target, frames=target.frames.to(sim.device), masks=target.masks.to(sim.device))
     renderer = SceneRenderer(sim)
     _check_visible(sim, renderer)
     space = ParamSpace(scene)

@@ -217,7 +217,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
     lo, hi = grid.inner_min, grid.inner_max
     for r in b.ranges:
         xs = state.x[r.start : r.end]
-        if bool(((xs < torch.tensor(lo, dtype=dtype)) | (xs > torch.tensor(hi, dtype=dtype))).any()):
+        if bool(((xs < torch.tensor(lo, dtype=dtype, device=xs.device)) | (xs > torch.tensor(hi, dtype=dtype, device=xs.device))).any()):
             raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
     bounds = _bounds(scene, grid, M.min_rest_edge(model))
     if substeps is None:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dreamcloth.render import SILHOUETTE_ALPHA, Camera, cloth_gaussians, cloth_sampling, rasterize
+from dreamcloth.render import SILHOUETTE_ALPHA, Camera, cloth_gaussians, cloth_sampling, cuda_backend_available, rasterize
 from dreamcloth.render._torch_ref import rasterize_mesh_reference
 
 from .conftest import grid_faces
@@ -28,7 +28,7 @@ def _camera(elevation_deg: float, yaw_deg: float = 0.0, distance: float = 1.6) -
     return Camera(eye=eye, look_at=(0.0, 0.0, 0.0), fov_y_deg=45.0, width=128, height=128)
 
 
-def _compare(verts, faces, camera, crisp=True):
+def _compare(verts, faces, camera, crisp=True, backend="portable", device="cpu"):
     """(IoU, symmetric difference / projected perimeter in px) of the splatted vs the exact silhouette.
 
     The cloth is rendered the way the fit renders it: 4 Gaussians per triangle, thickness 2 mm,
@@ -38,8 +38,9 @@ def _compare(verts, faces, camera, crisp=True):
     g = cloth_gaussians(verts.float(), faces, thickness=2e-3, sampling=sampling, in_plane_scale=2.0,
                         camera=camera if crisp else None, opacity=0.95)
     m = g.means.shape[0]
-    out = rasterize(g.means, g.covariances, torch.full((m, 3), 0.5), torch.full((m,), 0.95), camera, backend="portable")
-    splat = out.alpha[0] >= SILHOUETTE_ALPHA
+    out = rasterize(g.means.to(device), g.covariances.to(device), torch.full((m, 3), 0.5, device=device),
+                    torch.full((m,), 0.95, device=device), camera, backend=backend)
+    splat = out.alpha[0].cpu() >= SILHOUETTE_ALPHA
     exact = rasterize_mesh_reference(verts, faces, camera)
     iou = float((splat & exact).sum()) / float((splat | exact).sum())
     uv = camera.project(camera.to_camera(verts))
@@ -66,6 +67,25 @@ def test_exact_rasterizer_counts_pixel_centres(ray_point):
 def test_flat_cloth_silhouette_matches_exact_rasterization(elevation, size, yaw):
     verts, faces = _sheet(41, size)
     iou, boundary_px = _compare(verts, faces, _camera(elevation, yaw))
+    assert iou >= 0.98, iou
+    assert boundary_px <= 0.5, boundary_px
+
+
+_GPU_BACKENDS = [
+    pytest.param("portable", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    pytest.param("cuda", marks=pytest.mark.skipif(not cuda_backend_available("cuda")[0],
+                                                  reason=f"CUDA rasterizer: {cuda_backend_available('cuda')[1]}")),
+]
+
+
+@pytest.mark.parametrize("backend", _GPU_BACKENDS)
+@pytest.mark.parametrize("elevation", [20, 60])
+def test_flat_cloth_silhouette_on_the_gpu(backend, elevation):
+    """The same figure with CUDA tensors: the portable backend on Taichi's CUDA arch, and the
+    official 3DGS rasterizer."""
+    verts, faces = _sheet(41, 1.0)
+    iou, boundary_px = _compare(verts, faces, _camera(elevation, 30.0), backend=backend, device="cuda")
+    print(f"{backend} on CUDA, elevation {elevation}: IoU {iou:.4f}, {boundary_px:.3f} px per boundary px")
     assert iou >= 0.98, iou
     assert boundary_px <= 0.5, boundary_px
 

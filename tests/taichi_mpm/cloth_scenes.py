@@ -9,10 +9,10 @@ from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, Plane,
 F64 = torch.float64
 
 
-def drape_scene(n: int = 6, res: int = 16, dtype=F64, friction=0.3, size=0.5, height=0.62):
+def drape_scene(n: int = 6, res: int = 16, dtype=F64, friction=0.3, size=0.5, height=0.62, device="cpu"):
     """An n x n cloth falling onto a sphere above the ground."""
     grid = GridSpec.from_domain((0, 0, 0), (1, 1, 1), res)
-    b = ModelBuilder(dtype)
+    b = ModelBuilder(dtype, device)
     verts, faces = grid_mesh(n, n, (size, size), (0.5, height, 0.5))
     b.add_cloth("sheet", verts, faces)
     sphere = Sphere((0.5, 0.42, 0.5), 0.14, friction=friction)
