@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -72,7 +72,9 @@ def check(
 @report_errors
 def init(
     video: Annotated[Path, typer.Option("--video", help="The video; its first frame shows the cloth flat and at rest.")],
-    cloth_size: Annotated[str, typer.Option("--cloth-size", help="The cloth's size WIDTHxHEIGHT in metres, e.g. 0.6x0.4.")],
+    cloth_size: Annotated[Optional[str], typer.Option("--cloth-size", help="A rectangular cloth's size WIDTHxHEIGHT in metres, e.g. 0.6x0.4.")] = None,
+    mesh: Annotated[Optional[Path], typer.Option("--mesh", help="Any other flat shape: its mesh file (OBJ, PLY, ...; metres).")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Scale of the --mesh file's units to metres.")] = 1.0,
     out: Annotated[Path, typer.Option("--out", help="Scene file to write (and OUT.png: the estimate over frame 0).")] = Path("scene.toml"),
     fov: Annotated[float, typer.Option("--fov", help="Vertical field of view in degrees, when known (else estimated).")] = None,
     height: Annotated[float, typer.Option("--height", help="The cloth's height above the ground (m); 0: it lies on the ground.")] = 0.0,
@@ -84,7 +86,8 @@ def init(
 
     from .pipeline.scene_init import init_scene, parse_size
 
-    result = init_scene(video, parse_size(cloth_size), out, fov_y_deg=fov, height=height, masks_path=masks, width=width)
+    size = parse_size(cloth_size) if cloth_size is not None else None
+    result = init_scene(video, size, out, fov_y_deg=fov, height=height, masks_path=masks, width=width, mesh_path=mesh, scale=scale)
     e = result.estimate
     console = Console()
     console.print(f"wrote {result.scene_path}: camera {e.distance:.3g} m from the cloth's centre, {e.elevation_deg:.1f} deg above "

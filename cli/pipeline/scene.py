@@ -203,7 +203,7 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
         m = _GRID_MESH.match(mesh)
         if m and (int(m.group(1)) < 2 or int(m.group(2)) < 2):
             raise r.err("mesh", f"= {mesh!r}: a cloth grid needs at least 2x2 vertices")
-        default_size = (1.0, 1.0)
+        default_size = (1.0, 1.0) if m else (1.0,)  # a mesh file's size is its own (times scale)
     else:
         if mesh not in ("box", "sphere") and Path(mesh).suffix.lower() not in (".obj", ".ply", ".stl", ".off", ".glb"):
             raise r.err("mesh", f"= {mesh!r}: a solid needs 'box', 'sphere' or a mesh file")

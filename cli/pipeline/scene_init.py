@@ -30,6 +30,14 @@ domain and carries the estimated pose in its camera.  A rectangle's silhouette i
 camera is found up to the half-turn (quarter-turn for a square) about the cloth's normal; pins and
 textures that break the symmetry are the user's to add.
 
+Any other flat shape comes as a mesh file (``--mesh``, ``estimate_shape_scene``): the mesh is laid
+flat (its best plane turned to the ground, either side up), first cameras come from matching the
+silhouette's area moments to the shape's (an affine map, up to a turn or a mirror turn: searched)
+turned into weak-perspective poses, each is laid on the silhouette's edge by a chamfer fit
+(``fit_contour``, a wide basin), the best distinct poses of each side up are fitted to the edges
+with the outline's signed distance in place of the rectangle's sides (``fit_outline``; the fov too
+when it is not given), and the rendered mesh's IoU picks.
+
 Everything a user can get wrong is an ``InputError`` naming the video: no cloth-like region in
 frame 0, a cloth that is not a flat rectangle there, a size whose aspect the image contradicts.
 """
@@ -96,6 +104,7 @@ class SceneEstimate:
     background: tuple[float, float, float]
     background_uniform: bool
     cloth_color: tuple[float, float, float]
+    shape: "FlatShape | None" = None  # the cloth, when it came from a mesh file (else a rectangle)
 
     @property
     def elevation_deg(self) -> float:
@@ -381,13 +390,13 @@ def _filled(rendered: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(rendered)
 
 
-def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float],
-                  iterations: int = 240) -> CameraEstimate:
-    """Refine the camera's pose (its field of view fixed) so that the rendered flat cloth matches
-    ``silhouette`` (to a pixel or so: ``fit_edges`` takes it from there)."""
+def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float] | None,
+                  iterations: int = 240, shape: "FlatShape | None" = None) -> CameraEstimate:
+    """Refine the camera's pose (its field of view fixed) so that the rendered flat cloth (a ``size``
+    rectangle, or ``shape``) matches ``silhouette`` (to a pixel or so: the edge fit takes it from there)."""
     from dreamcloth import render as R
 
-    verts, faces = _flat_mesh(size)
+    verts, faces = _flat_mesh(size) if shape is None else shape.tensors()
     sampling = R.cloth_sampling(faces, 4)
     cam0 = est.as_camera()
     rot0 = torch.as_tensor(est.rotation, dtype=torch.float32)
@@ -549,7 +558,8 @@ def fit_edges(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, si
     return camera(fit.x)
 
 
-def rendered_iou(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float]) -> float:
+def rendered_iou(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float] | None,
+                 shape: "FlatShape | None" = None) -> float:
     """IoU of the flat cloth drawn by the scene's renderer from ``est`` with frame 0's ``silhouette``.
 
     The rendering scores the estimate; it does not move it.  Levenberg-Marquardt on the rendered
@@ -564,7 +574,7 @@ def rendered_iou(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float,
 
     from dreamcloth import render as R
 
-    verts, faces = _flat_mesh(size)
+    verts, faces = _flat_mesh(size) if shape is None else shape.tensors()
     with torch.no_grad():
         alpha_r = render_flat_cloth(verts, faces, est.as_camera()).double().numpy()
     # Frame 0's silhouette is cut at half its interior's median colour, so the rendering is cut at half its
@@ -573,6 +583,361 @@ def rendered_iou(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float,
     level = float(np.median(alpha_r[inner])) if inner.any() else 1.0
     pred = _filled(alpha_r > R.SILHOUETTE_ALPHA * min(level, 1.0))
     return float((pred & silhouette).sum() / max((pred | silhouette).sum(), 1))
+
+
+# -- other shapes: a flat mesh from a file -------------------------------------------------------------
+
+#: a mesh counts as flat when no vertex is farther than this fraction of its size from its best plane
+MAX_MESH_BEND = 0.01
+#: the field of view the search for a mesh's first camera assumes when none is given (the edge fit then fits it)
+DEFAULT_FOV_DEG = 45.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatShape:
+    """A flat cloth mesh laid as a scene lays it: the file's vertices times ``scale``, turned by
+    ``rotation_deg`` (so that its plane is the x-z plane, normal +y), its vertex mean at the origin."""
+
+    vertices: np.ndarray  # [V, 3], y ~ 0
+    faces: np.ndarray  # [F, 3]
+    rotation_deg: tuple[float, float, float]
+    loops: tuple[np.ndarray, ...]  # its boundary loops, closed polylines [K, 3] in the plane
+    path: Path
+    scale: float
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(self.vertices, dtype=torch.float32), torch.as_tensor(self.faces)
+
+    @property
+    def extent(self) -> float:
+        """The diagonal of its bounding box in the plane (m): at least its longest side."""
+        return float(np.linalg.norm(np.ptp(self.vertices[:, [0, 2]], axis=0)))
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Area centroid ``[2]`` and covariance ``[2, 2]`` of the shape in (x, z): a triangle's second
+        moment about the origin is area/12 (a a^T + b b^T + c c^T + s s^T), s = a + b + c."""
+        p = self.vertices[:, [0, 2]][self.faces]  # [F, 3, 2]
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+        total = area.sum()
+        mean = (area[:, None] * p.mean(1)).sum(0) / total
+        ssum = p.sum(1)
+        second = (area[:, None, None] / 12.0 * (np.einsum("fki,fkj->fij", p, p) + ssum[:, :, None] * ssum[:, None, :])).sum(0) / total
+        return mean, second - np.outer(mean, mean)
+
+    @staticmethod
+    def from_file(path: str | Path, scale: float = 1.0, flipped: bool = False) -> "FlatShape":
+        """The mesh of ``path`` (OBJ, PLY, ...; metres times ``scale``) laid flat; ``flipped``: its other side up."""
+        import trimesh
+        from scipy.spatial.transform import Rotation
+
+        from dreamcloth import taichi_mpm as M
+        from dreamcloth.taichi_mpm.sampling import load_mesh
+
+        path = Path(path)
+        try:
+            mesh = load_mesh(path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(f"--mesh: {exc}") from None
+        v = np.asarray(mesh.vertices, dtype=np.float64) * scale
+        centred = v - v.mean(0)
+        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+        size = float(np.ptp(centred @ vt[:2].T, axis=0).max())
+        bend = float(np.abs(centred @ vt[2]).max())
+        if size <= 0 or bend > MAX_MESH_BEND * size:
+            raise InputError(f"--mesh {path}: the mesh is not flat (vertices up to {bend:.3g} m off its plane, "
+                             f"{bend / max(size, 1e-12):.1%} of its size); scene init needs the cloth flat in the first frame")
+        rows = np.stack([vt[0], vt[2], np.cross(vt[0], vt[2])])  # plane axes -> x and z, the normal -> y
+        if flipped:
+            rows = np.diag([1.0, -1.0, -1.0]) @ rows
+        angles = tuple(float(a) for a in Rotation.from_matrix(rows).as_euler("xyz", degrees=True))
+        # exactly what a scene does with the file (simulation.build): turn, then centre the vertex mean
+        laid = v @ M.euler_xyz(angles).T
+        laid = laid - laid.mean(0)
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        loops = tuple(np.asarray(d, dtype=np.float64) for d in trimesh.Trimesh(laid, faces, process=False).outline().discrete)
+        if not loops:
+            raise InputError(f"--mesh {path}: the mesh has no boundary (a closed surface is not a flat cloth)")
+        return FlatShape(laid, faces, angles, loops, path, scale)
+
+
+def _outline_pixels(est: CameraEstimate, shape: FlatShape) -> list[np.ndarray] | None:
+    """The shape's boundary loops ``[K, 2]`` in the image (pixel centres at integers); None when a
+    point is behind the camera."""
+    focal = est.height / (2 * math.tan(math.radians(est.fov_y_deg) / 2))
+    centre = np.array([(est.width - 1) * 0.5, (est.height - 1) * 0.5])
+    out = []
+    for loop in shape.loops:
+        x = loop @ est.rotation.T + est.translation
+        if (x[:, 2] <= 1e-6).any():
+            return None
+        out.append(focal * x[:, :2] / x[:, 2:] + centre)
+    return out
+
+
+def _inside(loops: list[np.ndarray], pix: np.ndarray) -> np.ndarray:
+    """Even-odd inside test of ``pix [P, 2]`` against closed polylines (holes are loops too)."""
+    from matplotlib.path import Path as MplPath
+
+    inside = np.zeros(len(pix), bool)
+    for loop in loops:
+        inside ^= MplPath(loop).contains_points(pix)
+    return inside
+
+
+def signed_distance(loops: list[np.ndarray], pix: np.ndarray) -> np.ndarray:
+    """Signed distance (px, positive inside) of ``pix [P, 2]`` to the polygon bounded by ``loops``."""
+    a = np.concatenate([lp[:-1] for lp in loops])
+    e = np.concatenate([lp[1:] - lp[:-1] for lp in loops])
+    ee = np.maximum((e * e).sum(1), 1e-12)
+    rel = pix[:, None, :] - a[None]  # [P, S, 2]
+    t = np.clip((rel * e[None]).sum(-1) / ee[None], 0.0, 1.0)
+    d = np.sqrt(((rel - t[..., None] * e[None]) ** 2).sum(-1)).min(1)
+    return np.where(_inside(loops, pix), d, -d)
+
+
+def fit_outline(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, shape: FlatShape,
+                fit_fov: bool) -> CameraEstimate:
+    """``fit_edges`` for any flat shape: the pixels near the silhouette's edge against
+    ``gain * Phi(d / sigma)``, ``d`` the signed distance to the projected outline, least squares over
+    the pose (and fov), ``sigma`` and ``gain``."""
+    from scipy import ndimage
+    from scipy.optimize import least_squares
+    from scipy.special import ndtr
+
+    dist = np.where(silhouette, ndimage.distance_transform_edt(silhouette), ndimage.distance_transform_edt(~silhouette))
+    ys, xs = np.nonzero(dist <= EDGE_BAND)
+    pix = np.stack([xs, ys], 1).astype(np.float64)
+    target = alpha[ys, xs]
+
+    def camera(x):
+        return _moved_camera(est, np.r_[x[:6], est.fov_y_deg + (x[6] if fit_fov else 0.0)])
+
+    def residual(x):
+        loops = _outline_pixels(camera(x), shape)
+        if loops is None:
+            return np.full(len(target), 10.0)
+        return x[-1] * ndtr(signed_distance(loops, pix) / math.exp(x[-2])) - target
+
+    n = 7 if fit_fov else 6
+    lo, hi = np.full(n + 2, -np.inf), np.full(n + 2, np.inf)
+    if fit_fov:
+        lo[6], hi[6] = 5.0 - est.fov_y_deg, 150.0 - est.fov_y_deg
+    x0 = np.r_[np.zeros(n), math.log(0.7), 1.0]
+    fit = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-12, max_nfev=200)
+    return camera(fit.x)
+
+
+def _loop_samples(shape: FlatShape, count: int = 240) -> list[np.ndarray]:
+    """The shape's boundary loops resampled to ``count`` points in all, evenly along their length (3D)."""
+    lengths = [float(np.linalg.norm(np.diff(lp, axis=0), axis=1).sum()) for lp in shape.loops]
+    total = sum(lengths)
+    out = []
+    for lp, length in zip(shape.loops, lengths):
+        k = max(8, round(count * length / total))
+        seg = np.linalg.norm(np.diff(lp, axis=0), axis=1)
+        at = np.concatenate([[0.0], np.cumsum(seg)])
+        s = np.linspace(0.0, at[-1], k, endpoint=False)
+        out.append(np.stack([np.interp(s, at, lp[:, i]) for i in range(3)], 1))
+    return out
+
+
+def fit_contour(est: CameraEstimate, silhouette: np.ndarray, shape: FlatShape, fit_fov: bool) -> CameraEstimate:
+    """The pose (and fov) that lays the projected outline on the silhouette's edge: a symmetric
+    chamfer fit (the silhouette's edge pixels' distances to the projected outline, and points along
+    the outline against the distance map of the edge), least squares.  Its basin is wide (it sees
+    every pixel of the outline however far off), so it takes the moment-matched first cameras, which
+    can be tens of pixels off where perspective foreshortens the shape, to within a pixel or so."""
+    from scipy import ndimage
+    from scipy.optimize import least_squares
+
+    edge = silhouette & ~ndimage.binary_erosion(silhouette)
+    ys, xs = np.nonzero(edge)
+    epix = np.stack([xs, ys], 1).astype(np.float64)
+    if len(epix) > 600:
+        epix = epix[np.linspace(0, len(epix) - 1, 600).astype(int)]
+    dmap = ndimage.distance_transform_edt(~edge)
+    samples = _loop_samples(shape)
+    h, w = silhouette.shape
+    big = float(max(h, w))
+
+    def camera(x):
+        return _moved_camera(est, np.r_[x[:6], est.fov_y_deg + (x[6] if fit_fov else 0.0)])
+
+    def residual(x):
+        cam = camera(x)
+        loops = _outline_pixels(cam, shape)
+        pts = _outline_pixels(cam, dataclasses.replace(shape, loops=tuple(samples)))
+        if loops is None or pts is None:
+            return np.full(len(epix) + sum(len(p) for p in samples), big)
+        r1 = np.abs(signed_distance(loops, epix))
+        p = np.concatenate(pts)
+        r2 = ndimage.map_coordinates(dmap, [p[:, 1], p[:, 0]], order=1, mode="constant", cval=big)
+        return np.concatenate([r1 / math.sqrt(len(r1)), r2 / math.sqrt(len(r2))])
+
+    n = 7 if fit_fov else 6
+    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+    if fit_fov:
+        lo[6], hi[6] = 5.0 - est.fov_y_deg, 150.0 - est.fov_y_deg
+    fit = least_squares(residual, np.zeros(n), bounds=(lo, hi), x_scale="jac", max_nfev=300)
+    return camera(fit.x)
+
+
+def weak_perspective_poses(a: np.ndarray, origin_px: np.ndarray, focal: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The two camera poses ``(world -> camera R, t)`` whose weak-perspective image of the plane
+    (plane coords (p, q) = world (p, 0, q)) is the affine map ``x = a @ (p, q) + origin_px`` (image
+    coordinates centred on the principal point).
+
+    With s = f / Z, ``a / s`` is the top of two orthonormal 3-vectors r1, r2 (the images of world x
+    and z), whose third components z1, z2 satisfy z1^2 = 1 - |a1|^2 u, z2^2 = 1 - |a2|^2 u,
+    z1 z2 = -(a1 . a2) u with u = 1 / s^2: a quadratic in u, whose smaller root is the real pose.  The
+    signs (z1, z2) and (-z1, -z2) are the tilt's two-fold ambiguity."""
+    c1, c2, c12 = float(a[:, 0] @ a[:, 0]), float(a[:, 1] @ a[:, 1]), float(a[:, 0] @ a[:, 1])
+    qa, qb = c1 * c2 - c12 * c12, -(c1 + c2)
+    if qa <= 1e-18:
+        return []
+    disc = max(qb * qb - 4 * qa, 0.0)
+    u = (-qb - math.sqrt(disc)) / (2 * qa)
+    if u <= 0:
+        return []
+    s = 1.0 / math.sqrt(u)
+    z1 = math.sqrt(max(1.0 - c1 * u, 0.0))
+    z2 = math.sqrt(max(1.0 - c2 * u, 0.0))
+    if c12 > 0:  # z1 z2 = -c12 u: opposite signs
+        z2 = -z2
+    depth = focal / s
+    t = np.array([origin_px[0] * depth / focal, origin_px[1] * depth / focal, depth])
+    out = []
+    for sign in (1.0, -1.0):
+        r1 = np.r_[a[:, 0] / s, sign * z1]
+        r2 = np.r_[a[:, 1] / s, sign * z2]
+        u_, _, vt = np.linalg.svd(np.stack([r1, r2, np.cross(r1, r2)], 1))
+        rot = u_ @ vt
+        if np.linalg.det(rot) < 0:
+            continue  # a mirror map: no rotation makes it
+        r1, r2 = rot[:, 0], rot[:, 1]
+        out.append((np.stack([r1, np.cross(r2, r1), r2], 1), t))
+    return out
+
+
+def shape_cameras(silhouette: np.ndarray, shape: FlatShape, fov_y_deg: float | None, keep: int = 16) -> list[tuple[float, CameraEstimate]]:
+    """First cameras for a flat shape, best first: ``(IoU, estimate)``.
+
+    Up to perspective, the image is an affine map of the shape; matching the silhouette's area
+    moments (mean, covariance) to the shape's fixes that map up to a turn or a mirror turn, which a
+    search over 5-degree steps scored by the mapped shape's IoU with the silhouette picks.  Each
+    affine map gives the two weak-perspective cameras (``weak_perspective_poses``) at the given fov
+    (else 45 deg).
+    """
+    from scipy.linalg import sqrtm
+
+    height, width = silhouette.shape
+    c = np.array([(width - 1) * 0.5, (height - 1) * 0.5])
+    ys, xs = np.nonzero(silhouette)
+    pts = np.stack([xs, ys], 1).astype(np.float64) - c
+    mu_s, cov_s = pts.mean(0), np.cov(pts.T) + np.eye(2) / 12.0
+    mu_p, cov_p = shape.moments()
+    a_s, a_p_inv = np.real(sqrtm(cov_s)), np.linalg.inv(np.real(sqrtm(cov_p)))
+    # score on the pixels of the silhouette's box, grown by a quarter
+    lo = np.maximum(np.floor(pts.min(0) + c - 0.25 * np.ptp(pts, 0)), 0).astype(int)
+    hi = np.minimum(np.ceil(pts.max(0) + c + 0.25 * np.ptp(pts, 0)), [width - 1, height - 1]).astype(int)
+    gx, gy = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1))
+    grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64)
+    sil = silhouette[gy.ravel(), gx.ravel()]
+    plane_loops = [lp[:, [0, 2]] for lp in shape.loops]
+    scored = []
+    for mirror in (1.0, -1.0):
+        for deg in range(0, 360, 5):
+            th = math.radians(deg)
+            q = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ np.diag([1.0, mirror])
+            a = a_s @ q @ a_p_inv
+            t = mu_s - a @ mu_p
+            inside = _inside([lp @ a.T + t + c for lp in plane_loops], grid)
+            iou = float((inside & sil).sum() / max((inside | sil).sum(), 1))
+            scored.append((iou, a, t))
+    scored.sort(key=lambda r: -r[0])
+    focal = height / (2.0 * math.tan(math.radians(fov_y_deg if fov_y_deg is not None else DEFAULT_FOV_DEG) / 2))
+    fov = fov_y_deg if fov_y_deg is not None else DEFAULT_FOV_DEG
+    out = []
+    for iou, a, t in scored:
+        for rot, trans in weak_perspective_poses(a, t, focal):
+            if trans[2] <= 0 or rot[:, 1] @ (-trans) <= 0:  # behind the camera, or seen from below
+                continue
+            est = CameraEstimate(rot, trans, fov, width, height)
+            if any(abs(iou - o[0]) < 0.02 and np.allclose(est.rotation, o[1].rotation, atol=0.15) for o in out):
+                continue  # the neighbour of one already kept
+            out.append((iou, est))
+        if len(out) >= keep:
+            break
+    if not out:
+        raise ValueError("no camera shows the shape from above where the image shows the cloth")
+    return out
+
+
+def outline_iou(est: CameraEstimate, shape: FlatShape, silhouette: np.ndarray) -> float:
+    """IoU of the projected outline's inside with the silhouette (pixel centres; no rendering)."""
+    loops = _outline_pixels(est, shape)
+    if loops is None:
+        return 0.0
+    h, w = silhouette.shape
+    pts = np.concatenate(loops)
+    lo = np.maximum(np.floor(pts.min(0)), 0).astype(int)
+    hi = np.minimum(np.ceil(pts.max(0)), [w - 1, h - 1]).astype(int)
+    inside = np.zeros_like(silhouette)
+    if (hi >= lo).all():
+        gx, gy = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1))
+        inside[gy.ravel(), gx.ravel()] = _inside(loops, np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64))
+    return float((inside & silhouette).sum() / max((inside | silhouette).sum(), 1))
+
+
+def estimate_shape_scene(frame: np.ndarray, sil: np.ndarray, alpha: np.ndarray, shape_path: Path, scale: float,
+                         fov_y_deg: float | None, source: str, tries: int = 2) -> tuple[CameraEstimate, float, FlatShape]:
+    """Camera and laid shape for a flat mesh.  Both sides up are candidates (the shape and its mirror
+    image).  Every first camera of both is laid on the silhouette's edge (``fit_contour``, at the
+    first cameras' fov); for each side up, the ``tries`` distinct poses whose outlines then match the
+    silhouette best are fitted to the edges (with the fov when it is not given), and the rendered
+    IoU picks.  The moment match
+    alone ranks the first cameras badly under strong perspective: on an L-shaped cloth seen from
+    2.4 m at 38 deg elevation (fov 45 deg) the right camera came from its 7th-ranked first camera,
+    while the best-ranked one led to a wrong pose (IoU 0.938 against 0.995).  A shape with a
+    mirror symmetry looks the same from two cameras: either may be returned."""
+    laid = []
+    laid_side: dict[bool, tuple[float, float, float]] = {}
+    for flipped in (False, True):
+        shape = FlatShape.from_file(shape_path, scale, flipped)
+        laid_side[flipped] = shape.rotation_deg
+        try:
+            firsts = shape_cameras(sil, shape, fov_y_deg)
+        except ValueError:
+            continue
+        for _, cand in firsts:
+            est = fit_contour(cand, sil, shape, False)
+            laid.append((outline_iou(est, shape, sil), est, shape))
+    if not laid:
+        raise InputError(f"{source}: no camera shows the mesh {shape_path} from above where the image shows the cloth")
+    # The best few distinct poses of each side up: under weak perspective the shape and its mirror
+    # image seen from the mirrored view cast the same silhouette, and only perspective (the edge
+    # fit, the rendering) tells them apart (an L at 16 deg elevation: outline IoU 0.925 for the wrong
+    # side up against 0.923, rendered 0.980 against 0.990).
+    chosen: list[tuple[float, CameraEstimate, FlatShape]] = []
+    for flipped in (False, True):
+        mine = [c for c in sorted(laid, key=lambda c: -c[0]) if (c[2].rotation_deg == laid_side[flipped])]
+        kept: list[CameraEstimate] = []
+        for c in mine:
+            if any(np.allclose(c[1].rotation, k.rotation, atol=0.02) and np.allclose(c[1].translation, k.translation,
+                   atol=0.01 * np.linalg.norm(k.translation)) for k in kept):
+                continue
+            kept.append(c[1])
+            chosen.append(c)
+            if len(kept) >= tries:
+                break
+    best = None
+    for _, cand, shape in chosen:
+        est = fit_outline(cand, alpha, sil, shape, fov_y_deg is None)
+        iou = rendered_iou(est, sil, None, shape=shape)
+        if best is None or iou > best[1]:
+            best = (est, iou, shape)
+    return best
 
 
 # -- the whole estimate ------------------------------------------------------------------------------------
@@ -588,11 +953,15 @@ def _estimation_frame(frame: np.ndarray) -> np.ndarray:
     return resize_frames(frame[None], (max(16, round(h * scale)), max(16, round(w * scale))))[0]
 
 
-def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: float | None = None,
-                   mask: np.ndarray | None = None, source: str = "frame 0") -> SceneEstimate:
-    """Camera and cloth from one frame ``[H, W, 3]`` uint8 showing a flat ``size = (W, H)`` m cloth at rest."""
-    if not all(math.isfinite(s) and s > 0 for s in size):
-        raise InputError(f"cloth size must be two positive lengths in metres, got {list(size)}")
+def estimate_scene(frame: np.ndarray, size: tuple[float, float] | None, fov_y_deg: float | None = None,
+                   mask: np.ndarray | None = None, source: str = "frame 0", shape_path: str | Path | None = None,
+                   scale: float = 1.0) -> SceneEstimate:
+    """Camera and cloth from one frame ``[H, W, 3]`` uint8 showing a flat cloth at rest: a
+    ``size = (W, H)`` m rectangle, or the flat mesh of ``shape_path`` (metres times ``scale``)."""
+    if shape_path is None and (size is None or not all(math.isfinite(s) and s > 0 for s in size)):
+        raise InputError(f"cloth size must be two positive lengths in metres, got {None if size is None else list(size)}")
+    if shape_path is not None and not (math.isfinite(scale) and scale > 0):
+        raise InputError(f"--scale must be a positive number, got {scale}")
     if fov_y_deg is not None and not (1.0 <= fov_y_deg <= 170.0):
         raise InputError(f"fov must lie in [1, 170] degrees, got {fov_y_deg}")
     frame = _estimation_frame(frame)
@@ -612,6 +981,34 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: floa
                          f"colour {np.round(background, 2).tolist()} has {area} pixels)")
     if sil[0].any() or sil[-1].any() or sil[:, 0].any() or sil[:, -1].any():
         raise InputError(f"{source}: the cloth touches the image border; the whole cloth must be in view in the first frame")
+    fov_given = fov_y_deg is not None
+    shape = None
+    if shape_path is not None:
+        alpha = cloth_alpha(frame, background, sil) if mask is None else mask_alpha(levels, sil)
+        est, iou, shape = estimate_shape_scene(frame, sil, alpha, Path(shape_path), scale, fov_y_deg, source)
+        corners, aspect = np.zeros((0, 2)), float("nan")
+        what = f"the flat mesh {Path(shape_path).name}"
+    else:
+        est, iou, corners, aspect = _estimate_rectangle(frame, sil, area, size, fov_y_deg, mask, levels, background, source)
+        what = f"a flat {size[0]:g}x{size[1]:g} m cloth"
+    # A small silhouette loses IoU to a pixel's uncertainty along its edge: allow for it.
+    from scipy import ndimage
+
+    edge_fraction = float((sil & ~ndimage.binary_erosion(sil)).sum()) / area
+    need = max(0.6, min(MIN_FLAT_IOU, 1.0 - 0.75 * edge_fraction))
+    if iou < need:
+        raise InputError(f"{source}: {what} does not match the silhouette (best IoU {iou:.3f} "
+                         f"< {need:.2f}); is the cloth flat and at rest, and is its {'scale' if shape else 'size'} right?")
+    f = frame.astype(np.float64) / 255.0
+    inner = ndimage.binary_erosion(sil, iterations=2)
+    colour = np.median(f[inner if inner.any() else sil], axis=0)
+    return SceneEstimate(est, corners, fov_given, iou, aspect, tuple(float(c) for c in background), uniform,
+                         tuple(float(c) for c in colour), shape)
+
+
+def _estimate_rectangle(frame, sil, area, size, fov_y_deg, mask, levels, background, source):
+    """The rectangle's camera: ``(estimate, rendered IoU, corners [4, 2], aspect seen)``."""
+    h, w = frame.shape[:2]
     corners = refine_corners(sil, quad_corners(sil))
     fill = area / max(polygon_area(corners), 1e-9)
     if not 0.85 <= fill <= 1.15:
@@ -628,7 +1025,6 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: floa
     if sides.min() >= 15 and abs(aspect / want - 1) > MAX_ASPECT_ERROR:
         raise InputError(f"{source}: the cloth size {size[0]:g}x{size[1]:g} m (aspect {want:.2f}) contradicts the image, "
                          f"where the cloth's sides look {aspect:.2f} : 1")
-    fov_given = fov_y_deg is not None
     alpha = cloth_alpha(frame, background, sil) if mask is None else mask_alpha(levels, sil)
     # The corners' residual does not always rank the assignments right (a pixel of error on a thin
     # silhouette): refine the best few (the rectangle's half-turn twin adds nothing) and keep the best match.
@@ -640,32 +1036,21 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float], fov_y_deg: floa
         if any(np.allclose(np.abs(cand.eye), np.abs(e), rtol=0.05, atol=0.05 * np.linalg.norm(e)) for e in tried):
             continue
         tried.append(cand.eye)
-        est = fit_edges(refine_camera(cand, sil, size), alpha, sil, size, not fov_given)
+        est = fit_edges(refine_camera(cand, sil, size), alpha, sil, size, fov_y_deg is None)
         iou = rendered_iou(est, sil, size)
         if best is None or iou > best[1]:
             best = (est, iou)
         if iou >= 0.97 or len(tried) >= 3:
             break
-    est, iou = best
-    # A small silhouette loses IoU to a pixel's uncertainty along its edge: allow for it.
-    from scipy import ndimage
-
-    edge_fraction = float((sil & ~ndimage.binary_erosion(sil)).sum()) / area
-    need = max(0.6, min(MIN_FLAT_IOU, 1.0 - 0.75 * edge_fraction))
-    if iou < need:
-        raise InputError(f"{source}: a flat {size[0]:g}x{size[1]:g} m cloth does not match the silhouette (best IoU {iou:.3f} "
-                         f"< {need:.2f}); is the cloth flat and at rest, and is its size right?")
-    f = frame.astype(np.float64) / 255.0
-    inner = ndimage.binary_erosion(sil, iterations=2)
-    colour = np.median(f[inner if inner.any() else sil], axis=0)
-    return SceneEstimate(est, corners, fov_given, iou, aspect, tuple(float(c) for c in background), uniform,
-                         tuple(float(c) for c in colour))
+    return best[0], best[1], corners, aspect
 
 
-def scene_text(est: SceneEstimate, size: tuple[float, float], *, fps: float, frames: int, height: float = 0.0,
-               width_px: int = 128, grid: int = 32, vertices: int = 21, source: str = "") -> str:
-    """A scene file (TOML, commented) that puts the cloth where ``est`` saw it."""
-    w, hgt = size
+def scene_text(est: SceneEstimate, size: tuple[float, float] | None, *, fps: float, frames: int, height: float = 0.0,
+               width_px: int = 128, grid: int = 32, vertices: int = 21, source: str = "", mesh_ref: str | None = None) -> str:
+    """A scene file (TOML, commented) that puts the cloth where ``est`` saw it (``est.shape``'s mesh
+    file is written as ``mesh_ref``, relative to the scene file)."""
+    shape = est.shape
+    w, hgt = size if shape is None else (shape.extent, shape.extent)
     n_long = max(3, vertices)
     nx, ny = (n_long, max(3, round(n_long * hgt / w))) if w >= hgt else (max(3, round(n_long * w / hgt)), n_long)
     top = GROUND_Y + max(height, 0.0) + 0.3
@@ -680,6 +1065,11 @@ def scene_text(est: SceneEstimate, size: tuple[float, float], *, fps: float, fra
         return "[" + ", ".join(f"{float(a):.6g}" for a in v) + "]"
 
     masks = "background" if est.background_uniform else "colour"
+    if shape is None:
+        cloth_lines = f'mesh = "grid:{nx}x{ny}"\nsize = [{w:g}, {hgt:g}]\ncenter = {vec(centre)}\nrotation_deg = [0.0, 0.0, 0.0]'
+    else:
+        cloth_lines = (f'mesh = "{mesh_ref or shape.path}"\nscale = {shape.scale:g}\ncenter = {vec(centre)}\n'
+                       f"rotation_deg = {vec(shape.rotation_deg)}  # lays the mesh flat, this side up")
     return f"""# Written by `dreamcloth scene init`{f' from {source}' if source else ''}: camera and cloth from the first frame.
 # Estimated: camera {est.distance:.3g} m from the cloth's centre, {est.elevation_deg:.1f} deg above its plane,
 # fov_y {est.camera.fov_y_deg:.2f} deg ({'given' if est.fov_given else 'estimated'}); rendered silhouette vs frame 0: IoU {est.silhouette_iou:.3f}.
@@ -705,10 +1095,7 @@ masks = "{masks}"
 [[object]]
 name = "cloth"
 kind = "cloth"
-mesh = "grid:{nx}x{ny}"
-size = [{w:g}, {hgt:g}]
-center = {vec(centre)}
-rotation_deg = [0.0, 0.0, 0.0]
+{cloth_lines}
 color = {vec(est.cloth_color)}
 texture = "plain"
 
@@ -747,12 +1134,13 @@ def parse_size(text: str) -> tuple[float, float]:
     return w, h
 
 
-def overlay_image(frame: np.ndarray, est: SceneEstimate, size: tuple[float, float]) -> np.ndarray:
+def overlay_image(frame: np.ndarray, est: SceneEstimate, size: tuple[float, float] | None,
+                  shape: "FlatShape | None" = None) -> np.ndarray:
     """Frame 0 with the estimated cloth drawn over it (red) and the silhouette's corners (green)."""
     from dreamcloth import render as R
 
     frame = _estimation_frame(frame)
-    verts, faces = _flat_mesh(size)
+    verts, faces = _flat_mesh(size) if shape is None else shape.tensors()
     with torch.no_grad():
         alpha = render_flat_cloth(verts, faces, est.camera.as_camera())
     out = R.overlay(frame[None], (alpha > R.SILHOUETTE_ALPHA).float()[None], color=(255, 0, 0), opacity=0.45)[0]
@@ -765,33 +1153,44 @@ def overlay_image(frame: np.ndarray, est: SceneEstimate, size: tuple[float, floa
     return out
 
 
-def init_scene(video_path: str | Path, cloth_size: tuple[float, float], out: str | Path, *, fov_y_deg: float | None = None,
+def init_scene(video_path: str | Path, cloth_size: tuple[float, float] | None, out: str | Path, *, fov_y_deg: float | None = None,
                height: float = 0.0, masks_path: str | Path | None = None, width: int = 128, grid: int = 32,
-               vertices: int = 21) -> SceneInitResult:
-    """``dreamcloth scene init``: estimate camera and cloth from the video's first frame and write a scene file
-    (and ``<out>.png``, the estimate drawn over frame 0)."""
+               vertices: int = 21, mesh_path: str | Path | None = None, scale: float = 1.0) -> SceneInitResult:
+    """``dreamcloth scene init``: estimate camera and cloth (a ``cloth_size`` rectangle, or the flat mesh
+    ``mesh_path``) from the video's first frame and write a scene file (and ``<out>.png``, the estimate
+    drawn over frame 0)."""
+    import os
+
     import imageio.v3 as iio
 
     from .scene import load_scene
     from .video_io import read_video
 
+    if (cloth_size is None) == (mesh_path is None):
+        raise InputError("give the cloth's shape: --cloth-size WIDTHxHEIGHT for a rectangle, or --mesh FILE (not both)")
     if not (math.isfinite(height) and 0.0 <= height <= 10.0):
         raise InputError(f"--height must lie in [0, 10] m, got {height}")
     if not 16 <= width <= 4096:
         raise InputError(f"--width must lie in [16, 4096] pixels, got {width}")
+    if mesh_path is not None and not Path(mesh_path).is_file():
+        raise InputError(f"--mesh {mesh_path} does not exist")
     video = read_video(video_path, min_frames=2)
     mask = None
     if masks_path is not None:
         from .masks import read_mask_video
 
         mask = read_mask_video(masks_path, video.fps, tuple(video.frames.shape[1:3]), levels=True)[0, 0].numpy()
-    est = estimate_scene(video.frames[0], cloth_size, fov_y_deg, mask, source=f"frame 0 of {video_path}")
+    est = estimate_scene(video.frames[0], cloth_size, fov_y_deg, mask, source=f"frame 0 of {video_path}",
+                         shape_path=mesh_path, scale=scale)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    mesh_ref = None
+    if mesh_path is not None:
+        mesh_ref = Path(os.path.relpath(Path(mesh_path).resolve(), out.parent.resolve())).as_posix()
     text = scene_text(est, cloth_size, fps=video.fps, frames=video.num_frames, height=height, width_px=width, grid=grid,
-                      vertices=vertices, source=str(video_path))
+                      vertices=vertices, source=str(video_path), mesh_ref=mesh_ref)
     out.write_text(text)
     load_scene(out)  # what we wrote must be a valid scene
     overlay_path = out.with_suffix(".png")
-    iio.imwrite(overlay_path, overlay_image(video.frames[0], est, cloth_size))
+    iio.imwrite(overlay_path, overlay_image(video.frames[0], est, cloth_size, est.shape))
     return SceneInitResult(out, overlay_path, est)
