@@ -513,6 +513,35 @@ def _corner_pixels(est: CameraEstimate, size: tuple[float, float]) -> np.ndarray
 EDGE_BAND = 3.0
 
 
+def _edge_fit(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, fit_fov: bool, coverage) -> CameraEstimate:
+    """Least squares of ``gain * coverage(camera, pixels, sigma)`` against ``alpha`` on the pixels within
+    ``EDGE_BAND`` of the silhouette's edge, over the pose (a rigid motion of the cloth in the camera
+    frame), the fov with ``fit_fov`` (a dolly zoom), ``sigma`` and ``gain``; ``coverage`` returns None
+    when the cloth is behind the camera."""
+    from scipy import ndimage
+    from scipy.optimize import least_squares
+
+    dist = np.where(silhouette, ndimage.distance_transform_edt(silhouette), ndimage.distance_transform_edt(~silhouette))
+    ys, xs = np.nonzero(dist <= EDGE_BAND)
+    pix = np.stack([xs, ys], 1).astype(np.float64)
+    target = alpha[ys, xs]
+
+    def camera(x):
+        return _moved_camera(est, np.r_[x[:6], est.fov_y_deg + (x[6] if fit_fov else 0.0)])
+
+    def residual(x):
+        model = coverage(camera(x), pix, math.exp(x[-2]))
+        return np.full(len(target), 10.0) if model is None else x[-1] * model - target
+
+    n = 7 if fit_fov else 6
+    lo, hi = np.full(n + 2, -np.inf), np.full(n + 2, np.inf)
+    if fit_fov:
+        lo[6], hi[6] = 5.0 - est.fov_y_deg, 150.0 - est.fov_y_deg
+    x0 = np.r_[np.zeros(n), math.log(0.7), 1.0]
+    fit = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-12, max_nfev=200)
+    return camera(fit.x)
+
+
 def fit_edges(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, size: tuple[float, float],
               fit_fov: bool) -> CameraEstimate:
     """The pose (and, with ``fit_fov``, the field of view) that fits the cloth's edges to sub-pixel accuracy:
@@ -524,38 +553,21 @@ def fit_edges(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, si
     for a cloth 30-90 px across, a pixel of error at a corner is worth 10-40 degrees of fov.  This model
     is smooth in its parameters, unlike a rendered silhouette (the rasterizer's 1/255 cut-offs), so the
     fit does not stall in the valley along which the fov trades off against the pose."""
-    from scipy import ndimage
-    from scipy.optimize import least_squares
     from scipy.special import ndtr
 
-    dist = np.where(silhouette, ndimage.distance_transform_edt(silhouette), ndimage.distance_transform_edt(~silhouette))
-    ys, xs = np.nonzero(dist <= EDGE_BAND)
-    pix = np.stack([xs, ys], 1).astype(np.float64)
-    target = alpha[ys, xs]
-
-    def camera(x):
-        return _moved_camera(est, np.r_[x[:6], est.fov_y_deg + (x[6] if fit_fov else 0.0)])
-
-    def residual(x):
-        q = _corner_pixels(camera(x), size)
+    def coverage(cam, pix, sigma):
+        q = _corner_pixels(cam, size)
         if not np.isfinite(q).all():
-            return np.full(len(target), 10.0)
+            return None
         area2 = np.sum(q[:, 0] * np.roll(q[:, 1], -1) - np.roll(q[:, 0], -1) * q[:, 1])
-        model = np.full(len(target), x[-1])
-        sigma = math.exp(x[-2])
+        model = np.ones(len(pix))
         for i in range(4):
             a, e = q[i], q[(i + 1) % 4] - q[i]
             d = np.sign(area2) * (e[0] * (pix[:, 1] - a[1]) - e[1] * (pix[:, 0] - a[0])) / max(np.hypot(*e), 1e-9)
             model = model * ndtr(d / sigma)
-        return model - target
+        return model
 
-    n = 7 if fit_fov else 6
-    lo, hi = np.full(n + 2, -np.inf), np.full(n + 2, np.inf)
-    if fit_fov:
-        lo[6], hi[6] = 5.0 - est.fov_y_deg, 150.0 - est.fov_y_deg
-    x0 = np.r_[np.zeros(n), math.log(0.7), 1.0]
-    fit = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-12, max_nfev=200)
-    return camera(fit.x)
+    return _edge_fit(est, alpha, silhouette, fit_fov, coverage)
 
 
 def rendered_iou(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float] | None,
@@ -701,31 +713,13 @@ def fit_outline(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, 
     """``fit_edges`` for any flat shape: the pixels near the silhouette's edge against
     ``gain * Phi(d / sigma)``, ``d`` the signed distance to the projected outline, least squares over
     the pose (and fov), ``sigma`` and ``gain``."""
-    from scipy import ndimage
-    from scipy.optimize import least_squares
     from scipy.special import ndtr
 
-    dist = np.where(silhouette, ndimage.distance_transform_edt(silhouette), ndimage.distance_transform_edt(~silhouette))
-    ys, xs = np.nonzero(dist <= EDGE_BAND)
-    pix = np.stack([xs, ys], 1).astype(np.float64)
-    target = alpha[ys, xs]
+    def coverage(cam, pix, sigma):
+        loops = _outline_pixels(cam, shape)
+        return None if loops is None else ndtr(signed_distance(loops, pix) / sigma)
 
-    def camera(x):
-        return _moved_camera(est, np.r_[x[:6], est.fov_y_deg + (x[6] if fit_fov else 0.0)])
-
-    def residual(x):
-        loops = _outline_pixels(camera(x), shape)
-        if loops is None:
-            return np.full(len(target), 10.0)
-        return x[-1] * ndtr(signed_distance(loops, pix) / math.exp(x[-2])) - target
-
-    n = 7 if fit_fov else 6
-    lo, hi = np.full(n + 2, -np.inf), np.full(n + 2, np.inf)
-    if fit_fov:
-        lo[6], hi[6] = 5.0 - est.fov_y_deg, 150.0 - est.fov_y_deg
-    x0 = np.r_[np.zeros(n), math.log(0.7), 1.0]
-    fit = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-12, max_nfev=200)
-    return camera(fit.x)
+    return _edge_fit(est, alpha, silhouette, fit_fov, coverage)
 
 
 def _loop_samples(shape: FlatShape, count: int = 240) -> list[np.ndarray]:
