@@ -390,13 +390,13 @@ def _filled(rendered: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(rendered)
 
 
-def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float] | None,
-                  iterations: int = 240, shape: "FlatShape | None" = None) -> CameraEstimate:
-    """Refine the camera's pose (its field of view fixed) so that the rendered flat cloth (a ``size``
-    rectangle, or ``shape``) matches ``silhouette`` (to a pixel or so: the edge fit takes it from there)."""
+def refine_camera(est: CameraEstimate, silhouette: np.ndarray, size: tuple[float, float],
+                  iterations: int = 240) -> CameraEstimate:
+    """Refine the camera's pose (its field of view fixed) so that the rendered flat cloth matches
+    ``silhouette`` (to a pixel or so: ``fit_edges`` takes it from there)."""
     from dreamcloth import render as R
 
-    verts, faces = _flat_mesh(size) if shape is None else shape.tensors()
+    verts, faces = _flat_mesh(size)
     sampling = R.cloth_sampling(faces, 4)
     cam0 = est.as_camera()
     rot0 = torch.as_tensor(est.rotation, dtype=torch.float32)
@@ -535,15 +535,21 @@ def _moved_camera(est: CameraEstimate, p: np.ndarray) -> CameraEstimate:
     return CameraEstimate(rot @ est.rotation, t, fov, est.width, est.height)
 
 
+def _project(est: CameraEstimate, points: np.ndarray) -> np.ndarray | None:
+    """World ``points [K, 3]`` in the image ``[K, 2]`` (pixel centres at integers); None when one is behind the camera."""
+    focal = est.height / (2 * math.tan(math.radians(est.fov_y_deg) / 2))
+    x = points @ est.rotation.T + est.translation
+    if (x[:, 2] <= 1e-6).any():
+        return None
+    return focal * x[:, :2] / x[:, 2:] + np.array([(est.width - 1) * 0.5, (est.height - 1) * 0.5])
+
+
 def _corner_pixels(est: CameraEstimate, size: tuple[float, float]) -> np.ndarray:
-    """The cloth's four corners ``[4, 2]`` in the image (pixel centres at integers)."""
+    """The cloth's four corners ``[4, 2]`` in the image (pixel centres at integers; NaN behind the camera)."""
     w, hgt = size
     plane = np.array([[-w / 2, 0, -hgt / 2], [w / 2, 0, -hgt / 2], [w / 2, 0, hgt / 2], [-w / 2, 0, hgt / 2]])
-    focal = est.height / (2 * math.tan(math.radians(est.fov_y_deg) / 2))
-    x = plane @ est.rotation.T + est.translation
-    if (x[:, 2] <= 1e-6).any():
-        return np.full((4, 2), np.nan)
-    return focal * x[:, :2] / x[:, 2:] + np.array([(est.width - 1) * 0.5, (est.height - 1) * 0.5])
+    q = _project(est, plane)
+    return np.full((4, 2), np.nan) if q is None else q
 
 
 #: the edge fit uses the pixels this far (px) from the silhouette's edge
@@ -710,18 +716,10 @@ class FlatShape:
         return FlatShape(laid, faces, angles, loops, path, scale)
 
 
-def _outline_pixels(est: CameraEstimate, shape: FlatShape) -> list[np.ndarray] | None:
-    """The shape's boundary loops ``[K, 2]`` in the image (pixel centres at integers); None when a
-    point is behind the camera."""
-    focal = est.height / (2 * math.tan(math.radians(est.fov_y_deg) / 2))
-    centre = np.array([(est.width - 1) * 0.5, (est.height - 1) * 0.5])
-    out = []
-    for loop in shape.loops:
-        x = loop @ est.rotation.T + est.translation
-        if (x[:, 2] <= 1e-6).any():
-            return None
-        out.append(focal * x[:, :2] / x[:, 2:] + centre)
-    return out
+def _outline_pixels(est: CameraEstimate, loops) -> list[np.ndarray] | None:
+    """Closed polylines ``[K, 3]`` (a shape's boundary loops) in the image; None when a point is behind the camera."""
+    out = [_project(est, loop) for loop in loops]
+    return None if any(q is None for q in out) else out
 
 
 def _inside(loops: list[np.ndarray], pix: np.ndarray) -> np.ndarray:
@@ -753,7 +751,7 @@ def fit_outline(est: CameraEstimate, alpha: np.ndarray, silhouette: np.ndarray, 
     from scipy.special import ndtr
 
     def coverage(cam, pix, sigma):
-        loops = _outline_pixels(cam, shape)
+        loops = _outline_pixels(cam, shape.loops)
         return None if loops is None else ndtr(signed_distance(loops, pix) / sigma)
 
     return _edge_fit(est, alpha, silhouette, fit_fov, coverage)
@@ -773,8 +771,8 @@ def _loop_samples(shape: FlatShape, count: int = 240) -> list[np.ndarray]:
     return out
 
 
-def fit_contour(est: CameraEstimate, silhouette: np.ndarray, shape: FlatShape, fit_fov: bool) -> CameraEstimate:
-    """The pose (and fov) that lays the projected outline on the silhouette's edge: a symmetric
+def fit_contour(est: CameraEstimate, silhouette: np.ndarray, shape: FlatShape) -> CameraEstimate:
+    """The pose (at ``est``'s fov) that lays the projected outline on the silhouette's edge: a symmetric
     chamfer fit (the silhouette's edge pixels' distances to the projected outline, and points along
     the outline against the distance map of the edge), least squares.  Its basin is wide (it sees
     every pixel of the outline however far off), so it takes the moment-matched first cameras, which
@@ -788,29 +786,25 @@ def fit_contour(est: CameraEstimate, silhouette: np.ndarray, shape: FlatShape, f
     if len(epix) > 600:
         epix = epix[np.linspace(0, len(epix) - 1, 600).astype(int)]
     dmap = ndimage.distance_transform_edt(~edge)
-    samples = _loop_samples(shape)
     h, w = silhouette.shape
     big = float(max(h, w))
 
+    samples = np.concatenate(_loop_samples(shape))
+
     def camera(x):
-        return _moved_camera(est, np.r_[x[:6], est.fov_y_deg + (x[6] if fit_fov else 0.0)])
+        return _moved_camera(est, np.r_[x, est.fov_y_deg])
 
     def residual(x):
         cam = camera(x)
-        loops = _outline_pixels(cam, shape)
-        pts = _outline_pixels(cam, dataclasses.replace(shape, loops=tuple(samples)))
-        if loops is None or pts is None:
-            return np.full(len(epix) + sum(len(p) for p in samples), big)
+        loops = _outline_pixels(cam, shape.loops)
+        p = _project(cam, samples)
+        if loops is None or p is None:
+            return np.full(len(epix) + len(samples), big)
         r1 = np.abs(signed_distance(loops, epix))
-        p = np.concatenate(pts)
         r2 = ndimage.map_coordinates(dmap, [p[:, 1], p[:, 0]], order=1, mode="constant", cval=big)
         return np.concatenate([r1 / math.sqrt(len(r1)), r2 / math.sqrt(len(r2))])
 
-    n = 7 if fit_fov else 6
-    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
-    if fit_fov:
-        lo[6], hi[6] = 5.0 - est.fov_y_deg, 150.0 - est.fov_y_deg
-    fit = least_squares(residual, np.zeros(n), bounds=(lo, hi), x_scale="jac", max_nfev=300)
+    fit = least_squares(residual, np.zeros(6), x_scale="jac", max_nfev=300)
     return camera(fit.x)
 
 
@@ -907,7 +901,7 @@ def shape_cameras(silhouette: np.ndarray, shape: FlatShape, fov_y_deg: float | N
 
 def outline_iou(est: CameraEstimate, shape: FlatShape, silhouette: np.ndarray) -> float:
     """IoU of the projected outline's inside with the silhouette (pixel centres; no rendering)."""
-    loops = _outline_pixels(est, shape)
+    loops = _outline_pixels(est, shape.loops)
     if loops is None:
         return 0.0
     h, w = silhouette.shape
@@ -921,29 +915,25 @@ def outline_iou(est: CameraEstimate, shape: FlatShape, silhouette: np.ndarray) -
     return float((inside & silhouette).sum() / max((inside | silhouette).sum(), 1))
 
 
-def estimate_shape_scene(frame: np.ndarray, sil: np.ndarray, alpha: np.ndarray, shape_path: Path, scale: float,
+def estimate_shape_scene(sil: np.ndarray, alpha: np.ndarray, shape_path: Path, scale: float,
                          fov_y_deg: float | None, source: str, tries: int = 2) -> tuple[CameraEstimate, float, FlatShape]:
     """Camera and laid shape for a flat mesh.  Both sides up are candidates (the shape and its mirror
     image).  Every first camera of both is laid on the silhouette's edge (``fit_contour``, at the
     first cameras' fov); for each side up, the ``tries`` distinct poses whose outlines then match the
     silhouette best are fitted to the edges (with the fov when it is not given), and the rendered
-    IoU picks.  The moment match
-    alone ranks the first cameras badly under strong perspective: on an L-shaped cloth seen from
-    2.4 m at 38 deg elevation (fov 45 deg) the right camera came from its 7th-ranked first camera,
-    while the best-ranked one led to a wrong pose (IoU 0.938 against 0.995).  A shape with a
-    mirror symmetry looks the same from two cameras: either may be returned."""
-    laid = []
-    laid_side: dict[bool, tuple[float, float, float]] = {}
+    IoU picks.  The moment match alone ranks the first cameras badly under strong perspective: on
+    an L-shaped cloth seen from 2.4 m at 38 deg elevation (fov 45 deg) the right camera came from
+    its 7th-ranked first camera, while the best-ranked one led to a wrong pose (IoU 0.938 against
+    0.995).  A shape with a mirror symmetry looks the same from two cameras: either may be returned."""
+    laid: dict[bool, list[tuple[float, CameraEstimate, FlatShape]]] = {}
     for flipped in (False, True):
         shape = FlatShape.from_file(shape_path, scale, flipped)
-        laid_side[flipped] = shape.rotation_deg
         try:
             firsts = shape_cameras(sil, shape, fov_y_deg)
         except ValueError:
             continue
-        for _, cand in firsts:
-            est = fit_contour(cand, sil, shape, False)
-            laid.append((outline_iou(est, shape, sil), est, shape))
+        laid[flipped] = sorted(((outline_iou(e, shape, sil), e, shape) for e in (fit_contour(c, sil, shape) for _, c in firsts)),
+                               key=lambda c: -c[0])
     if not laid:
         raise InputError(f"{source}: no camera shows the mesh {shape_path} from above where the image shows the cloth")
     # The best few distinct poses of each side up: under weak perspective the shape and its mirror
@@ -951,10 +941,9 @@ def estimate_shape_scene(frame: np.ndarray, sil: np.ndarray, alpha: np.ndarray, 
     # fit, the rendering) tells them apart (an L at 16 deg elevation: outline IoU 0.925 for the wrong
     # side up against 0.923, rendered 0.980 against 0.990).
     chosen: list[tuple[float, CameraEstimate, FlatShape]] = []
-    for flipped in (False, True):
-        mine = [c for c in sorted(laid, key=lambda c: -c[0]) if (c[2].rotation_deg == laid_side[flipped])]
+    for side in laid.values():
         kept: list[CameraEstimate] = []
-        for c in mine:
+        for c in side:
             if any(np.allclose(c[1].rotation, k.rotation, atol=0.02) and np.allclose(c[1].translation, k.translation,
                    atol=0.01 * np.linalg.norm(k.translation)) for k in kept):
                 continue
@@ -1016,7 +1005,7 @@ def estimate_scene(frame: np.ndarray, size: tuple[float, float] | None, fov_y_de
     shape = None
     if shape_path is not None:
         alpha = cloth_alpha_local(frame, background, sil) if mask is None else mask_alpha(levels, sil)
-        est, iou, shape = estimate_shape_scene(frame, sil, alpha, Path(shape_path), scale, fov_y_deg, source)
+        est, iou, shape = estimate_shape_scene(sil, alpha, Path(shape_path), scale, fov_y_deg, source)
         corners, aspect = np.zeros((0, 2)), float("nan")
         what = f"the flat mesh {Path(shape_path).name}"
     else:
