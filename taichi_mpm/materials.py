@@ -1,9 +1,12 @@
 """Constitutive models as Taichi functions: first Piola-Kirchhoff stress P(F).
 
-All of them are differentiated by Taichi's reverse-mode autodiff inside small per-particle
-kernels, so every loop here is unrolled with ``ti.static`` (reverse-mode through non-static
-loops silently returned wrong gradients on Taichi 1.7.4, see DESIGN.md section 2), and nothing
-calls ``ti.svd``/``ti.polar_decompose`` (they do not compile in grad kernels).
+Every function here has a hand-written adjoint below (the kernels that call them are never
+differentiated by Taichi's autodiff), so the polar iteration may be a run-time loop: unrolled
+with ``ti.static`` it was most of the constitutive kernels' Python front-end time at every start.
+Should one ever be differentiated by Taichi, its loops must become ``ti.static`` again
+(reverse-mode through non-static loops silently returned wrong gradients on Taichi 1.7.4, see
+DESIGN.md section 2).  Nothing calls ``ti.svd``/``ti.polar_decompose`` (they do not compile in
+grad kernels).
 """
 
 
@@ -26,11 +29,11 @@ def neo_hookean_stress(F, mu, lam):
 def polar_rotation(F):
     """Rotation R of F = R S by scaled Newton iteration X <- (g X + (g X)^-T) / 2, g = (|X^-1| / |X|)^(1/2).
 
-    Unrolled (``ti.static``) so reverse-mode autodiff differentiates it correctly; the scaling
-    factor is what makes a fixed small number of iterations enough (Higham 1986).
+    The scaling factor is what makes a fixed small number of iterations enough (Higham 1986).  A
+    run-time loop (see the module docstring): its adjoint is ``polar_rotation_adjoint``.
     """
     X = F
-    for _ in ti.static(range(POLAR_ITERATIONS)):
+    for _ in range(POLAR_ITERATIONS):
         X_inv = X.inverse()
         g = ti.sqrt(ti.sqrt(X_inv.norm_sqr() / X.norm_sqr()))
         X = 0.5 * (g * X + X_inv.transpose() / g)

@@ -182,8 +182,11 @@ def test_kept_tapes_give_the_gradients_of_resimulation(monkeypatch):
 
 def test_fixed_bending_and_drag_leave_the_other_gradients_unchanged():
     """Bending and drag act but are not fitted: their parameter gradients are skipped
-    (``Engine.mesh_param_grads``), and every other gradient is bit-identical to a run that also
-    differentiates them."""
+    (``Engine.mesh_param_grads``), and every other gradient equals that of a run that also
+    differentiates them, to round-off.  Not bit for bit: the Taichi mesh-force adjoint with and
+    without its parameter outputs are two compiled kernels, and LLVM may round their shared
+    subexpressions differently (measured 2026-12-04: 4e-16 relative on the damping gradient;
+    with the torch path, ``MESH_KERNEL_MAX_VERTICES = 0``, the two runs agree bit for bit)."""
     from .cloth_scenes import cloth_bounds, cloth_params
 
     grid, model, state, _ = drape_scene(n=4, res=12)
@@ -205,5 +208,5 @@ def test_fixed_bending_and_drag_leave_the_other_gradients_unchanged():
 
     full, fixed = grads(True), grads(False)
     assert torch.equal(full[0], fixed[0])
-    assert torch.equal(full[1], fixed[1])
+    torch.testing.assert_close(full[1], fixed[1], rtol=1e-12, atol=0)
     assert torch.all(full[1] != 0)
