@@ -91,6 +91,21 @@ def _memoize_frontend() -> None:
         inside_class._dreamcloth_memo = True
         kernel_impl._inside_class = inside_class
 
+    # Source text: at every inlined call the frontend also re-wraps each line of the function's
+    # source (``textwrap.fill``, ~34k calls per start) and dedents the whole; both are pure
+    # functions of their arguments, memoised for the frontend's module alone.
+    if not getattr(getattr(kernel_impl, "textwrap", None), "_dreamcloth_memo", False):
+        import functools
+        import textwrap
+        import types
+
+        shim = types.ModuleType("textwrap")
+        shim.__dict__.update(textwrap.__dict__)
+        shim.fill = functools.lru_cache(maxsize=None)(textwrap.fill)
+        shim.dedent = functools.lru_cache(maxsize=None)(textwrap.dedent)
+        shim._dreamcloth_memo = True
+        kernel_impl.textwrap = shim
+
     ctx_cls = getattr(atu, "ASTTransformerContext", None)
     original = getattr(ctx_cls, "get_pos_info", None)
     if original is None or getattr(original, "_dreamcloth_memo", False):

@@ -69,3 +69,17 @@ def test_kernels_defined_in_a_class_are_still_methods():
     x = torch.ones(4)
     Scaler(3.0).scale(x)
     assert torch.equal(x, torch.full((4,), 3.0))
+
+
+def test_the_frontends_textwrap_is_memoised_and_unchanged():
+    import textwrap
+
+    from taichi.lang import kernel_impl
+
+    tw = kernel_impl.textwrap
+    assert getattr(tw, "_dreamcloth_memo", False)
+    for line in ("\tx = 1  # a tab", "        y = f(x, " + "z, " * 40 + ")", ""):
+        assert tw.fill(line, tabsize=4, width=9999) == textwrap.fill(line, tabsize=4, width=9999)
+    src = "    def f():\n        return 1\n"
+    assert tw.dedent(src) == textwrap.dedent(src)
+    assert tw.indent is textwrap.indent  # everything else is the module's own
