@@ -139,12 +139,11 @@ def _constitutive_kernels(stress, stress_adjoint):
             L = ti.Matrix.identity(float, 3) + dt * Cp
             Fn = L @ Fp
             mp = M[p, MASS]
-            P = stress(Fn, M[p, MU], M[p, LAM])
             k = -dt * 4.0 * inv_dx * inv_dx * M[p, VOL]
             gA = mat3(G_W, p, WA)
             gmom = vec3(G_W, p, WMOM)
-            # A = k P Fn^T + m C
-            g_Fn, gmu, glam = stress_adjoint(Fn, M[p, MU], M[p, LAM], k * gA @ Fn)
+            # A = k P Fn^T + m C (P comes with its adjoint: see materials)
+            P, g_Fn, gmu, glam = stress_adjoint(Fn, M[p, MU], M[p, LAM], k * gA @ Fn)
             g_Fn += mat3(G_out, p, F) + k * gA.transpose() @ P
             add3(G_in, p, X, vec3(G_W, p, WX))
             put3(G_in, p, V, mp * gmom)
