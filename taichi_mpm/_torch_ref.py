@@ -145,7 +145,7 @@ def step(model: Model, config: SimConfig, x, v, C, F, mu, lam, mass, force, fric
     vh = torch.where(active[:, None], hv / safe_m[:, None], torch.zeros_like(hv))
     nh = sum(wt[:, None] * vh[idx] for idx, wt in zip(idx_list, wt_list))
     pinned = model.pinned.bool()[:, None]
-    vout = torch.where(pinned, model.pin_velocity, nv + config.flip * (v - nh))
+    vout = torch.where(pinned, model.pin_velocity, nv + config.flip_share * (v - nh))
     nv = torch.where(pinned, model.pin_velocity, nv)
     Cn = 4 * inv_dx * inv_dx * B
     lo = torch.tensor([o + dx for o in g.origin], dtype=dtype)

@@ -223,8 +223,8 @@ class Engine:
         self.grid_update = Launcher(grid_update, flip_on=self.flip_on, **grid)
         self.grid_update_adjoint = Launcher(grid_update_adjoint, flip_on=self.flip_on, **grid)
         self.load_grid_region = Launcher(K.load_grid_region, flip_on=self.flip_on, serial=self.serial)
-        self.g2p = Launcher(K.g2p, pins=self.pins, flip=config.flip, flip_on=self.flip_on, dt=config.dt, **transfer, **inside)
-        self.flip_adjoint = Launcher(K.flip_adjoint, pins=self.pins, flip=config.flip, serial=self.serial, **at_origin)
+        self.g2p = Launcher(K.g2p, pins=self.pins, flip=config.flip_share, flip_on=self.flip_on, dt=config.dt, **transfer, **inside)
+        self.flip_adjoint = Launcher(K.flip_adjoint, pins=self.pins, flip=config.flip_share, serial=self.serial, **at_origin)
         self.unpinned = (self.pins[:, 0:1] == 0).to(self.dtype)
         self.g2p_adjoint_prepare = Launcher(K.g2p_adjoint_prepare, pins=self.pins, flip_on=self.flip_on, dt=config.dt, inv_dx=g.inv_dx,
                                             serial=self.serial, **inside)
@@ -659,7 +659,7 @@ class Engine:
             GX = self._buf("GX", (self.n, 3))
             self.flip_adjoint(W=W, G_out=G_next, grid_vh=self.vh, R=R_h, GX=GX)
             self._scatter(R_h, bins, self.g_vh, Gr.g_m)
-            g_v_direct = cfg.flip * G_next[:, K.V : K.V + 3] * self.unpinned
+            g_v_direct = cfg.flip_share * G_next[:, K.V : K.V + 3] * self.unpinned
         self.grid_update_adjoint(
             grid_mv=Gr.mv, grid_m=Gr.m, friction=P.friction, damping=P.damping, time=substep * cfg.dt, sdf=self.sdf,
             **self._region_args(), grid_vh=self.vh, g_grid_v=Gr.g_v, g_grid_vh=self.g_vh, g_grid_mv=Gr.g_mv, g_grid_m=Gr.g_m,

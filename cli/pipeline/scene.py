@@ -1,7 +1,8 @@
 """Scene files (TOML): parsing, validation with errors that name the key, the value and the file.
 
     [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid,
-                 flip (the FLIP share of the grid-to-particle velocity, 0 = APIC; default DEFAULT_FLIP)
+                 flip (the FLIP share of the grid-to-particle velocity per substep of the scene's CFL
+                 time step, kept per unit time at other substep counts, 0 = APIC; default DEFAULT_FLIP)
     [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b],
                  masks = "background" (cut from the background colour) | "colour" (pipeline/colour_masks.py)
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
@@ -31,6 +32,7 @@ from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
 #: the unseen frames better than APIC's with the same budget (tilted_ground 0.793 vs 0.607,
 #: sphere_stiff 0.795 vs 0.736).  APIC's transfer damps the cloth's own motion every substep.
 DEFAULT_FLIP = 0.95
+
 
 #: the material parameters a scene can set and fit, in a fixed order (the simulator's table, less
 #: the engine-only ``cloth_friction``: a scene's ``friction`` is the cloth's too)
