@@ -79,6 +79,14 @@ def _weight(w, o):
     return w[o[0], 0] * w[o[1], 1] * w[o[2], 2]
 
 
+# STENCIL: the 27-node loops below run the first axis as a run-time loop over 9 unrolled nodes.
+# Taichi's front end walks an unrolled body once per copy at every process start, warm offline
+# cache or not, and LLVM compiles every copy: fully unrolled, these kernels were half of a warm
+# start's front end and of a cold compile (README, Benchmarks (h)).  No kernel here is
+# differentiated by Taichi's autodiff, whose trap with run-time loops (DESIGN.md section 2) does
+# not apply; the cloth element kernel, which is, keeps its loops static.
+
+
 @ti.func
 def _first_axis(w, dw, i):
     """``w[i, 0]`` and ``dw[i, 0]`` for a loop index ``i`` in 0..2, by selects: a dynamically indexed
@@ -222,7 +230,7 @@ def _p2g_particle(p, W: ti.template(), origin, inv_dx, dx, grid_mv: ti.template(
     mp = W[p, WMASS]
     mom = vec3(W, p, WMOM)
     a = mat3(W, p, WA)
-    for i in range(3):  # the first axis a run-time loop: see STENCIL
+    for i in range(3):  # the first axis a run-time loop: see STENCIL above
         wx, _ = _first_axis(w, dw, i)
         for jk in ti.static(ti.grouped(ti.ndrange(3, 3))):
             o = ti.Vector([i, jk[0], jk[1]])
