@@ -85,6 +85,10 @@ class Case:
     fit_friction: bool = True
     #: fit ranges different from dreamcloth's defaults (only where the truth lies outside them)
     fit_overrides: tuple[tuple[str, tuple[float, float]], ...] = ()
+    #: VBD's particle self-contact (``particle_enable_self_contact``).  Off, the cloth passes through
+    #: itself: the stored sphere_soft and tilted_ground trajectories had 96-344 mesh edges piercing
+    #: its own triangles from frame 11 (sphere_soft) and 17 (tilted_ground) on (``self_crossings``)
+    self_contact: bool = False
 
 
 _SPHERE = {"kind": "sphere", "center": (0.5, 0.45, 0.5), "radius": 0.15}
@@ -108,6 +112,34 @@ CASES: dict[str, Case] = {
         (0.5, 0.8, 0.5), (45.0, 20.0, 0.0), newton=NewtonCloth(edge_ke=1.0e-3, mu=0.5), colliders=(_GROUND,),
         color=(0.3, 0.7, 0.35), **_DROP_VIEW),
 }
+# the two cases whose folds passed through themselves, again with VBD's self-contact on (cloth
+# thickness 2 x particle_radius = 8 mm)
+for _name in ("sphere_soft", "tilted_ground"):
+    CASES[f"{_name}_sc"] = dataclasses.replace(
+        CASES[_name], name=f"{_name}_sc", self_contact=True, description=CASES[_name].description + ", with self-contact")
+del _name
+
+
+def self_crossings(x: np.ndarray, faces: np.ndarray) -> int:
+    """How many mesh edges pass through a triangle they do not belong to (segment-triangle tests,
+    Moller and Trumbore 1997): 0 for a cloth that never passes through itself."""
+    edges = np.unique(np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1), axis=0)
+    a, e1, e2 = x[faces[:, 0]], x[faces[:, 1]] - x[faces[:, 0]], x[faces[:, 2]] - x[faces[:, 0]]
+    count = 0
+    for i, j in edges:
+        p, d = x[i], x[j] - x[i]
+        h = np.cross(d, e2)
+        det = (e1 * h).sum(1)
+        ok = np.abs(det) > 1e-14
+        inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+        s = p - a
+        u = inv * (s * h).sum(1)
+        q = np.cross(s, e1)
+        v = inv * (q * d).sum(1)
+        t = inv * (e2 * q).sum(1)
+        own = (faces == i).any(1) | (faces == j).any(1)
+        count += int((ok & ~own & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)).sum())
+    return count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +279,9 @@ def simulate_newton(case: Case) -> tuple[np.ndarray, dict]:
     model.soft_contact_kd = NEWTON_CONTACT_KD
     model.soft_contact_mu = nc.mu
     pipeline = newton.CollisionPipeline(model, soft_contact_gap=NEWTON_CONTACT_GAP)
-    solver = newton.solvers.SolverVBD(model, iterations=NEWTON_ITERATIONS)
+    solver = newton.solvers.SolverVBD(model, iterations=NEWTON_ITERATIONS, particle_enable_self_contact=case.self_contact,
+                                      particle_self_contact_radius=nc.particle_radius if case.self_contact else None,
+                                      particle_self_contact_margin=2 * nc.particle_radius if case.self_contact else None)
     s0, s1 = model.state(), model.state()
     control = model.control()
     contacts = pipeline.contacts()
@@ -269,7 +303,7 @@ def simulate_newton(case: Case) -> tuple[np.ndarray, dict]:
     info = {
         "simulator": f"newton {newton.__version__} (warp-lang {wp.__version__}), SolverVBD on the CPU",
         "solver": {"name": "SolverVBD", "substeps_per_frame": NEWTON_SUBSTEPS, "iterations": NEWTON_ITERATIONS, "dt": dt,
-                   "self_contact": False},
+                   "self_contact": case.self_contact},
         "material": {**dataclasses.asdict(nc), "areal_density": AREAL_DENSITY,
                      "equivalent": {"membrane_young_modulus_N_per_m": e2d, "membrane_poisson_ratio": nu,
                                     "bending_rigidity_N_m": bending_rigidity_of_edge_ke(nc.edge_ke, verts, faces),
