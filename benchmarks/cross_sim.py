@@ -114,16 +114,17 @@ CASES: dict[str, Case] = {
 }
 # the two cases whose folds passed through themselves, again with VBD's self-contact on (cloth
 # thickness 2 x particle_radius = 8 mm)
-for _name in ("sphere_soft", "tilted_ground"):
-    CASES[f"{_name}_sc"] = dataclasses.replace(
-        CASES[_name], name=f"{_name}_sc", self_contact=True, description=CASES[_name].description + ", with self-contact")
-del _name
+CASES.update({f"{n}_sc": dataclasses.replace(CASES[n], name=f"{n}_sc", self_contact=True,
+                                             description=CASES[n].description + ", with self-contact")
+              for n in ("sphere_soft", "tilted_ground")})
 
 
 def self_crossings(x: np.ndarray, faces: np.ndarray) -> int:
     """How many mesh edges pass through a triangle they do not belong to (segment-triangle tests,
     Moller and Trumbore 1997): 0 for a cloth that never passes through itself."""
-    edges = np.unique(np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1), axis=0)
+    import trimesh  # noqa: PLC0415
+
+    edges = trimesh.Trimesh(x, faces, process=False).edges_unique
     a, e1, e2 = x[faces[:, 0]], x[faces[:, 1]] - x[faces[:, 0]], x[faces[:, 2]] - x[faces[:, 0]]
     count = 0
     for i, j in edges:

@@ -74,12 +74,8 @@ def _frame(xp, origin, inv_dx):
     return base, fx, w, dw
 
 
-@ti.func
-def _weight(w, o):
-    return w[o[0], 0] * w[o[1], 1] * w[o[2], 2]
-
-
-# STENCIL: the 27-node loops below run the first axis as a run-time loop over 9 unrolled nodes.
+# STENCIL: the 27-node loops below run the first axis as a run-time loop over 9 unrolled nodes
+# (``for i in range(3)``, then ``_first_axis`` and ``_node`` for each compile-time ``jk``).
 # Taichi's front end walks an unrolled body once per copy at every process start, warm offline
 # cache or not, and LLVM compiles every copy: fully unrolled, these kernels were half of a warm
 # start's front end and of a cold compile (README, Benchmarks (h)).  No kernel here is
@@ -97,23 +93,17 @@ def _first_axis(w, dw, i):
 
 
 @ti.func
-def _row_weight(wx, w, jk):
-    """The weight of node (i, jk) from the first axis' ``wx = w[i, 0]`` (``jk`` compile-time)."""
-    return wx * w[jk[0], 1] * w[jk[1], 2]
+def _node(i, jk, wx, w, fx, dx):
+    """Node (i, jk) of the stencil (``jk`` compile-time, ``wx = w[i, 0]``): its offset o from the base
+    node, its position relative to the particle (o - fx) dx, and its weight."""
+    o = ti.Vector([i, jk[0], jk[1]])
+    return o, (o - fx) * dx, wx * w[jk[0], 1] * w[jk[1], 2]
 
 
 @ti.func
-def _row_weight_grad(wx, dwx, w, dw, jk, inv_dx):
-    """``_weight_grad`` of node (i, jk) from the first axis' ``w[i, 0]``, ``dw[i, 0]``."""
+def _node_weight_grad(wx, dwx, w, dw, jk, inv_dx):
+    """d w / d x_p (a vec3) of node (i, jk), from ``wx = w[i, 0]`` and ``dwx = dw[i, 0]``."""
     return inv_dx * ti.Vector([dwx * w[jk[0], 1] * w[jk[1], 2], wx * dw[jk[0], 1] * w[jk[1], 2], wx * w[jk[0], 1] * dw[jk[1], 2]])
-
-
-@ti.func
-def _weight_grad(w, dw, o, inv_dx):
-    """d w_o / d x_p (a vec3)."""
-    return inv_dx * ti.Vector(
-        [dw[o[0], 0] * w[o[1], 1] * w[o[2], 2], w[o[0], 0] * dw[o[1], 1] * w[o[2], 2], w[o[0], 0] * w[o[1], 1] * dw[o[2], 2]]
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,12 +220,10 @@ def _p2g_particle(p, W: ti.template(), origin, inv_dx, dx, grid_mv: ti.template(
     mp = W[p, WMASS]
     mom = vec3(W, p, WMOM)
     a = mat3(W, p, WA)
-    for i in range(3):  # the first axis a run-time loop: see STENCIL above
+    for i in range(3):  # see STENCIL
         wx, _ = _first_axis(w, dw, i)
         for jk in ti.static(ti.grouped(ti.ndrange(3, 3))):
-            o = ti.Vector([i, jk[0], jk[1]])
-            dpos = (o - fx) * dx
-            wt = _row_weight(wx, w, jk)
+            o, dpos, wt = _node(i, jk, wx, w, fx, dx)
             I = base + o
             if ti.static(atomic):
                 grid_mv[I] += wt * (mom + a @ dpos)
@@ -299,9 +287,7 @@ def transfer_adjoint(
         for i in range(3):  # see STENCIL
             wx, dwx = _first_axis(w, dw, i)
             for jk in ti.static(ti.grouped(ti.ndrange(3, 3))):
-                o = ti.Vector([i, jk[0], jk[1]])
-                dpos = (o - fx) * dx
-                wt = _row_weight(wx, w, jk)
+                o, dpos, wt = _node(i, jk, wx, w, fx, dx)
                 I = base + o
                 Gmv = g_grid_mv[I]
                 Gm = g_grid_m[I]
@@ -311,7 +297,7 @@ def transfer_adjoint(
                 gA += wt * Gmv.outer_product(dpos)
                 gm += wt * Gm
                 # w depends on x (dw terms); dpos = (o - fx) dx has d dpos / dx = -I (the sums after the loop)
-                gx += _row_weight_grad(wx, dwx, w, dw, jk, inv_dx) * (Gmv.dot(mom + a @ dpos) + Gm * mp + gv.dot(gnv + gB @ dpos))
+                gx += _node_weight_grad(wx, dwx, w, dw, jk, inv_dx) * (Gmv.dot(mom + a @ dpos) + Gm * mp + gv.dot(gnv + gB @ dpos))
         gx -= a.transpose() @ gmom + gB.transpose() @ vsum
         put3(G_W, p, WX, gx)
         G_W[p, WMASS] = gm
@@ -632,9 +618,7 @@ def g2p(
         for i in range(3):  # see STENCIL
             wx, _ = _first_axis(w, dw, i)
             for jk in ti.static(ti.grouped(ti.ndrange(3, 3))):
-                o = ti.Vector([i, jk[0], jk[1]])
-                dpos = (o - fx) * dx
-                wt = _row_weight(wx, w, jk)
+                o, dpos, wt = _node(i, jk, wx, w, fx, dx)
                 gv = grid_v[base + o]
                 nv += wt * gv
                 B += wt * gv.outer_product(dpos)
@@ -643,7 +627,8 @@ def g2p(
             for i in range(3):
                 wx, _ = _first_axis(w, dw, i)
                 for jk in ti.static(ti.grouped(ti.ndrange(3, 3))):
-                    nh += _row_weight(wx, w, jk) * grid_vh[base + ti.Vector([i, jk[0], jk[1]])]
+                    oh, _dpos, wh = _node(i, jk, wx, w, fx, dx)
+                    nh += wh * grid_vh[base + oh]
             vout = nv + flip * (vec3(S, p, V) - nh)
             if pins[p, 0] != 0:
                 nv = vec3(pins, p, 1)
@@ -718,7 +703,7 @@ def flip_adjoint(
         for i in range(3):  # see STENCIL
             wx, dwx = _first_axis(w, dw, i)
             for jk in ti.static(ti.grouped(ti.ndrange(3, 3))):
-                gx += _row_weight_grad(wx, dwx, w, dw, jk, inv_dx) * h.dot(grid_vh[base + ti.Vector([i, jk[0], jk[1]])])
+                gx += _node_weight_grad(wx, dwx, w, dw, jk, inv_dx) * h.dot(grid_vh[base + ti.Vector([i, jk[0], jk[1]])])
         put3(R, p, WX, xp)
         R[p, WMASS] = 0.0
         put3(R, p, WMOM, h)

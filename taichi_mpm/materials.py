@@ -43,7 +43,12 @@ def polar_rotation(F):
 @ti.func
 def fixed_corotated_stress(F, mu, lam):
     """P = 2 mu (F - R) + lam (J - 1) J F^-T  (Stomakhin et al. 2012, "Energetically consistent invertible elasticity")."""
-    R = polar_rotation(F)
+    return _fixed_corotated_with(F, polar_rotation(F), mu, lam)
+
+
+@ti.func
+def _fixed_corotated_with(F, R, mu, lam):
+    """``fixed_corotated_stress`` with F's rotation R given."""
     J = F.determinant()
     return 2.0 * mu * (F - R) + lam * (J - 1.0) * J * F.inverse().transpose()
 
@@ -63,8 +68,7 @@ def neo_hookean_stress_adjoint(F, mu, lam, G):
     logJ = ti.log(J)
     inner = (F_inv_T * G).sum()
     g_F = mu * G + (mu - lam * logJ) * F_inv_T @ G.transpose() @ F_inv_T + lam * inner * F_inv_T
-    P = mu * (F - F_inv_T) + lam * logJ * F_inv_T  # neo_hookean_stress
-    return P, g_F, ((F - F_inv_T) * G).sum(), logJ * inner
+    return neo_hookean_stress(F, mu, lam), g_F, ((F - F_inv_T) * G).sum(), logJ * inner
 
 
 @ti.func
@@ -105,5 +109,4 @@ def fixed_corotated_stress_adjoint(F, mu, lam, G):
     g_F = 2.0 * mu * (G - polar_rotation_adjoint(F, R, G))
     # d(F^-T) = -F^-T dF^T F^-T,  dJ = J <F^-T, dF>
     g_F += lam * (2.0 * J - 1.0) * J * inner * F_inv_T - h * F_inv_T @ G.transpose() @ F_inv_T
-    P = 2.0 * mu * (F - R) + lam * (J - 1.0) * J * F_inv_T  # fixed_corotated_stress
-    return P, g_F, 2.0 * ((F - R) * G).sum(), (J - 1.0) * J * inner
+    return _fixed_corotated_with(F, R, mu, lam), g_F, 2.0 * ((F - R) * G).sum(), (J - 1.0) * J * inner

@@ -33,7 +33,6 @@ from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
 #: sphere_stiff 0.795 vs 0.736).  APIC's transfer damps the cloth's own motion every substep.
 DEFAULT_FLIP = 0.95
 
-
 #: the material parameters a scene can set and fit, in a fixed order (the simulator's table, less
 #: the engine-only ``cloth_friction``: a scene's ``friction`` is the cloth's too)
 PARAMETERS = tuple(p.name for p in MATERIAL.values() if p.defaults)
