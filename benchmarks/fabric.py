@@ -5,6 +5,8 @@
   inextensible elastica;
 - stretch under self-weight: a sheet hanging from its top edge stretches by w g L^2 / (2 E);
 - terminal speed: a horizontal sheet falling flat reaches sqrt(2 w g / (rho_air C_d)).
+
+``solver`` is the cloth solver (``SimConfig.cloth_solver``): "mpm" on the grid or "mesh" without one.
 """
 
 import math
@@ -35,7 +37,8 @@ def elastica_tip_deflection(load: float) -> float:
     return float(np.trapezoid(np.sin(sol.sol(s)[0]), s))
 
 
-def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, density=0.2, membrane=300.0, seconds=1.2):
+def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, density=0.2, membrane=300.0, seconds=1.2,
+               solver: str = "mpm"):
     """Simulated tip deflection / length of a strip clamped by its first two vertex columns.
 
     The damping is set near critical for the first bending mode (omega = 3.516 sqrt(B / (rho L^4)))
@@ -53,7 +56,7 @@ def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, 
                            bending_stiffness=bending, drag_coefficient=0.0, dtype=F64)
     bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
                     normal_stiffness=(membrane, membrane), min_length=h)
-    cfg = stable_config(grid, 10.0, bounds)
+    cfg = stable_config(grid, 10.0, bounds, cloth_solver=solver)
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * 10) + 1, bounds=bounds)
     tip = list(range((nx - 1) * nz, nx * nz))
@@ -61,7 +64,7 @@ def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, 
 
 
 def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width=0.2, nx=21, nz=11, seconds=1.5,
-                    max_stretch=0.0):
+                    max_stretch=0.0, solver: str = "mpm"):
     """(simulated, analytic) elongation of a sheet hanging from its pinned top edge (Poisson ratio 0:
     uniaxial tension w g (L - y) per unit width, strain tension / E, elongation w g L^2 / (2 E)).
 
@@ -79,7 +82,7 @@ def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width
                            dtype=F64)
     bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
                     normal_stiffness=(membrane, membrane), min_length=length / (nx - 1))
-    cfg = stable_config(grid, 20.0, bounds)
+    cfg = stable_config(grid, 20.0, bounds, cloth_solver=solver)
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * 20) + 1, bounds=bounds)
     y0 = float(state.x[bottom, 1].mean())
@@ -91,7 +94,7 @@ def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width
     return y0 - traj.x[:, bottom, 1].mean(1).numpy(), elongation
 
 
-def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0):
+def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0, solver: str = "mpm"):
     """(simulated speed at the end, analytic terminal speed) of a horizontal sheet falling flat from rest."""
     verts, faces = grid_mesh(n, n, (size, size), (0.5, 0.9, 0.5))
     b = ModelBuilder(F64)
@@ -102,7 +105,7 @@ def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=
     params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag, dtype=F64)
     bounds = Bounds((E, E), (0.3, 0.3), (density, density), max_speed=3.0, shear_stiffness=(E, E), normal_stiffness=(E, E),
                     min_length=size / (n - 1))
-    cfg = stable_config(grid, fps, bounds)
+    cfg = stable_config(grid, fps, bounds, cloth_solver=solver)
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
     y = traj.x[:, : n * n, 1].mean(1).numpy()

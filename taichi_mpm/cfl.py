@@ -43,9 +43,17 @@ def p_wave_speed(young_modulus: float, poisson_ratio: float, density: float) -> 
     return math.sqrt(modulus / rho)
 
 
-def max_dt(dx: float, bounds: Bounds, cfl: float = CFL_NUMBER, cfl_cloth: float = CFL_NUMBER_CLOTH) -> float:
-    """Largest stable dt for every parameter value inside ``bounds``."""
+def max_dt(dx: float, bounds: Bounds, cfl: float = CFL_NUMBER, cfl_cloth: float = CFL_NUMBER_CLOTH, mesh: bool = False) -> float:
+    """Largest stable dt for every parameter value inside ``bounds``.
+
+    ``mesh``: the grid-free cloth solver (``mesh_cloth``), whose only explicit force is the membrane
+    acting over the shortest rest edge: the grid spacing and the shear and normal stiffnesses (the
+    grid's d3 terms) do not enter."""
     c = p_wave_speed(bounds.young_modulus[1], bounds.poisson_ratio[1], bounds.density[0])
+    if mesh:
+        if not bounds.min_length:
+            raise ValueError("the mesh cloth solver's time step needs the shortest rest edge (Bounds.min_length)")
+        return cfl_cloth * bounds.min_length / (c + bounds.max_speed)
     cloth = bounds.shear_stiffness is not None or bounds.normal_stiffness is not None
     if not cloth:
         return cfl * dx / (c + bounds.max_speed)
@@ -67,4 +75,5 @@ def stable_config(grid, fps: float, bounds: Bounds, **kwargs):
     """A :class:`SimConfig` with the fewest substeps per frame that the CFL bound allows."""
     from .config import SimConfig
 
-    return SimConfig(grid=grid, fps=fps, substeps_per_frame=substeps_for(fps, max_dt(grid.dx, bounds)), **kwargs)
+    dt = max_dt(grid.dx, bounds, mesh=kwargs.get("cloth_solver") == "mesh")
+    return SimConfig(grid=grid, fps=fps, substeps_per_frame=substeps_for(fps, dt), **kwargs)

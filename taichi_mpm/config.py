@@ -71,6 +71,11 @@ class GridSpec:
         return self.res[0] * self.res[1] * self.res[2]
 
 
+#: ``SimConfig.cloth_solver``: "mpm" (the cloth on the grid, Jiang et al. 2017) or "mesh" (grid-free,
+#: see ``mesh_cloth``)
+CLOTH_SOLVERS = ("mpm", "mesh")
+
+
 @dataclasses.dataclass(frozen=True)
 class SimConfig:
     """Time stepping and grid of one simulation.
@@ -82,6 +87,8 @@ class SimConfig:
     atomics; CPUs, many particles), ``"serial"`` (one thread; CPUs, up to a few thousand particles,
     where kernel launches cost more than the work), ``"atomic"`` (GPUs) or ``"auto"``.  The CPU
     strategies are deterministic.
+    ``cloth_solver``: ``"mpm"`` simulates cloth on the grid; ``"mesh"`` integrates a cloth-only scene
+    on its mesh alone, without a grid (``mesh_cloth``; the grid then only bounds the domain).
     ``flip`` blends FLIP into the grid-to-particle velocity (0: APIC, the default; see ``kernels.g2p``):
     the share of a particle's own velocity kept at each transfer, or, with ``flip_dt``, kept per
     ``flip_dt`` seconds: a substep of length dt then keeps ``flip ** (dt / flip_dt)``
@@ -99,6 +106,7 @@ class SimConfig:
     scatter: str = "auto"
     flip: float = 0.0
     flip_dt: float | None = None
+    cloth_solver: str = "mpm"
 
     def __post_init__(self):
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -112,6 +120,8 @@ class SimConfig:
             raise ValueError(f"flip must be in [0, 1), got {self.flip}")
         if self.flip_dt is not None and not (self.flip_dt > 0 and math.isfinite(self.flip_dt)):
             raise ValueError(f"flip_dt must be positive, got {self.flip_dt}")
+        if self.cloth_solver not in CLOTH_SOLVERS:
+            raise ValueError(f"cloth_solver must be one of {', '.join(map(repr, CLOTH_SOLVERS))}, got {self.cloth_solver!r}")
         if self.scatter not in ("auto", "colored", "serial", "atomic"):
             raise ValueError(f"scatter must be 'auto', 'colored', 'serial' or 'atomic', got {self.scatter!r}")
 

@@ -13,6 +13,7 @@ from . import cfl as _cfl
 from . import layout as L
 from .config import SimConfig
 from .layout import pack_material
+from .mesh_cloth import check_supported, simulate_mesh
 from .model import Model, Params, State
 from .parameters import PARAMETERS
 from .segment import run_segment
@@ -131,6 +132,8 @@ def simulate(
     if bounds is None:
         bounds = _bounds_of(model, state, params, config, num_frames)
     _check_cfl(config, bounds)
+    if config.cloth_solver == "mesh":
+        return simulate_mesh(model, state, params, config, num_frames, _mesh_params(model, params), progress)
     material, friction, damping = _packed_params(model, params)
 
     engine = Engine(model, config)
@@ -221,7 +224,7 @@ def _bounds_of(model: Model, state: State, params: Params, config: SimConfig, nu
 
 
 def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
-    dt_max = _cfl.max_dt(config.grid.dx, bounds)
+    dt_max = _cfl.max_dt(config.grid.dx, bounds, mesh=config.cloth_solver == "mesh")
     if config.dt > dt_max * (1 + 1e-9):
         raise ValueError(
             f"dt={config.dt:.4g} s is above the CFL bound {dt_max:.4g} s for these parameter ranges; "
@@ -266,6 +269,19 @@ def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Te
     force = torch.zeros(n, 3, dtype=dtype, device=dev)
     material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag, max_stretch)
     return material, friction, damping
+
+
+def _mesh_params(model: Model, params: Params) -> tuple:
+    """The grid-free cloth solver's inputs (``mesh_cloth.simulate_mesh``): per-particle mu, lam, mass,
+    bending and drag (None where absent), friction ``[C]`` and damping ``[1]``."""
+    check_supported(model, params)
+    n = model.num_particles
+    mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
+    mass = _per_particle(params.density, n, "density") * model.mass_volume
+    bending = None if params.bending_stiffness is None else _per_particle(params.bending_stiffness, n, "bending_stiffness")
+    drag = None if params.drag_coefficient is None else _per_particle(params.drag_coefficient, n, "drag_coefficient")
+    _, friction, damping = _packed_params(model, params)
+    return mu, lam, mass, bending, drag, friction, damping
 
 
 def _control_schedule(control: torch.Tensor | None, control_stride: int, n: int, total: int) -> dict[int, int]:

@@ -2,7 +2,8 @@
 
     [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid,
                  flip (the FLIP share of the grid-to-particle velocity per substep of the scene's CFL
-                 time step, kept per unit time at other substep counts, 0 = APIC; default DEFAULT_FLIP)
+                 time step, kept per unit time at other substep counts, 0 = APIC; default DEFAULT_FLIP),
+                 cloth_solver = "mpm" (default) | "mesh" (cloth-only scenes without a grid: taichi_mpm/mesh_cloth.py)
     [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b],
                  masks = "background" (cut from the background colour) | "colour" (pipeline/colour_masks.py)
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
@@ -112,6 +113,7 @@ class SceneSettings:
     domain: tuple[tuple[float, float, float], tuple[float, float, float]]
     grid: int
     flip: float = DEFAULT_FLIP  # FLIP share of the grid-to-particle velocity (taichi_mpm.kernels.g2p)
+    cloth_solver: str = "mpm"  # "mesh": a cloth-only scene without a grid (taichi_mpm.mesh_cloth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,6 +358,7 @@ def load_scene(path: str | Path) -> Scene:
         domain=(lo, hi),
         grid=sr.number("grid", 32, low=8, high=512, integer=True),
         flip=sr.number("flip", DEFAULT_FLIP, low=0.0, high=0.999),
+        cloth_solver=sr.string("cloth_solver", "mpm", choices=("mpm", "mesh")),
     )
     sr.finish()
 
@@ -407,7 +410,8 @@ def to_toml(scene: Scene) -> str:
     lines = [
         "[scene]",
         f"fps = {v(s.fps)}", f"frames = {v(s.frames)}", f"substeps = {v(s.substeps)}", f"gravity = {v(s.gravity)}",
-        f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", f"flip = {v(s.flip)}", "",
+        f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", f"flip = {v(s.flip)}",
+        f"cloth_solver = {v(s.cloth_solver)}", "",
         "[camera]",
         f"width = {v(c.width)}", f"height = {v(c.height)}", f"fov_y_deg = {v(c.fov_y_deg)}", f"eye = {v(c.eye)}",
         f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", f"masks = {v(c.masks)}", "",

@@ -220,7 +220,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
         if bool(((xs < torch.tensor(lo, dtype=dtype, device=xs.device)) | (xs > torch.tensor(hi, dtype=dtype, device=xs.device))).any()):
             raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
     bounds = _bounds(scene, grid, M.min_rest_edge(model))
-    cfl_substeps = M.substeps_for(s.fps, M.max_dt(grid.dx, bounds))
+    cfl_substeps = M.substeps_for(s.fps, M.max_dt(grid.dx, bounds, mesh=s.cloth_solver == "mesh"))
     if substeps is None:
         substeps = s.substeps or cfl_substeps
     # The scene's flip is the FLIP share per substep of its CFL time step, and is kept per unit time
@@ -231,7 +231,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
     # with 0.95 per substep, 0.952/0.979 and 0.888/0.946 with the share per unit time.  Scenes at
     # their CFL substeps are unchanged.
     config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity, flip=s.flip,
-                         flip_dt=1.0 / (s.fps * cfl_substeps))
+                         flip_dt=1.0 / (s.fps * cfl_substeps), cloth_solver=s.cloth_solver)
     return Simulation(scene, model, state, config, bounds, list(b.ranges), faces, dtype, torch.device(device))
 
 
