@@ -88,7 +88,8 @@ class SimConfig:
     where kernel launches cost more than the work), ``"atomic"`` (GPUs) or ``"auto"``.  The CPU
     strategies are deterministic.
     ``cloth_solver``: ``"mpm"`` simulates cloth on the grid; ``"mesh"`` integrates a cloth-only scene
-    on its mesh alone, without a grid (``mesh_cloth``; the grid then only bounds the domain).
+    on its mesh alone, without a grid (``mesh_cloth``; the grid then only bounds the domain), with
+    cloth-cloth contact at ``cloth_thickness`` (m; 0: none; ``self_contact``).
     ``flip`` blends FLIP into the grid-to-particle velocity (0: APIC, the default; see ``kernels.g2p``):
     the share of a particle's own velocity kept at each transfer, or, with ``flip_dt``, kept per
     ``flip_dt`` seconds: a substep of length dt then keeps ``flip ** (dt / flip_dt)``
@@ -107,6 +108,7 @@ class SimConfig:
     flip: float = 0.0
     flip_dt: float | None = None
     cloth_solver: str = "mpm"
+    cloth_thickness: float = 0.0
 
     def __post_init__(self):
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -122,6 +124,8 @@ class SimConfig:
             raise ValueError(f"flip_dt must be positive, got {self.flip_dt}")
         if self.cloth_solver not in CLOTH_SOLVERS:
             raise ValueError(f"cloth_solver must be one of {', '.join(map(repr, CLOTH_SOLVERS))}, got {self.cloth_solver!r}")
+        if not (0.0 <= self.cloth_thickness < 1.0):
+            raise ValueError(f"cloth_thickness must be in [0, 1) m, got {self.cloth_thickness}")
         if self.scatter not in ("auto", "colored", "serial", "atomic"):
             raise ValueError(f"scatter must be 'auto', 'colored', 'serial' or 'atomic', got {self.scatter!r}")
 

@@ -30,10 +30,10 @@ their sum on vertex 0.  The force is written out, so autograd's backward pass ne
 derivatives only.  Bending, drag and contact are ``cloth_forces`` / ``cloth_contact``'s torch
 functions, each already checked against float64 finite differences or gradcheck.
 
-What it leaves out: the d3 (shear and normal) terms of the element particle and with them the
-grid's cloth-cloth contact.  A fold may pass through itself, as the two cross-simulator references
-made without Newton's self-contact did.  The strain limit is not applied (an error says so), and
-only cloth scenes with analytic colliders run here.
+Cloth-cloth contact: with ``SimConfig.cloth_thickness`` h > 0, a vertex-triangle penalty keeps the
+layers of a fold h apart (``self_contact``; its forces join f above).  It replaces the element
+particle's d3 (shear and normal) terms, which on the grid stop a fold a cell thick.  The strain
+limit is not applied (an error says so), and only cloth scenes with analytic colliders run here.
 
 Memory: autograd keeps one frame's substeps at a time (``torch.utils.checkpoint`` around each
 frame) plus the frames' states.
@@ -48,6 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import cloth_contact as CC
 from . import cloth_forces as CF
+from . import self_contact as SC
 from .colliders import pack
 from .config import SimConfig
 from .errors import SimulationError
@@ -101,7 +102,8 @@ def membrane_energy(x, faces, dm_inv, area, mu, lam) -> torch.Tensor:
 class _Cloth:
     """One cloth's constant data for the rollout (local vertex indices)."""
 
-    def __init__(self, c, model: Model, mass: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, bending, drag):
+    def __init__(self, c, model: Model, mass: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, bending, drag,
+                 thickness: float, dt: float):
         dtype, dev = model.volume.dtype, model.volume.device
         self.v_rows = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         self.e_rows = slice(c.element_start, c.element_start + c.num_elements)
@@ -120,6 +122,7 @@ class _Cloth:
         self.bending = None if bending is None else bending[self.e_rows]
         self.drag = None if drag is None else drag[self.e_rows]
         self.system = CF.ImplicitBending(c.bending, self.free) if self.bending is not None and c.bending.num_rows else None
+        self.search = SC.Search(c.local_faces, c.num_vertices, thickness) if thickness > 0 else None
 
     def element_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Element particles' positions (centroids) and deformation gradients ``[Dm^-1 columns | n]``."""
@@ -141,7 +144,8 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     check_supported(model, params)
     mu, lam, mass, bending, drag, friction, damping = packed
     dtype, dev = model.volume.dtype, model.volume.device
-    cloths = [_Cloth(c, model, mass, mu, lam, bending, drag) for c in model.cloth]
+    dt, spf = config.dt, config.substeps_per_frame
+    cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt) for c in model.cloth]
     kinds, rows, _ = pack(model.colliders)
     rows = torch.as_tensor(rows, dtype=dtype, device=dev)
     g = config.grid
@@ -149,11 +153,14 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     box = (torch.tensor([o + g.dx for o in g.origin], dtype=dtype, device=dev),
            torch.tensor([o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res)], dtype=dtype, device=dev))
     gravity = torch.tensor(config.gravity, dtype=dtype, device=dev)
-    dt, spf = config.dt, config.substeps_per_frame
     keep = damping.reshape(()) ** dt
 
-    def substep(c: _Cloth, x, v, t_end: float):
+    def substep(c: _Cloth, x, v, step: int):
+        t_end = (step + 1) * dt
         f = membrane_forces(x, c.faces, c.dm_inv, c.area, c.mu, c.lam)
+        if c.search is not None:
+            vi, ti = c.search.pairs(x, step)
+            f = f + SC.forces(x, v, c.mass, c.faces, vi, ti, config.cloth_thickness, dt)
         if c.drag is not None:
             fe = CF.drag_force(x, v, c.drag, c.faces)
             f = f.index_add(0, c.faces.reshape(-1), (fe / 3).repeat_interleave(3, dim=0))
@@ -169,7 +176,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
 
     def frame(k: int, c: _Cloth, x, v):
         for j in range(spf):
-            x, v = substep(c, x, v, (k * spf + j + 1) * dt)
+            x, v = substep(c, x, v, k * spf + j)
         return x, v
 
     xv = [(state.x[c.v_rows], state.v[c.v_rows]) for c in cloths]

@@ -3,7 +3,8 @@
     [scene]      fps, frames, substeps (0 = from CFL), gravity, domain = [[x0,y0,z0],[x1,y1,z1]], grid,
                  flip (the FLIP share of the grid-to-particle velocity per substep of the scene's CFL
                  time step, kept per unit time at other substep counts, 0 = APIC; default DEFAULT_FLIP),
-                 cloth_solver = "mpm" (default) | "mesh" (cloth-only scenes without a grid: taichi_mpm/mesh_cloth.py)
+                 cloth_solver = "mpm" (default) | "mesh" (cloth-only scenes without a grid: taichi_mpm/mesh_cloth.py),
+                 cloth_thickness (m, the mesh solver's cloth-cloth contact distance; 0 = none; default 0.004)
     [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b],
                  masks = "background" (cut from the background colour) | "colour" (pipeline/colour_masks.py)
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
@@ -26,6 +27,11 @@ from typing import Any
 
 from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
 
+#: the grid-free cloth solver's cloth-cloth contact distance (m) when a scene file does not set
+#: ``[scene] cloth_thickness``: the 4 mm contact radius of the cross-simulator references' cloth
+#: (Newton's particle radius there); far above real fabric (0.2-1 mm), because only vertices are
+#: kept off triangles and a mesh's edges are 10-30 mm long
+DEFAULT_CLOTH_THICKNESS = 0.004
 #: the FLIP share of the grid-to-particle velocity when a scene file does not set ``[scene] flip``
 #: (0 is APIC; the engine's own ``SimConfig.flip`` stays 0).  Measured 2026-12-03 (README, "Cloth
 #: physics"): the demo's drop converges in the time step with 0.95 (worst per-frame IoU 165 vs 330
@@ -114,6 +120,7 @@ class SceneSettings:
     grid: int
     flip: float = DEFAULT_FLIP  # FLIP share of the grid-to-particle velocity (taichi_mpm.kernels.g2p)
     cloth_solver: str = "mpm"  # "mesh": a cloth-only scene without a grid (taichi_mpm.mesh_cloth)
+    cloth_thickness: float = DEFAULT_CLOTH_THICKNESS  # m; the mesh solver's cloth-cloth contact (0: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +366,7 @@ def load_scene(path: str | Path) -> Scene:
         grid=sr.number("grid", 32, low=8, high=512, integer=True),
         flip=sr.number("flip", DEFAULT_FLIP, low=0.0, high=0.999),
         cloth_solver=sr.string("cloth_solver", "mpm", choices=("mpm", "mesh")),
+        cloth_thickness=sr.number("cloth_thickness", DEFAULT_CLOTH_THICKNESS, low=0.0, high=0.05),
     )
     sr.finish()
 
@@ -411,7 +419,7 @@ def to_toml(scene: Scene) -> str:
         "[scene]",
         f"fps = {v(s.fps)}", f"frames = {v(s.frames)}", f"substeps = {v(s.substeps)}", f"gravity = {v(s.gravity)}",
         f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", f"flip = {v(s.flip)}",
-        f"cloth_solver = {v(s.cloth_solver)}", "",
+        f"cloth_solver = {v(s.cloth_solver)}", f"cloth_thickness = {v(s.cloth_thickness)}", "",
         "[camera]",
         f"width = {v(c.width)}", f"height = {v(c.height)}", f"fov_y_deg = {v(c.fov_y_deg)}", f"eye = {v(c.eye)}",
         f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", f"masks = {v(c.masks)}", "",

@@ -231,7 +231,8 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
     # with 0.95 per substep, 0.952/0.979 and 0.888/0.946 with the share per unit time.  Scenes at
     # their CFL substeps are unchanged.
     config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity, flip=s.flip,
-                         flip_dt=1.0 / (s.fps * cfl_substeps), cloth_solver=s.cloth_solver)
+                         flip_dt=1.0 / (s.fps * cfl_substeps), cloth_solver=s.cloth_solver,
+                         cloth_thickness=s.cloth_thickness)
     return Simulation(scene, model, state, config, bounds, list(b.ranges), faces, dtype, torch.device(device))
 
 
