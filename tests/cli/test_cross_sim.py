@@ -131,3 +131,11 @@ def test_self_contact_cases_do_not_pass_through_themselves():
     assert C.self_crossings(pierced, np.array([[0, 1, 2], [3, 4, 5]])) == 2
     apart = pierced + np.array([[0.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 2.0]] * 3)  # the second triangle moved up
     assert C.self_crossings(apart, np.array([[0, 1, 2], [3, 4, 5]])) == 0
+
+
+def test_with_solver_sets_the_scene_cloth_solver():
+    folder = C.with_solver("swing", "mesh")
+    scene = load_scene(folder / "swing.toml")
+    assert scene.settings.cloth_solver == "mesh"
+    assert C.load_case("swing", folder)[0].shape == C.load_case("swing")[0].shape
+    assert build(scene, torch.float64, "cpu", substeps=1).config.cloth_solver == "mesh"
