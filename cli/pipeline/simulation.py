@@ -141,8 +141,11 @@ def resolution_notes(sim: Simulation) -> list[str]:
     length (B / (rho g))^(1/3) (the length over which its own weight bends it, Peirce 1930), for the
     softest, heaviest fabric its values or fit ranges allow.  MPM moves neighbouring particles with
     one smooth grid velocity, so folds tighter than about a cell cannot form: below that length the
-    grid's spacing sets the bending resistance and results change with the grid."""
+    grid's spacing sets the bending resistance and results change with the grid.  The grid-free
+    cloth solver (``[scene] cloth_solver = "mesh"``) has no grid to resolve: no notes."""
     notes = []
+    if sim.config.cloth_solver == "mesh":
+        return notes
     g = math.sqrt(sum(a * a for a in sim.scene.settings.gravity)) or 9.81
     dx = sim.config.grid.dx
     for o in sim.scene.objects:

@@ -132,13 +132,20 @@ def test_unsupported_scenes_are_refused():
 def test_scene_key(tmp_path):
     from dreamcloth.benchmarks.demo_variants import demo_scene_text
     from dreamcloth.cli.pipeline.scene import SceneError, load_scene, to_toml
-    from dreamcloth.cli.pipeline.simulation import build
+    from dreamcloth.cli.pipeline.simulation import build, resolution_notes
 
     text = demo_scene_text({"frames": 3})
     p = tmp_path / "s.toml"
     p.write_text(text.replace("[scene]\n", '[scene]\ncloth_solver = "mesh"\n', 1))
     scene = load_scene(p)
     assert scene.settings.cloth_solver == "mesh" and build(scene).config.cloth_solver == "mesh"
+    assert scene.settings.cloth_thickness == 0.004 and build(scene).config.cloth_thickness == 0.004
+    # no grid to resolve: the grid-resolution rule of thumb stays silent even on a coarse grid
+    coarse = tmp_path / "coarse.toml"
+    coarse.write_text(demo_scene_text({"frames": 3, "grid": 8, "bending_stiffness": 1e-6}))
+    assert resolution_notes(build(load_scene(coarse)))
+    coarse.write_text(coarse.read_text().replace("[scene]\n", '[scene]\ncloth_solver = "mesh"\n', 1))
+    assert resolution_notes(build(load_scene(coarse))) == []
     assert 'cloth_solver = "mesh"' in to_toml(scene)
     p.write_text(text.replace("[scene]\n", '[scene]\ncloth_solver = "lagrange"\n', 1))
     with pytest.raises(SceneError, match="cloth_solver"):
