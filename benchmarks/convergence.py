@@ -10,15 +10,18 @@ from pathlib import Path
 
 
 
-def grid_convergence(coarse: int = 32, fine: int = 64, bending: float = 2e-5, n: int = 31, frames: int = 25) -> dict:
+def grid_convergence(coarse: int = 32, fine: int = 64, bending: float = 2e-5, n: int = 31, frames: int = 25,
+                     cloth_solver: str = "mpm") -> dict:
     """Per-frame silhouette IoU of the ``coarse`` grid's drop against the ``fine`` grid's, with the
-    demo's true values and ``bending`` (N m): ``dreamcloth scene check --convergence`` on that scene."""
+    demo's true values and ``bending`` (N m): ``dreamcloth scene check --convergence`` on that scene
+    (``cloth_solver``: the scene's ``[scene] cloth_solver``)."""
     from dreamcloth.cli.pipeline.scene import load_scene
     from dreamcloth.cli.pipeline.simulate import measured_convergence
 
     from .demo_variants import demo_scene_text
 
     path = Path(tempfile.mkdtemp(prefix="convergence_")) / f"grid{coarse}.toml"
-    path.write_text(demo_scene_text({"grid": coarse, "frames": frames, "mesh": f"grid:{n}x{n}", "bending_stiffness": bending}))
+    text = demo_scene_text({"grid": coarse, "frames": frames, "mesh": f"grid:{n}x{n}", "bending_stiffness": bending})
+    path.write_text(text.replace("[scene]\n", f'[scene]\ncloth_solver = "{cloth_solver}"\n', 1))
     c = measured_convergence(load_scene(path), fine)
     return {k: c[k] for k in ("iou", "worst", "worst_frame", "mean")}
