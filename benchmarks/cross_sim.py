@@ -23,8 +23,8 @@ Newton's own convergence (``newton_convergence``, measured 2026-12-04): the stor
 substeps x 10 iterations a frame) are not converged.  Re-made with 4x the iterations, 4x the
 substeps, both, or 8x the substeps and 4x the iterations, their masks on the 13 unseen frames
 scored 0.55-0.89 mean IoU against the stored ones (swing 0.55-0.69, tilted_ground 0.57-0.82,
-sphere_soft 0.69-0.89), and the two finest runs against each other 0.83 (swing) and 0.71
-(tilted_ground).  The suite's goal of 0.9 asks a prediction to agree with these videos better than
+sphere_soft 0.69-0.89), and the two finest runs against each other 0.83 (swing), 0.71
+(tilted_ground) and 0.78 (sphere_soft).  The suite's goal of 0.9 asks a prediction to agree with these videos better than
 Newton agrees with itself at finer settings; README, "Cross-simulator check".
 """
 
