@@ -36,7 +36,9 @@ def check(
     console.print(f"[bold]{file}[/]: valid")
     console.print(f"{s.frames} frames at {s.fps:g} fps, {sim.config.substeps_per_frame} substeps per frame "
                   f"(dt {sim.config.dt:.3g} s{'' if s.substeps else ', from the CFL bound of the fit ranges'}); "
-                  f"grid {g.res[0]}x{g.res[1]}x{g.res[2]}, dx {g.dx:.4g} m; gravity {list(s.gravity)}")
+                  + (f"cloth solver: mesh (no grid; cloth-cloth contact at {1e3 * s.cloth_thickness:g} mm); "
+                     if s.cloth_solver == "mesh" else f"grid {g.res[0]}x{g.res[1]}x{g.res[2]}, dx {g.dx:.4g} m; ")
+                  + f"gravity {list(s.gravity)}")
     t = Table(title="objects")
     for c in ("name", "kind", "mesh", "particles", "material", "fit"):
         t.add_column(c)
