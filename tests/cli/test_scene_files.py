@@ -146,6 +146,16 @@ def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
     assert "not converged" not in out.output
 
 
+def test_scene_check_with_the_mesh_cloth_solver(tmp_path):
+    """The grid-free solver: named with its contact thickness instead of a grid, and no grid note."""
+    text = drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 1e-5")
+    mesh = write_drape(tmp_path, "mesh.toml", text=text.replace("[scene]\n", '[scene]\ncloth_solver = "mesh"\n', 1))
+    out = CliRunner().invoke(app, ["scene", "check", str(mesh)], terminal_width=400)
+    assert out.exit_code == 0, out.output
+    assert "cloth solver: mesh (no grid; cloth-cloth contact at 4 mm)" in out.output
+    assert "not converged" not in out.output and "dx " not in out.output
+
+
 def test_scene_check_measures_convergence_on_a_finer_grid(tmp_path):
     """``--convergence`` simulates the scene on its grid and on a finer one and compares the
     silhouettes frame by frame: frame 0 (the rest geometry, the same on both) is identical, later
