@@ -136,11 +136,10 @@ class _Cloth:
 
 def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig, num_frames: int,
                   packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], progress: Callable[[int, int], None] | None = None):
-    """The rollout of :func:`simulate` on the mesh alone (module docstring); returns its ``Trajectory``.
+    """The rollout of :func:`simulate` on the mesh alone (module docstring): every frame's positions
+    ``[T, N, 3]`` and deformation gradients ``[T, N, 3, 3]``, the final state, and the substeps run.
 
     ``packed`` is ``simulate``'s per-particle (mu, lam, mass, bending, drag, friction [C], damping [1])."""
-    from .simulate import Trajectory  # simulate imports this module
-
     check_supported(model, params)
     mu, lam, mass, bending, drag, friction, damping = packed
     dtype, dev = model.volume.dtype, model.volume.device
@@ -207,7 +206,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         ve = v[c.faces].mean(1)
         V = V.index_copy(0, torch.arange(c.e_rows.start, c.e_rows.stop, device=dev), ve)
     final = State(X, V, torch.zeros_like(state.C), F)
-    return Trajectory(x=torch.cat(xs), F=torch.cat(Fs), final=final, dt=dt, substeps=total)
+    return torch.cat(xs), torch.cat(Fs), final, total
 
 
 def _particles(state: State, cloths: list[_Cloth], xv) -> tuple[torch.Tensor, torch.Tensor]:
