@@ -67,6 +67,15 @@ class GridSpec:
         return tuple(o + (r - 1 - self.boundary) * self.dx for o, r in zip(self.origin, self.res))  # type: ignore[return-value]
 
     @property
+    def stencil_box(self) -> tuple[Vec3, Vec3]:
+        """(lo, hi) corners of where a particle's 3x3x3 stencil lies inside the grid: the engine keeps
+        particles there (see ``kernels.g2p``), and ``simulate`` accepts initial states there."""
+        eps = 1e-6 * self.dx
+        lo = tuple(o + self.dx for o in self.origin)
+        hi = tuple(o + (r - 2) * self.dx - eps for o, r in zip(self.origin, self.res))
+        return lo, hi  # type: ignore[return-value]
+
+    @property
     def num_nodes(self) -> int:
         return self.res[0] * self.res[1] * self.res[2]
 

@@ -139,18 +139,15 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     """The rollout of :func:`simulate` on the mesh alone (module docstring): every frame's positions
     ``[T, N, 3]`` and deformation gradients ``[T, N, 3, 3]``, the final state, and the substeps run.
 
-    ``packed`` is ``simulate``'s per-particle (mu, lam, mass, bending, drag, friction [C], damping [1])."""
-    check_supported(model, params)
+    ``packed`` is ``simulate``'s per-particle (mu, lam, mass, bending, drag, friction [C], damping [1]),
+    for a model that :func:`check_supported` accepted."""
     mu, lam, mass, bending, drag, friction, damping = packed
     dtype, dev = model.volume.dtype, model.volume.device
     dt, spf = config.dt, config.substeps_per_frame
     cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt) for c in model.cloth]
     kinds, rows, _ = pack(model.colliders)
     rows = torch.as_tensor(rows, dtype=dtype, device=dev)
-    g = config.grid
-    eps = 1e-6 * g.dx
-    box = (torch.tensor([o + g.dx for o in g.origin], dtype=dtype, device=dev),
-           torch.tensor([o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res)], dtype=dtype, device=dev))
+    box = tuple(torch.tensor(corner, dtype=dtype, device=dev) for corner in config.grid.stencil_box)
     gravity = torch.tensor(config.gravity, dtype=dtype, device=dev)
     keep = damping.reshape(()) ** dt
 
@@ -179,7 +176,8 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         return x, v
 
     xv = [(state.x[c.v_rows], state.v[c.v_rows]) for c in cloths]
-    xs, Fs = [state.x.unsqueeze(0)], [state.F.unsqueeze(0)]
+    X, F = state.x, state.F
+    xs, Fs = [X.unsqueeze(0)], [F.unsqueeze(0)]
     grad = torch.is_grad_enabled()
     total = (num_frames - 1) * spf
     for k in range(num_frames - 1):
@@ -199,12 +197,9 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         Fs.append(F.unsqueeze(0))
         if progress is not None:
             progress((k + 1) * spf, total)
-    X, F = _particles(state, cloths, xv)
-    V = state.v.clone()
+    V = state.v
     for c, (_, v) in zip(cloths, xv):
-        V = V.index_copy(0, torch.arange(c.v_rows.start, c.v_rows.stop, device=dev), v)
-        ve = v[c.faces].mean(1)
-        V = V.index_copy(0, torch.arange(c.e_rows.start, c.e_rows.stop, device=dev), ve)
+        V = V.index_copy(0, _rows(c.v_rows, dev), v).index_copy(0, _rows(c.e_rows, dev), v[c.faces].mean(1))
     final = State(X, V, torch.zeros_like(state.C), F)
     return torch.cat(xs), torch.cat(Fs), final, total
 
@@ -215,8 +210,10 @@ def _particles(state: State, cloths: list[_Cloth], xv) -> tuple[torch.Tensor, to
     X, F = state.x, state.F
     for c, (x, _) in zip(cloths, xv):
         xe, Fe = c.element_state(x)
-        dev = x.device
-        X = X.index_copy(0, torch.arange(c.v_rows.start, c.v_rows.stop, device=dev), x)
-        X = X.index_copy(0, torch.arange(c.e_rows.start, c.e_rows.stop, device=dev), xe)
-        F = F.index_copy(0, torch.arange(c.e_rows.start, c.e_rows.stop, device=dev), Fe)
+        X = X.index_copy(0, _rows(c.v_rows, x.device), x).index_copy(0, _rows(c.e_rows, x.device), xe)
+        F = F.index_copy(0, _rows(c.e_rows, x.device), Fe)
     return X, F
+
+
+def _rows(rows: slice, device) -> torch.Tensor:
+    return torch.arange(rows.start, rows.stop, device=device)

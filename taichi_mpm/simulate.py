@@ -188,8 +188,7 @@ def _check_inputs(model: Model, state: State, params: Params, config: SimConfig,
     # where a particle's 3x3x3 stencil lies inside the grid (the engine keeps them there): a state
     # that a previous rollout ended in is always accepted, so rollouts chain
     g = config.grid
-    lo = tuple(o + g.dx for o in g.origin)
-    hi = tuple(o + (r - 2) * g.dx - 1e-6 * g.dx for o, r in zip(g.origin, g.res))
+    lo, hi = g.stencil_box
     xd = state.x.detach()
     lo_t = torch.tensor(lo, dtype=dtype, device=dev)
     hi_t = torch.tensor(hi, dtype=dtype, device=dev)
@@ -257,6 +256,14 @@ def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Te
             drag = _per_particle(params.drag_coefficient, n, "drag_coefficient")
         if params.max_stretch is not None:
             max_stretch = _per_particle(params.max_stretch, n, "max_stretch")
+    friction, damping = _friction_and_damping(model, params)
+    force = torch.zeros(n, 3, dtype=dtype, device=dev)
+    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag, max_stretch)
+    return material, friction, damping
+
+
+def _friction_and_damping(model: Model, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-collider friction ``[max(C, 1)]`` and damping ``[1]``, as both solvers take them."""
     n_coll = len(model.colliders)
     friction = params.friction.reshape(-1)
     if n_coll == 0:
@@ -265,11 +272,7 @@ def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Te
         friction = friction.expand(n_coll)
     elif friction.numel() != n_coll:
         raise ValueError(f"friction must be a scalar or have one value per collider ({n_coll}), got {friction.numel()}")
-    friction = friction.contiguous()
-    damping = params.damping.reshape(1).contiguous()
-    force = torch.zeros(n, 3, dtype=dtype, device=dev)
-    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag, max_stretch)
-    return material, friction, damping
+    return friction.contiguous(), params.damping.reshape(1).contiguous()
 
 
 def _mesh_params(model: Model, params: Params) -> tuple:
@@ -281,8 +284,7 @@ def _mesh_params(model: Model, params: Params) -> tuple:
     mass = _per_particle(params.density, n, "density") * model.mass_volume
     bending = None if params.bending_stiffness is None else _per_particle(params.bending_stiffness, n, "bending_stiffness")
     drag = None if params.drag_coefficient is None else _per_particle(params.drag_coefficient, n, "drag_coefficient")
-    _, friction, damping = _packed_params(model, params)
-    return mu, lam, mass, bending, drag, friction, damping
+    return (mu, lam, mass, bending, drag) + _friction_and_damping(model, params)
 
 
 def _control_schedule(control: torch.Tensor | None, control_stride: int, n: int, total: int) -> dict[int, int]:

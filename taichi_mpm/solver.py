@@ -193,8 +193,7 @@ class Engine:
         self.origin = tuple(float(o) for o in g.origin)
         self.gravity = tuple(float(a) for a in config.gravity)
         # particles stay where their 3x3x3 stencil lies inside the grid (see kernels.g2p)
-        eps = 1e-6 * g.dx
-        self.clamp = tuple(o + g.dx for o in g.origin) + tuple(o + (r - 2) * g.dx - eps for o, r in zip(g.origin, g.res))
+        self.clamp = g.stencil_box[0] + g.stencil_box[1]
         # the same box as two [3] tensors, for the strain limit's positions (see _limit)
         box = torch.tensor(self.clamp, dtype=self.dtype, device=self.device)
         self.box = (box[:3], box[3:])
