@@ -24,7 +24,8 @@ Cloth layers do not bounce: a dashpot 2 zeta m_p omega on the normal relative sp
 DAMPING_RATIO = 0.5; omega = OMEGA_DT / dt) acts with the spring inside the layer, its force along n
 like the spring's (so the same weights carry it to the triangle).  2 zeta omega dt = 0.5 per pair
 keeps symplectic Euler stable where a triangle's corner carries up to four vertices of the other
-layer (critical damping, 1.0 per pair, gave a NaN in the demo's drop).  The tests check the spring against its energy and both with gradcheck.
+layer (critical damping, 1.0 per pair, gave a NaN in the demo's drop).  The tests check the
+spring against its energy, and spring and dashpot with gradcheck.
 
 Stiffness: k = m_p (OMEGA_DT / dt)^2, a contact oscillation of OMEGA_DT radians per substep for the
 vertex's own mass m_p: stiff enough to stop a vertex at 3 m/s within 2 (dt / OMEGA_DT) v (0.5 mm
@@ -34,9 +35,9 @@ contacts on one vertex.  It stiffens as dt shrinks: the limit is hard contact at
 Pairs: found from detached positions (scipy's cKDTree: vertices against triangle centroids) and
 kept as a Verlet list with a margin of h, searched again once the vertices' displacements could
 have closed it (``Search``); pairs beyond h add exactly zero, so the search decides the cost, not
-the result.  Excluded: each vertex with the triangles
-around its one-ring (they touch it on the mesh).  Not handled: edge-edge proximity (two edges can
-cross between vertices when the mesh spacing is many times h) and friction between layers.
+the result.  Excluded: each vertex with the triangles around its one-ring (they touch it on the
+mesh).  Not handled: edge-edge proximity (two edges can cross between vertices when the mesh
+spacing is many times h; README, "Cloth physics", for what was tried) and friction between layers.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ OMEGA_DT = 0.5
 #: the contact's dashpot, as a fraction of critical damping (cloth layers do not bounce apart)
 DAMPING_RATIO = 0.5
 _TINY = 1e-12
+#: vertices x triangles up to which the excluded pairs are a dense table (bytes)
+DENSE_EXCLUSION_LIMIT = 20_000_000
 
 
 def closest_points(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -130,14 +133,15 @@ class Search:
         self.margin = thickness
         rows = np.repeat(np.arange(self.ne), 3)
         inc = sparse.csr_matrix((np.ones(3 * self.ne), (self.faces.reshape(-1), rows)), shape=(self.nv, self.ne))
-        self.inc = inc
         adj = (inc @ inc.T).tocsr()  # vertices sharing a triangle (and each vertex itself)
         near = (adj @ inc).tocoo()  # triangles touching the one-ring
-        self.excluded = np.unique(near.row.astype(np.int64) * self.ne + near.col)
-        self._dense = None
-        if self.nv * self.ne <= 20_000_000:  # a lookup table while it is small (20 MB)
+        # the excluded (vertex, triangle) pairs: a lookup table while it is small, else sorted codes
+        self._dense = self.excluded = None
+        if self.nv * self.ne <= DENSE_EXCLUSION_LIMIT:
             self._dense = np.zeros((self.nv, self.ne), dtype=bool)
             self._dense[near.row, near.col] = True
+        else:
+            self.excluded = np.unique(near.row.astype(np.int64) * self.ne + near.col)
         self._pairs = None
         self._x_search = None
         self._by_step: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -237,6 +237,19 @@ def test_search_finds_every_pair_within_the_thickness():
     assert all((v < V // 2) != (t < E // 2) for v, t in needed)
 
 
+def test_search_excludes_the_same_pairs_with_codes_as_with_the_table(monkeypatch):
+    from dreamcloth.taichi_mpm import self_contact as SC
+
+    verts, faces = _two_layers(gap=0.002)
+    x = torch.tensor(verts, dtype=F64)
+    table = SC.Search(faces, len(verts), 0.004).pairs(x, 0)
+    monkeypatch.setattr(SC, "DENSE_EXCLUSION_LIMIT", 0)
+    codes = SC.Search(faces, len(verts), 0.004)
+    assert codes._dense is None
+    for a, b in zip(table, codes.pairs(x, 0)):
+        assert torch.equal(a, b)
+
+
 def test_a_falling_layer_stops_on_the_other_and_gradients_match_central_differences():
     """The upper layer falls at 0.5 m/s onto the lower one, held flat (pinned): it stops about the
     thickness above it, and the gradients of young_modulus, damping and density through the contact
