@@ -18,10 +18,10 @@ def grid_convergence(coarse: int = 32, fine: int = 64, bending: float = 2e-5, n:
     from dreamcloth.cli.pipeline.scene import load_scene
     from dreamcloth.cli.pipeline.simulate import measured_convergence
 
-    from .demo_variants import demo_scene_text
+    from .demo_variants import demo_scene_text, with_cloth_solver
 
     path = Path(tempfile.mkdtemp(prefix="convergence_")) / f"grid{coarse}.toml"
     text = demo_scene_text({"grid": coarse, "frames": frames, "mesh": f"grid:{n}x{n}", "bending_stiffness": bending})
-    path.write_text(text.replace("[scene]\n", f'[scene]\ncloth_solver = "{cloth_solver}"\n', 1))
+    path.write_text(with_cloth_solver(text, cloth_solver))
     c = measured_convergence(load_scene(path), fine)
     return {k: c[k] for k in ("iou", "worst", "worst_frame", "mean")}

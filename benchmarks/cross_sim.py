@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import Measurement
+from .demo_variants import with_cloth_solver
 
 SECTION = "accuracy"
 DATA = Path(__file__).parent / "data" / "cross_sim"
@@ -255,8 +256,9 @@ NEWTON_CONTACT_KD = 1.0e-2
 NEWTON_CONTACT_GAP = 0.01
 
 
-def simulate_newton(case: Case) -> tuple[np.ndarray, dict]:
-    """Run ``case`` with Newton's VBD solver on the CPU; positions ``[FRAMES, V, 3]`` and what was used."""
+def simulate_newton(case: Case, substeps: int = NEWTON_SUBSTEPS, iterations: int = NEWTON_ITERATIONS) -> tuple[np.ndarray, dict]:
+    """Run ``case`` with Newton's VBD solver on the CPU (``substeps`` steps of ``iterations`` sweeps a
+    frame); positions ``[FRAMES, V, 3]`` and what was used."""
     import warp as wp  # noqa: PLC0415 - optional: the crosssim extra
 
     import newton  # noqa: PLC0415
@@ -290,18 +292,18 @@ def simulate_newton(case: Case) -> tuple[np.ndarray, dict]:
     model.soft_contact_kd = NEWTON_CONTACT_KD
     model.soft_contact_mu = nc.mu
     pipeline = newton.CollisionPipeline(model, soft_contact_gap=NEWTON_CONTACT_GAP)
-    solver = newton.solvers.SolverVBD(model, iterations=NEWTON_ITERATIONS, particle_enable_self_contact=case.self_contact,
+    solver = newton.solvers.SolverVBD(model, iterations=iterations, particle_enable_self_contact=case.self_contact,
                                       particle_self_contact_radius=nc.particle_radius if case.self_contact else None,
                                       particle_self_contact_margin=2 * nc.particle_radius if case.self_contact else None)
     s0, s1 = model.state(), model.state()
     control = model.control()
     contacts = pipeline.contacts()
-    dt = 1.0 / FPS / NEWTON_SUBSTEPS
+    dt = 1.0 / FPS / substeps
     n = len(verts)
     xs = [s0.particle_q.numpy()[:n].copy()]
     t0 = time.perf_counter()
     for _ in range(FRAMES - 1):
-        for _ in range(NEWTON_SUBSTEPS):
+        for _ in range(substeps):
             s0.clear_forces()
             pipeline.collide(s0, contacts)
             solver.step(s0, s1, control, contacts, dt)
@@ -313,7 +315,7 @@ def simulate_newton(case: Case) -> tuple[np.ndarray, dict]:
     e2d, nu = membrane_young_modulus(nc)
     info = {
         "simulator": f"newton {newton.__version__} (warp-lang {wp.__version__}), SolverVBD on the CPU",
-        "solver": {"name": "SolverVBD", "substeps_per_frame": NEWTON_SUBSTEPS, "iterations": NEWTON_ITERATIONS, "dt": dt,
+        "solver": {"name": "SolverVBD", "substeps_per_frame": substeps, "iterations": iterations, "dt": dt,
                    "self_contact": case.self_contact},
         "material": {**dataclasses.asdict(nc), "areal_density": AREAL_DENSITY,
                      "equivalent": {"membrane_young_modulus_N_per_m": e2d, "membrane_poisson_ratio": nu,
@@ -426,7 +428,7 @@ def with_solver(name: str, cloth_solver: str, folder: Path = DATA) -> Path:
     out = Path(tempfile.mkdtemp(prefix=f"cross_sim_{cloth_solver}_"))
     shutil.copy(folder / f"{name}.npz", out / f"{name}.npz")
     text = (folder / f"{name}.toml").read_text()
-    (out / f"{name}.toml").write_text(text.replace("[scene]\n", f'[scene]\ncloth_solver = "{cloth_solver}"\n', 1))
+    (out / f"{name}.toml").write_text(with_cloth_solver(text, cloth_solver))
     return out
 
 
@@ -499,20 +501,14 @@ REFINED = ((20, 40), (80, 10), (80, 40), (160, 40))
 def newton_convergence(name: str, settings=REFINED) -> list[dict]:
     """Newton against itself: case ``name`` re-made at finer VBD ``settings`` (needs newton), the
     mean mask IoU of the unseen frames against the stored video and between successive settings."""
-    global NEWTON_SUBSTEPS, NEWTON_ITERATIONS
     from dreamcloth.cli.pipeline.scene import load_scene
 
     x0, faces, info = load_case(name)
     scene = load_scene(DATA / f"{name}.toml")
     runs = [((info["solver"]["substeps_per_frame"], info["solver"]["iterations"]), exact_masks(x0, faces, scene))]
-    saved = NEWTON_SUBSTEPS, NEWTON_ITERATIONS
-    try:
-        for sub, it in settings:
-            NEWTON_SUBSTEPS, NEWTON_ITERATIONS = sub, it
-            x, _ = simulate_newton(CASES[name])
-            runs.append(((sub, it), exact_masks(x, faces, scene)))
-    finally:
-        NEWTON_SUBSTEPS, NEWTON_ITERATIONS = saved
+    for sub, it in settings:
+        x, _ = simulate_newton(CASES[name], sub, it)
+        runs.append(((sub, it), exact_masks(x, faces, scene)))
 
     def unseen(a, b):
         return float(np.mean([mask_iou(a[t], b[t]) for t in range(CONTEXT, FRAMES)]))

@@ -24,3 +24,10 @@ def demo_scene_text(values: dict, fit: dict[str, tuple[float, float]] | None = N
         if count != 1:
             raise KeyError(f"demo_drape.toml has no line '{key} = ...'")
     return text
+
+
+def with_cloth_solver(text: str, solver: str) -> str:
+    """Scene file ``text`` with ``[scene] cloth_solver = solver`` (the key must not be there yet)."""
+    if "\ncloth_solver = " in text:
+        raise KeyError("the scene already sets cloth_solver")
+    return text.replace("[scene]\n", f'[scene]\ncloth_solver = "{solver}"\n', 1)
