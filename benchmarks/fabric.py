@@ -6,7 +6,9 @@
 - stretch under self-weight: a sheet hanging from its top edge stretches by w g L^2 / (2 E);
 - terminal speed: a horizontal sheet falling flat reaches sqrt(2 w g / (rho_air C_d)).
 
-``solver`` is the cloth solver (``SimConfig.cloth_solver``): "mpm" on the grid or "mesh" without one.
+``solver`` is the cloth solver (``SimConfig.cloth_solver``): "mpm" on the grid or "mesh" without one,
+its membrane explicit; "mesh-implicit" is the mesh solver with its implicit membrane step
+(``SimConfig.membrane_iterations``, the scene files' default iterations).
 """
 
 import math
@@ -17,6 +19,7 @@ from scipy.integrate import solve_bvp
 
 from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, grid_mesh, simulate, stable_config
 from dreamcloth.taichi_mpm.cloth_forces import AIR_DENSITY
+from dreamcloth.taichi_mpm.mesh_cloth import MEMBRANE_ITERATIONS
 
 F64 = torch.float64
 G = 9.81
@@ -35,6 +38,13 @@ def elastica_tip_deflection(load: float) -> float:
         raise RuntimeError(f"elastica: {sol.message}")
     s = np.linspace(0, 1, 4001)
     return float(np.trapezoid(np.sin(sol.sol(s)[0]), s))
+
+
+def solver_config(solver: str) -> dict:
+    """``SimConfig`` fields of a cloth ``solver`` name (module docstring)."""
+    if solver == "mesh-implicit":
+        return {"cloth_solver": "mesh", "membrane_iterations": MEMBRANE_ITERATIONS}
+    return {"cloth_solver": solver}
 
 
 def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, density=0.2, membrane=300.0, seconds=1.2,
@@ -56,7 +66,7 @@ def cantilever(load: float, grid_res: int, length=0.2, width=0.04, nx=22, nz=5, 
                            bending_stiffness=bending, drag_coefficient=0.0, dtype=F64)
     bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
                     normal_stiffness=(membrane, membrane), min_length=h)
-    cfg = stable_config(grid, 10.0, bounds, cloth_solver=solver)
+    cfg = stable_config(grid, 10.0, bounds, **solver_config(solver))
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * 10) + 1, bounds=bounds)
     tip = list(range((nx - 1) * nz, nx * nz))
@@ -82,7 +92,7 @@ def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width
                            dtype=F64)
     bounds = Bounds((membrane, membrane), (0.0, 0.0), (density, density), max_speed=2.0, shear_stiffness=(membrane, membrane),
                     normal_stiffness=(membrane, membrane), min_length=length / (nx - 1))
-    cfg = stable_config(grid, 20.0, bounds, cloth_solver=solver)
+    cfg = stable_config(grid, 20.0, bounds, **solver_config(solver))
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * 20) + 1, bounds=bounds)
     y0 = float(state.x[bottom, 1].mean())
@@ -105,7 +115,7 @@ def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=
     params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag, dtype=F64)
     bounds = Bounds((E, E), (0.3, 0.3), (density, density), max_speed=3.0, shear_stiffness=(E, E), normal_stiffness=(E, E),
                     min_length=size / (n - 1))
-    cfg = stable_config(grid, fps, bounds, cloth_solver=solver)
+    cfg = stable_config(grid, fps, bounds, **solver_config(solver))
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
     y = traj.x[:, : n * n, 1].mean(1).numpy()

@@ -223,7 +223,9 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
         if bool(((xs < torch.tensor(lo, dtype=dtype, device=xs.device)) | (xs > torch.tensor(hi, dtype=dtype, device=xs.device))).any()):
             raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
     bounds = _bounds(scene, grid, M.min_rest_edge(model))
-    cfl_substeps = M.substeps_for(s.fps, M.max_dt(grid.dx, bounds, mesh=s.cloth_solver == "mesh"))
+    mesh = s.cloth_solver == "mesh"
+    iterations = s.membrane_iterations if mesh else 0
+    cfl_substeps = M.substeps_for(s.fps, M.max_dt(grid.dx, bounds, mesh=mesh, implicit_membrane=iterations > 0))
     if substeps is None:
         substeps = s.substeps or cfl_substeps
     # The scene's flip is the FLIP share per substep of its CFL time step, and is kept per unit time
@@ -235,7 +237,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
     # their CFL substeps are unchanged.
     config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity, flip=s.flip,
                          flip_dt=1.0 / (s.fps * cfl_substeps), cloth_solver=s.cloth_solver,
-                         cloth_thickness=s.cloth_thickness)
+                         cloth_thickness=s.cloth_thickness, membrane_iterations=iterations)
     return Simulation(scene, model, state, config, bounds, list(b.ranges), faces, dtype, torch.device(device))
 
 
