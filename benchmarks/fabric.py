@@ -8,7 +8,7 @@
 
 ``solver`` is the cloth solver (``SimConfig.cloth_solver``): "mpm" on the grid or "mesh" without one,
 its membrane explicit; "mesh-implicit" is the mesh solver with its implicit membrane step
-(``SimConfig.membrane_iterations``, the scene files' default iterations).
+(``SimConfig.membrane = "implicit"``, the scene files' default for the mesh solver).
 """
 
 import math
@@ -19,7 +19,6 @@ from scipy.integrate import solve_bvp
 
 from dreamcloth.taichi_mpm import Bounds, GridSpec, ModelBuilder, Params, grid_mesh, simulate, stable_config
 from dreamcloth.taichi_mpm.cloth_forces import AIR_DENSITY
-from dreamcloth.taichi_mpm.mesh_cloth import MEMBRANE_ITERATIONS
 
 F64 = torch.float64
 G = 9.81
@@ -43,7 +42,7 @@ def elastica_tip_deflection(load: float) -> float:
 def solver_config(solver: str) -> dict:
     """``SimConfig`` fields of a cloth ``solver`` name (module docstring)."""
     if solver == "mesh-implicit":
-        return {"cloth_solver": "mesh", "membrane_iterations": MEMBRANE_ITERATIONS}
+        return {"cloth_solver": "mesh", "membrane": "implicit"}
     return {"cloth_solver": solver}
 
 

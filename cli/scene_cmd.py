@@ -37,7 +37,7 @@ def check(
     console.print(f"{s.frames} frames at {s.fps:g} fps, {sim.config.substeps_per_frame} substeps per frame "
                   f"(dt {sim.config.dt:.3g} s{'' if s.substeps else ', from the CFL bound of the fit ranges'}); "
                   + (f"cloth solver: mesh (no grid; cloth-cloth contact at {1e3 * s.cloth_thickness:g} mm; membrane "
-                     + (f"implicit, {s.membrane_iterations} iterations a substep); " if s.membrane_iterations else "explicit); ")
+                     + f"{s.membrane}); "
                      if s.cloth_solver == "mesh" else f"grid {g.res[0]}x{g.res[1]}x{g.res[2]}, dx {g.dx:.4g} m; ")
                   + f"gravity {list(s.gravity)}")
     t = Table(title="objects")

@@ -366,9 +366,7 @@ class ImplicitBending:
     factored once per (masses, row stiffnesses, dt) and reused by every substep that has them.
 
     ``free [V]`` is 1 on free vertices, 0 on pinned ones.  Works in float64 on the CPU (scipy's
-    LAPACK); tensors of other dtypes or devices are converted at the boundary.  Any operator with
-    ``rows``, ``cols``, ``coef`` and ``num_rows`` serves: the mesh solver's implicit membrane step
-    uses one (``mesh_cloth.MembraneStencil``).
+    LAPACK); tensors of other dtypes or devices are converted at the boundary.
     """
 
     def __init__(self, op: BendingOperator, free: torch.Tensor):
@@ -440,12 +438,6 @@ class _BandedSolve(torch.autograd.Function):
         return lam, g_mass, g_k, None, None
 
 
-def banded_solve(rhs: torch.Tensor, mass: torch.Tensor, row_k: torch.Tensor, system: ImplicitBending, dt: float) -> torch.Tensor:
-    """``A^-1 rhs`` for ``A = diag(mass) + dt^2 L_P^T diag(row_k) L_P`` (``system``'s operator),
-    differentiable in ``rhs``, ``mass`` and ``row_k`` (the adjoint is one more solve)."""
-    return _BandedSolve.apply(rhs, mass, row_k, system, dt)
-
-
 def implicit_bending_force(x: torch.Tensor, v: torch.Tensor, stiffness: torch.Tensor, mass: torch.Tensor,
                            free: torch.Tensor, dt: float, system: ImplicitBending, faces: torch.Tensor) -> torch.Tensor:
     """The bending force of one backward-Euler step (module docstring) on ``[V, 3]`` vertices of
@@ -454,7 +446,7 @@ def implicit_bending_force(x: torch.Tensor, v: torch.Tensor, stiffness: torch.Te
     if op.num_rows == 0:
         return torch.zeros_like(x)
     rhs = dt * free[:, None] * bending_force(x + dt * v, stiffness, op, faces)
-    dv = banded_solve(rhs, mass, row_stiffness(stiffness, op), system, dt)
+    dv = _BandedSolve.apply(rhs, mass, row_stiffness(stiffness, op), system, dt)
     return (mass / dt)[:, None] * dv
 
 

@@ -83,6 +83,8 @@ class GridSpec:
 #: ``SimConfig.cloth_solver``: "mpm" (the cloth on the grid, Jiang et al. 2017) or "mesh" (grid-free,
 #: see ``mesh_cloth``)
 CLOTH_SOLVERS = ("mpm", "mesh")
+#: ``SimConfig.membrane``: the mesh solver's membrane integrator
+MEMBRANES = ("explicit", "implicit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +101,9 @@ class SimConfig:
     ``cloth_solver``: ``"mpm"`` simulates cloth on the grid; ``"mesh"`` integrates a cloth-only scene
     on its mesh alone, without a grid (``mesh_cloth``; the grid then only bounds the domain), with
     cloth-cloth contact at ``cloth_thickness`` (m; 0: none; ``self_contact``).
-    ``membrane_iterations`` (mesh solver only): 0 integrates the membrane explicitly (dt under its
-    CFL bound); n >= 1 takes a backward-Euler membrane step solved by n preconditioned Newton
-    iterations per substep, so that dt no longer depends on the stretch stiffness (``mesh_cloth``).
+    ``membrane`` (mesh solver only): ``"explicit"`` integrates the membrane with the other forces
+    (dt under its stiffness CFL bound); ``"implicit"`` takes a backward-Euler membrane step solved
+    to convergence, so that dt no longer depends on the stretch stiffness (``membrane_newton``).
     ``flip`` blends FLIP into the grid-to-particle velocity (0: APIC, the default; see ``kernels.g2p``):
     the share of a particle's own velocity kept at each transfer, or, with ``flip_dt``, kept per
     ``flip_dt`` seconds: a substep of length dt then keeps ``flip ** (dt / flip_dt)``
@@ -121,7 +123,7 @@ class SimConfig:
     flip_dt: float | None = None
     cloth_solver: str = "mpm"
     cloth_thickness: float = 0.0
-    membrane_iterations: int = 0
+    membrane: str = "explicit"
 
     def __post_init__(self):
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -139,8 +141,8 @@ class SimConfig:
             raise ValueError(f"cloth_solver must be one of {', '.join(map(repr, CLOTH_SOLVERS))}, got {self.cloth_solver!r}")
         if not (0.0 <= self.cloth_thickness < 1.0):
             raise ValueError(f"cloth_thickness must be in [0, 1) m, got {self.cloth_thickness}")
-        if not (0 <= int(self.membrane_iterations) <= 100):
-            raise ValueError(f"membrane_iterations must be in [0, 100], got {self.membrane_iterations}")
+        if self.membrane not in MEMBRANES:
+            raise ValueError(f"membrane must be one of {', '.join(map(repr, MEMBRANES))}, got {self.membrane!r}")
         if self.scatter not in ("auto", "colored", "serial", "atomic"):
             raise ValueError(f"scatter must be 'auto', 'colored', 'serial' or 'atomic', got {self.scatter!r}")
 

@@ -35,20 +35,10 @@ layers of a fold h apart (``self_contact``; its forces join f above).  It replac
 particle's d3 (shear and normal) terms, which on the grid stop a fold a cell thick.  The strain
 limit is not applied (an error says so), and only cloth scenes with analytic colliders run here.
 
-Implicit membrane (``SimConfig.membrane_iterations`` n >= 1): the membrane leaves the explicit
-forces, and after them (velocity v*) a backward-Euler step solves  M (v - v*) = dt f(x + dt v)  by n
-Newton iterations with the Hessian replaced by the constant  K = L^T diag(k) L:  L maps positions to
-the triangles' F columns (``MembraneStencil``) and k = (2 mu + lam) A per row, the membrane's
-Hessian at rest under uniaxial stretch.  Each iteration is one banded solve of M + dt^2 K (factored
-once per rollout, ``cloth_forces.ImplicitBending``; its adjoint is the same solve), i.e. projective
-dynamics' local-global step with the fixed-corotated force as the local step.  A fixed point is
-the backward-Euler step, so equilibria (stretch, cantilever) come out as with the explicit
-membrane at any dt, and dt is no longer bounded by the stiffness (``cfl.CFL_NUMBER_MOTION``).
-Motion is not: K treats a triangle's rotation as stiff, so where rotations dominate (a swinging
-sheet) the few iterations leave a lag that grows with dt / (the explicit CFL dt), whatever the
-stiffness (README "Cloth physics": 3.2 mm per unit of that ratio on a 7x7 swinging cloth).
-Starting each solve from the previous substep's membrane velocity change, which would cut the
-lag, was unstable (NaN within 4 frames at 24-96 substeps per frame; not kept).
+Implicit membrane (``SimConfig.membrane = "implicit"``): the membrane leaves the explicit forces,
+and after them (velocity v*) a backward-Euler step solved to convergence by Newton's method gives
+the new positions (``membrane_newton``).  dt is then bounded by the motion, not the stiffness
+(``cfl.CFL_NUMBER_MOTION``).
 
 Memory: autograd keeps one frame's substeps at a time (``torch.utils.checkpoint`` around each
 frame) plus the frames' states.
@@ -56,26 +46,21 @@ frame) plus the frames' states.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import torch
-from scipy import sparse
 from torch.utils.checkpoint import checkpoint
 
 from . import cloth_contact as CC
 from . import cloth_forces as CF
+from . import membrane_newton as MN
+from .membrane import membrane_stencil, stencil_membrane_forces
 from . import self_contact as SC
 from .colliders import pack
 from .config import SimConfig
 from .errors import SimulationError
 from .model import Model, Params, State
 
-#: iterations per substep of the implicit membrane step in the fabric benchmarks' "mesh-implicit"
-#: solver (README "Cloth physics": the convergence study)
-MEMBRANE_ITERATIONS = 2
-#: floor of det(F^T F) in the membrane force: a triangle squashed to a line keeps a finite force
-_DET_FLOOR = 1e-12
 
 
 def check_supported(model: Model, params: Params) -> None:
@@ -90,89 +75,11 @@ def check_supported(model: Model, params: Params) -> None:
         raise ValueError("cloth_solver 'mesh' does not apply max_stretch (the strain limit); use cloth_solver = 'mpm'")
 
 
-def membrane_forces(x: torch.Tensor, faces: torch.Tensor, dm_inv: torch.Tensor, area: torch.Tensor, mu: torch.Tensor,
-                    lam: torch.Tensor) -> torch.Tensor:
-    """Vertex forces ``[V, 3]`` of the in-plane fixed-corotated membrane (module docstring):
-    positions ``x [V, 3]``, ``faces [E, 3]``, ``dm_inv [E, 2, 2]``, rest ``area [E]``, Lamé ``mu, lam [E]``."""
-    x0, x1, x2 = x[faces[:, 0]], x[faces[:, 1]], x[faces[:, 2]]
-    F = torch.stack([x1 - x0, x2 - x0], 2) @ dm_inv  # [E, 3, 2]
-    C = F.transpose(1, 2) @ F
-    a, b, d = C[:, 0, 0], C[:, 0, 1], C[:, 1, 1]
-    det = (a * d - b * b).clamp_min(_DET_FLOOR)
-    J = det.sqrt()
-    ssum = (a + d + 2 * J).sqrt()
-    # J C^-1 = adj(C) / J
-    jci = torch.stack([torch.stack([d, -b], 1), torch.stack([-b, a], 1)], 1) / J[:, None, None]
-    eye = torch.eye(2, dtype=x.dtype, device=x.device)
-    S = (2 * mu)[:, None, None] * (eye - (eye + jci) / ssum[:, None, None]) + (lam * (J - 1))[:, None, None] * jci
-    H = -(area[:, None, None] * (F @ S)) @ dm_inv.transpose(1, 2)  # [E, 3, 2]: forces on vertices 1 and 2
-    f = torch.zeros_like(x)
-    f = f.index_add(0, faces[:, 1], H[:, :, 0]).index_add(0, faces[:, 2], H[:, :, 1])
-    return f.index_add(0, faces[:, 0], -(H[:, :, 0] + H[:, :, 1]))
-
-
-def membrane_energy(x, faces, dm_inv, area, mu, lam) -> torch.Tensor:
-    """The energy whose negative gradient :func:`membrane_forces` is (for the tests)."""
-    x0, x1, x2 = x[faces[:, 0]], x[faces[:, 1]], x[faces[:, 2]]
-    F = torch.stack([x1 - x0, x2 - x0], 2) @ dm_inv
-    s = torch.linalg.svdvals(F)
-    return (area * (mu * ((s - 1) ** 2).sum(1) + 0.5 * lam * (s.prod(1) - 1) ** 2)).sum()
-
-
-@dataclasses.dataclass(frozen=True)
-class MembraneStencil:
-    """The rows of ``F = [x1 - x0, x2 - x0] Dm^-1`` as combinations of vertex positions: row 2t + j
-    is column j of triangle t's F, on its three vertices (``rows``, ``cols``, ``coef`` ``[6 E]``).
-    ``L^T diag(k) L`` with k = (2 mu + lam) A per row is the membrane's stiffness matrix for
-    ``cloth_forces.ImplicitBending`` (the module docstring, "Implicit membrane")."""
-
-    rows: torch.Tensor
-    cols: torch.Tensor
-    coef: torch.Tensor
-    num_rows: int
-    matrix: torch.Tensor  # L [2E, V] as a sparse CSR tensor
-    matrix_t: torch.Tensor  # L^T [V, 2E]
-
-
-def membrane_stencil(faces: torch.Tensor, dm_inv: torch.Tensor, num_vertices: int) -> MembraneStencil:
-    """The :class:`MembraneStencil` of triangles ``faces [E, 3]`` with rest inverses ``dm_inv [E, 2, 2]``."""
-    ne = int(faces.shape[0])
-    # column j of F: Dm^-1[0, j] (x1 - x0) + Dm^-1[1, j] (x2 - x0)
-    a, c = dm_inv[:, 0, :], dm_inv[:, 1, :]  # [E, 2]: Dm^-1[0, j], Dm^-1[1, j]
-    coef = torch.stack([-(a + c), a, c], 2).reshape(-1)  # [E, 2 (column), 3 (vertex)]
-    rows = torch.arange(2 * ne, device=faces.device).reshape(ne, 2, 1).expand(ne, 2, 3).reshape(-1)
-    cols = faces[:, None, :].expand(ne, 2, 3).reshape(-1)
-    m = sparse.csr_matrix((coef.detach().cpu().double().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())),
-                          shape=(2 * ne, num_vertices))
-    return MembraneStencil(rows, cols, coef, 2 * ne, CF.torch_csr(m, coef.dtype, coef.device),
-                           CF.torch_csr(m.T.tocsr(), coef.dtype, coef.device))
-
-
-def stencil_membrane_forces(x: torch.Tensor, stencil: MembraneStencil, area: torch.Tensor, mu: torch.Tensor,
-                            lam: torch.Tensor) -> torch.Tensor:
-    """:func:`membrane_forces` as two sparse products: F's columns ``L x`` and the forces
-    ``-L^T (A dpsi/dF)`` (the force is the transpose of the map from positions to F).  3x faster on a
-    41x41 cloth; the tests compare the two."""
-    fr = CF.sparse_product(x, stencil.matrix, stencil.matrix_t)  # [2E, 3]: rows 2t + j, column j of F_t
-    f0, f1 = fr[0::2], fr[1::2]
-    a, b, d = (f0 * f0).sum(1), (f0 * f1).sum(1), (f1 * f1).sum(1)  # C = F^T F
-    J = (a * d - b * b).clamp_min(_DET_FLOOR).sqrt()
-    c = 2 * mu / (a + d + 2 * J).sqrt()
-    l = lam * (J - 1) / J
-    # S = 2 mu I - c (I + adj(C) / J) + lam (J - 1) adj(C) / J,  adj(C) = [[d, -b], [-b, a]]
-    s00 = 2 * mu - c * (1 + d / J) + l * d
-    s11 = 2 * mu - c * (1 + a / J) + l * a
-    s01 = (c / J - l) * b
-    w = area[:, None]
-    p = torch.stack([w * (f0 * s00[:, None] + f1 * s01[:, None]), w * (f0 * s01[:, None] + f1 * s11[:, None])], 1)
-    return -CF.sparse_product(p.reshape(-1, 3), stencil.matrix_t, stencil.matrix)
-
-
 class _Cloth:
     """One cloth's constant data for the rollout (local vertex indices)."""
 
     def __init__(self, c, model: Model, mass: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, bending, drag,
-                 thickness: float, dt: float, membrane_iterations: int = 0):
+                 thickness: float, dt: float, implicit: bool = False):
         dtype, dev = model.volume.dtype, model.volume.device
         self.v_rows = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         self.e_rows = slice(c.element_start, c.element_start + c.num_elements)
@@ -193,11 +100,7 @@ class _Cloth:
         self.system = CF.ImplicitBending(c.bending, self.free) if self.bending is not None and c.bending.num_rows else None
         self.search = SC.Search(c.local_faces, c.num_vertices, thickness) if thickness > 0 else None
         self.stencil = membrane_stencil(self.faces, self.dm_inv, c.num_vertices)
-        self.membrane = None
-        if membrane_iterations:
-            self.membrane = CF.ImplicitBending(self.stencil, self.free)
-            # the rows' weights: the membrane's Hessian at rest under uniaxial stretch (docstring)
-            self.membrane_k = ((2 * self.mu + self.lam) * self.area).repeat_interleave(2)
+        self.newton = MN.NewtonMembrane(self.faces, self.dm_inv, self.area, self.free) if implicit else None
 
     def membrane_force(self, x: torch.Tensor) -> torch.Tensor:
         return stencil_membrane_forces(x, self.stencil, self.area, self.mu, self.lam)
@@ -222,8 +125,8 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     mu, lam, mass, bending, drag, friction, damping = packed
     dtype, dev = model.volume.dtype, model.volume.device
     dt, spf = config.dt, config.substeps_per_frame
-    iterations = int(config.membrane_iterations)
-    cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt, iterations) for c in model.cloth]
+    implicit = config.membrane == "implicit"
+    cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt, implicit) for c in model.cloth]
     kinds, rows, _ = pack(model.colliders)
     rows = torch.as_tensor(rows, dtype=dtype, device=dev)
     box = tuple(torch.tensor(corner, dtype=dtype, device=dev) for corner in config.grid.stencil_box)
@@ -232,7 +135,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
 
     def substep(c: _Cloth, x, v, step: int):
         t_end = (step + 1) * dt
-        f = torch.zeros_like(x) if c.membrane is not None else c.membrane_force(x)
+        f = torch.zeros_like(x) if c.newton is not None else c.membrane_force(x)
         if c.search is not None:
             vi, ti = c.search.pairs(x, step)
             f = f + SC.forces(x, v, c.mass, c.faces, vi, ti, config.cloth_thickness, dt)
@@ -242,9 +145,10 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         if c.system is not None:
             f = f + CF.implicit_bending_force(x, v, c.bending, c.mass, c.free, dt, c.system, c.faces)
         v = v + dt * (f / c.mass[:, None] + gravity)
-        if c.membrane is not None:
+        if c.newton is not None:
             v = torch.where(c.free_bool[:, None], v, c.pin_velocity)
-            v = implicit_membrane(c, x, v, dt, iterations)
+            yhat = x + dt * v  # where the other forces take the vertices; pinned ones go there
+            v = (MN.newton_step(c.newton, yhat, c.mass, c.mu, c.lam, dt, step) - x) / dt
         v = keep * v
         v = torch.where(c.free_bool[:, None], v, c.pin_velocity)
         x = x + dt * v
@@ -284,19 +188,6 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         V = V.index_copy(0, _rows(c.v_rows, dev), v).index_copy(0, _rows(c.e_rows, dev), v[c.faces].mean(1))
     final = State(X, V, torch.zeros_like(state.C), F)
     return torch.cat(xs), torch.cat(Fs), final, total
-
-
-def implicit_membrane(c: _Cloth, x: torch.Tensor, v_star: torch.Tensor, dt: float, iterations: int) -> torch.Tensor:
-    """The velocity after a backward-Euler membrane step from ``x`` with the other forces' velocity
-    ``v_star``: ``iterations`` Newton steps on  M (v - v*) = dt f(x + dt v)  with the Hessian
-    replaced by the constant ``L^T diag(k) L`` (module docstring, "Implicit membrane")."""
-    v = v_star
-    free = c.free[:, None]
-    for _ in range(iterations):
-        f = c.membrane_force(x + dt * v)
-        r = free * (dt * f + c.mass[:, None] * (v_star - v))
-        v = v + CF.banded_solve(r, c.mass, c.membrane_k, c.membrane, dt)
-    return v
 
 
 def _particles(state: State, cloths: list[_Cloth], xv) -> tuple[torch.Tensor, torch.Tensor]:

@@ -225,7 +225,7 @@ def _bounds_of(model: Model, state: State, params: Params, config: SimConfig, nu
 
 def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
     mesh = config.cloth_solver == "mesh"
-    dt_max = _cfl.max_dt(config.grid.dx, bounds, mesh=mesh, implicit_membrane=mesh and config.membrane_iterations > 0)
+    dt_max = _cfl.max_dt(config.grid.dx, bounds, mesh=mesh, implicit_membrane=mesh and config.membrane == "implicit")
     if config.dt > dt_max * (1 + 1e-9):
         raise ValueError(
             f"dt={config.dt:.4g} s is above the CFL bound {dt_max:.4g} s for these parameter ranges; "

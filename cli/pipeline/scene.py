@@ -5,8 +5,8 @@
                  time step, kept per unit time at other substep counts, 0 = APIC; default DEFAULT_FLIP),
                  cloth_solver = "mpm" (default) | "mesh" (cloth-only scenes without a grid: taichi_mpm/mesh_cloth.py),
                  cloth_thickness (m, the mesh solver's cloth-cloth contact distance; 0 = none; default 0.004),
-                 membrane_iterations (the mesh solver's implicit membrane: iterations per substep; 0 = an
-                 explicit membrane under its stiffness CFL bound, the default)
+                 membrane = "implicit" (default: the mesh solver's backward-Euler membrane step, dt from
+                 the motion) | "explicit" (dt under the membrane's stiffness CFL bound)
     [camera]     width, height, fov_y_deg, eye, look_at, up, background = [r,g,b],
                  masks = "background" (cut from the background colour) | "colour" (pipeline/colour_masks.py)
     [[object]]   name, kind = "cloth"|"solid", mesh = "grid:NxM" | "box" | "sphere" | path (trimesh),
@@ -34,9 +34,10 @@ from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
 #: (Newton's particle radius there); far above real fabric (0.2-1 mm), because only vertices are
 #: kept off triangles and a mesh's edges are 10-30 mm long
 DEFAULT_CLOTH_THICKNESS = 0.004
-#: the mesh solver's membrane when a scene file does not set ``[scene] membrane_iterations``: 0, the
-#: explicit one (the implicit step is opt-in: README "Cloth physics" for its accuracy)
-DEFAULT_MEMBRANE_ITERATIONS = 0
+#: the mesh solver's membrane when a scene file does not set ``[scene] membrane``: backward Euler
+#: solved to convergence (taichi_mpm.membrane_newton), whose time step does not depend on the
+#: stiffness (README "Cloth physics")
+DEFAULT_MEMBRANE = "implicit"
 #: the FLIP share of the grid-to-particle velocity when a scene file does not set ``[scene] flip``
 #: (0 is APIC; the engine's own ``SimConfig.flip`` stays 0).  Measured 2026-12-03 (README, "Cloth
 #: physics"): the demo's drop converges in the time step with 0.95 (worst per-frame IoU 165 vs 330
@@ -126,7 +127,7 @@ class SceneSettings:
     flip: float = DEFAULT_FLIP  # FLIP share of the grid-to-particle velocity (taichi_mpm.kernels.g2p)
     cloth_solver: str = "mpm"  # "mesh": a cloth-only scene without a grid (taichi_mpm.mesh_cloth)
     cloth_thickness: float = DEFAULT_CLOTH_THICKNESS  # m; the mesh solver's cloth-cloth contact (0: none)
-    membrane_iterations: int = DEFAULT_MEMBRANE_ITERATIONS  # the mesh solver's implicit membrane (0: explicit)
+    membrane: str = DEFAULT_MEMBRANE  # the mesh solver's membrane integrator: "implicit" | "explicit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +374,7 @@ def load_scene(path: str | Path) -> Scene:
         flip=sr.number("flip", DEFAULT_FLIP, low=0.0, high=0.999),
         cloth_solver=sr.string("cloth_solver", "mpm", choices=("mpm", "mesh")),
         cloth_thickness=sr.number("cloth_thickness", DEFAULT_CLOTH_THICKNESS, low=0.0, high=0.05),
-        membrane_iterations=sr.number("membrane_iterations", DEFAULT_MEMBRANE_ITERATIONS, low=0, high=100, integer=True),
+        membrane=sr.string("membrane", DEFAULT_MEMBRANE, choices=("implicit", "explicit")),
     )
     sr.finish()
 
@@ -427,7 +428,7 @@ def to_toml(scene: Scene) -> str:
         f"fps = {v(s.fps)}", f"frames = {v(s.frames)}", f"substeps = {v(s.substeps)}", f"gravity = {v(s.gravity)}",
         f"domain = {v([list(s.domain[0]), list(s.domain[1])])}", f"grid = {v(s.grid)}", f"flip = {v(s.flip)}",
         f"cloth_solver = {v(s.cloth_solver)}", f"cloth_thickness = {v(s.cloth_thickness)}",
-        f"membrane_iterations = {v(s.membrane_iterations)}", "",
+        f"membrane = {v(s.membrane)}", "",
         "[camera]",
         f"width = {v(c.width)}", f"height = {v(c.height)}", f"fov_y_deg = {v(c.fov_y_deg)}", f"eye = {v(c.eye)}",
         f"look_at = {v(c.look_at)}", f"up = {v(c.up)}", f"background = {v(c.background)}", f"masks = {v(c.masks)}", "",

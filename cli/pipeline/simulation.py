@@ -224,8 +224,8 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
             raise ValueError(f"{scene.path}: object {r.name!r} lies (partly) outside the scene domain {list(s.domain[0])} - {list(s.domain[1])}")
     bounds = _bounds(scene, grid, M.min_rest_edge(model))
     mesh = s.cloth_solver == "mesh"
-    iterations = s.membrane_iterations if mesh else 0
-    cfl_substeps = M.substeps_for(s.fps, M.max_dt(grid.dx, bounds, mesh=mesh, implicit_membrane=iterations > 0))
+    membrane = s.membrane if mesh else "explicit"
+    cfl_substeps = M.substeps_for(s.fps, M.max_dt(grid.dx, bounds, mesh=mesh, implicit_membrane=membrane == "implicit"))
     if substeps is None:
         substeps = s.substeps or cfl_substeps
     # The scene's flip is the FLIP share per substep of its CFL time step, and is kept per unit time
@@ -237,7 +237,7 @@ def build(scene: Scene, dtype: torch.dtype = torch.float32, device: str | torch.
     # their CFL substeps are unchanged.
     config = M.SimConfig(grid=grid, fps=s.fps, substeps_per_frame=substeps, gravity=s.gravity, flip=s.flip,
                          flip_dt=1.0 / (s.fps * cfl_substeps), cloth_solver=s.cloth_solver,
-                         cloth_thickness=s.cloth_thickness, membrane_iterations=iterations)
+                         cloth_thickness=s.cloth_thickness, membrane=membrane)
     return Simulation(scene, model, state, config, bounds, list(b.ranges), faces, dtype, torch.device(device))
 
 

@@ -11,7 +11,7 @@ import torch
 
 from dreamcloth.benchmarks.fabric import falling_sheet, hanging_stretch
 from dreamcloth.taichi_mpm import Bounds, Box, GridSpec, ModelBuilder, Params, grid_mesh, max_dt, simulate, stable_config
-from dreamcloth.taichi_mpm.mesh_cloth import membrane_energy, membrane_forces, membrane_stencil, stencil_membrane_forces
+from dreamcloth.taichi_mpm.membrane import membrane_energy, membrane_forces, membrane_stencil, stencil_membrane_forces
 
 from .cloth_scenes import F64, assert_gradients_match, cloth_bounds, cloth_params, config_for, drape_scene, scalar_central_differences
 
@@ -309,20 +309,41 @@ def test_a_falling_layer_stops_on_the_other_and_gradients_match_central_differen
 
 
 # ------------------------------------------------------------------------------------------------
-# the implicit membrane step (SimConfig.membrane_iterations)
+# the implicit membrane step (SimConfig.membrane = "implicit", taichi_mpm/membrane_newton.py)
+
+
+def test_newton_membrane_step_gradcheck():
+    """The converged step's gradient (implicit-function theorem, adjoint by conjugate gradients) in
+    every input, against float64 finite differences of the whole solve, a pinned vertex included."""
+    from dreamcloth.taichi_mpm import membrane_newton as MN
+
+    x, faces, dm_inv, area, mu, lam = _triangle_data(n=4, seed=2)
+    V = x.shape[0]
+    free = torch.ones(V, dtype=F64)
+    free[0] = 0
+    g = torch.Generator().manual_seed(1)
+    mass = 0.01 + 0.001 * torch.rand(V, generator=g, dtype=F64)
+
+    def step(yhat, mass, mu, lam):
+        return MN.newton_step(MN.NewtonMembrane(faces, dm_inv, area, free), yhat, mass, mu, lam, 0.01, 0)
+
+    y = step(x, mass, mu, lam)
+    assert (y - x).abs().max() > 1e-3  # the membrane moved the vertices
+    assert torch.equal(y[0], x[0])  # the pinned one stays where the other forces took it
+    inputs = tuple(t.clone().requires_grad_(True) for t in (x, mass, mu, lam))
+    assert torch.autograd.gradcheck(step, inputs, eps=1e-7, atol=1e-6, rtol=1e-4)
 
 
 def test_implicit_membrane_gradients_match_central_differences():
-    """Every parameter's gradient through 100 substeps of the implicit membrane step (two banded
-    solves a substep, differentiated in the forces, the masses and the stiffness rows), with contact,
-    friction, bending and drag acting, at a membrane stiffness whose explicit step would need 4x
+    """Every parameter's gradient through 100 substeps with the implicit membrane, with contact,
+    friction, bending and drag acting, at a membrane stiffness whose explicit step would need 10x
     more substeps."""
     grid, model, state = _drape()
     bounds = cloth_bounds(E=(100.0, 3000.0))
-    cfg = config_for(grid, 30.0, bounds, cloth_solver="mesh", membrane_iterations=2)
+    cfg = config_for(grid, 30.0, bounds, cloth_solver="mesh", membrane="implicit")
     explicit = config_for(grid, 30.0, bounds, cloth_solver="mesh")
-    assert explicit.substeps_per_frame > 4 * cfg.substeps_per_frame
-    frames = 6
+    assert explicit.substeps_per_frame > 10 * cfg.substeps_per_frame
+    frames = 4
     assert (frames - 1) * cfg.substeps_per_frame >= 100
     wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
 
@@ -348,32 +369,35 @@ def _swing(E):
     return model, state, p, bounds, GridSpec.from_domain((0, 0, 0), (1, 1, 1), 12)
 
 
-def test_implicit_membrane_converges_to_the_explicit_one():
-    """The swing at 2000 N/m over 1/3 s: the implicit step's distance from the explicit solver (mean
-    over the vertices, worst frame) shrinks as dt does, about linearly (measured 2026-12-05: 53, 18,
-    9.1 and 3.2 mm at 25, 50, 100 and 200 substeps per frame; the explicit one needs 284), and
-    the time-step bound of the implicit step does not depend on the stiffness."""
-    model, state, p, bounds, grid = _swing(2000.0)
+@pytest.mark.parametrize("E", [500.0, 8000.0])
+def test_implicit_membrane_error_does_not_depend_on_the_stiffness(E):
+    """The swing over 1/3 s: the implicit membrane's distance from the explicit solver (mean over
+    the vertices, worst frame) at its time-step bound and half of it is the same at 16x the
+    stiffness (measured 2026-12-05 at 42 and 84 substeps per frame: 2.3 and 1.3 mm at 500 N/m, 2.0
+    and 1.1 mm at 8,000, 2.2 and 1.2 mm at 32,000, where the explicit solver needs 146, 560 and
+    1,113), and the implicit time-step bound has no stiffness in it."""
+    model, state, p, bounds, grid = _swing(E)
     explicit = stable_config(grid, 24.0, bounds, cloth_solver="mesh")
-    implicit = stable_config(grid, 24.0, bounds, cloth_solver="mesh", membrane_iterations=2)
-    assert explicit.substeps_per_frame > 10 * implicit.substeps_per_frame
+    implicit = stable_config(grid, 24.0, bounds, cloth_solver="mesh", membrane="implicit")
     soft = dataclasses.replace(bounds, young_modulus=(10.0, 10.0))
     assert max_dt(grid.dx, soft, mesh=True, implicit_membrane=True) == max_dt(grid.dx, bounds, mesh=True, implicit_membrane=True)
+    assert implicit.substeps_per_frame == 42
     frames = 9
     with torch.no_grad():
         ref = simulate(model, state, p, explicit, frames, bounds=bounds).x[:, :49]
         err = []
-        for spf in (100, 200):
+        for spf in (42, 84):
             x = simulate(model, state, p, dataclasses.replace(implicit, substeps_per_frame=spf), frames, bounds=bounds).x[:, :49]
             err.append(float((x - ref).norm(dim=2).mean(1).max()))
+    print(E, explicit.substeps_per_frame, err)
     assert float(ref[-1, :, 1].mean() - ref[0, :, 1].mean()) < -0.1  # it swung down
-    assert err[1] < 0.5 * err[0] and err[1] < 0.005, err
+    assert err[1] < 0.7 * err[0] and err[0] < 0.003, err
 
 
 @pytest.mark.parametrize("experiment", ["stretch", "terminal"])
 def test_fabric_standards_with_the_implicit_membrane(experiment):
     """Equilibria and terminal speed do not depend on the membrane's integrator (measured
-    2026-12-05: stretch -0.005%, terminal -0.023%, the cantilever at w g L^3 / B = 4 within 0.08% of
+    2026-12-05: stretch -0.005%, terminal -0.02%, the cantilever at w g L^3 / B = 4 within 0.1% of
     the explicit membrane's deflection)."""
     if experiment == "stretch":
         d, ref = hanging_stretch(32, membrane=1000.0, solver="mesh-implicit")
@@ -383,24 +407,23 @@ def test_fabric_standards_with_the_implicit_membrane(experiment):
     assert got == pytest.approx(ref, rel=0.01)
 
 
-def test_membrane_iterations_errors_and_scene_key(tmp_path):
+def test_membrane_errors_and_scene_key(tmp_path):
     from dreamcloth.benchmarks.demo_variants import demo_scene_text, with_cloth_solver
     from dreamcloth.cli.pipeline.scene import SceneError, load_scene, to_toml
     from dreamcloth.cli.pipeline.simulation import build
 
     grid, model, state = _drape()
     cfg = config_for(grid, 30.0, cloth_bounds(), cloth_solver="mesh")
-    assert cfg.membrane_iterations == 0
-    with pytest.raises(ValueError, match="membrane_iterations"):
-        dataclasses.replace(cfg, membrane_iterations=-1)
+    assert cfg.membrane == "explicit"
+    with pytest.raises(ValueError, match="membrane"):
+        dataclasses.replace(cfg, membrane="newton")
     p = tmp_path / "s.toml"
     text = with_cloth_solver(demo_scene_text({"frames": 3}), "mesh")
     p.write_text(text)
-    assert build(load_scene(p)).config.membrane_iterations == 0  # explicit unless asked
-    p.write_text(text.replace("[scene]\n", "[scene]\nmembrane_iterations = 3\n", 1))
+    assert build(load_scene(p)).config.membrane == "implicit"  # the mesh solver's default in scene files
+    p.write_text(text.replace("[scene]\n", '[scene]\nmembrane = "explicit"\n', 1))
     scene = load_scene(p)
-    sim = build(scene)
-    assert sim.config.membrane_iterations == 3 and "membrane_iterations = 3" in to_toml(scene)
-    p.write_text(text.replace("[scene]\n", "[scene]\nmembrane_iterations = -2\n", 1))
-    with pytest.raises(SceneError, match="membrane_iterations"):
+    assert build(scene).config.membrane == "explicit" and 'membrane = "explicit"' in to_toml(scene)
+    p.write_text(text.replace("[scene]\n", '[scene]\nmembrane = "newton"\n', 1))
+    with pytest.raises(SceneError, match="membrane"):
         load_scene(p)

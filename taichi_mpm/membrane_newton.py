@@ -1,0 +1,284 @@
+"""The mesh solver's implicit membrane step solved to convergence (``SimConfig.membrane
+= "implicit"``): backward Euler on the membrane by Newton's method with a lagged Hessian, and its
+gradient from the implicit-function theorem.
+
+Why.  The membrane's explicit step needs dt under a CFL bound that shrinks with sqrt(stiffness):
+2,095 substeps per frame for a 41x41 cloth at 3,000 N/m.  Backward Euler is stable at any dt, but
+solved by a few iterations with a constant matrix (``mesh_cloth.implicit_membrane``, projective
+dynamics' local-global step) it leaves a lag that grows with dt / dt_CFL: that matrix treats a
+triangle's rotation as stiff.  Solved to convergence, the step is backward Euler itself, whose
+error on the cloth's motion does not depend on the stiffness (README "Cloth physics").
+
+What.  After the other forces (velocity v*, ``yhat = x + dt v*``), the new positions y minimise
+
+    Phi(y) = sum_v m_v |y_v - yhat_v|^2 / (2 dt^2) + E(y),   E the fixed-corotated membrane energy
+                                                              (``mesh_cloth`` module docstring),
+
+over the free vertices (pinned ones follow yhat, i.e. their pin velocity).  Newton's method with
+the Hessian M / dt^2 + H, H assembled from each triangle's 6x6 Hessian in F (torch.func) with its
+negative eigenvalues clamped to 0, in LAPACK's banded Cholesky (vertices in reverse Cuthill-McKee
+order, three unknowns each).  The factor is kept across iterations and substeps and renewed when
+an iteration shrinks the step by less than ``REFACTOR_RATIO``: the Hessian changes little between
+substeps, and the converged y does not depend on which Hessian led there.  Iterations stop once a
+step moves no vertex more than ``TOLERANCE`` m (float64 throughout, whatever the model's dtype).
+
+Gradient.  At the solution the residual  R = M (y - yhat) / dt^2 - f(y; mu, lam)  is zero on the
+free vertices, so for any input p, dy/dp = -J^-1 dR/dp with J = M / dt^2 + H the exact Hessian.
+The backward pass solves J lambda = dL/dy by conjugate gradients preconditioned with the kept
+factor (J's products exact, by forward-mode autodiff of the force) and gives dL/dp = -lambda^T dR/dp
+by autograd of R at the fixed solution.  The solutions are kept per substep (like the contact
+pairs of ``self_contact``), so the frame's recomputation in the backward pass reuses them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+import torch
+from scipy import sparse
+from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+from .errors import SimulationError
+from .membrane import _DET_FLOOR, membrane_stencil, stencil_membrane_forces
+
+#: a Newton step that moves no vertex more than this (m) ends the solve.  The gradient is that of
+#: the exact solution; the tests compare it with finite differences at 1e-14 m, which float64
+#: reaches on their small meshes (a 41x41 cloth at 3,000 N/m stalls near 2e-13 m)
+TOLERANCE = 1e-11
+#: steps (m) below which no line search is made: Phi's change is then round-off
+LINE_SEARCH_BELOW = 1e-7
+#: after ``MAX_ITERATIONS``, a last step below this (m) is round-off, not divergence: accepted
+STAGNATION = 1e-10
+#: renew the factor when a step is more than this fraction of the one before
+REFACTOR_RATIO = 0.25
+#: iterations per substep before the solve is given up (a SimulationError)
+MAX_ITERATIONS = 60
+#: conjugate-gradient iterations of the adjoint solve with the kept factor before it is renewed at
+#: the step's solution, and with the renewed one before the solve is given up
+CG_REFACTOR = 25
+MAX_CG = 200
+#: the adjoint's residual, relative to the gradient it solves for, that ends it
+CG_TOLERANCE = 1e-12
+
+
+def _identity(t):
+    return t
+
+
+def _own_graph():
+    """Autograd inside the step keeps its own tensors: the frame's checkpoint (``mesh_cloth``)
+    must not store or recompute them."""
+    return torch.autograd.graph.saved_tensors_hooks(_identity, _identity)
+
+
+class NewtonMembrane:
+    """One cloth's Newton solver (module docstring): rest data, the banded pattern and the kept factor."""
+
+    def __init__(self, faces: torch.Tensor, dm_inv: torch.Tensor, area: torch.Tensor, free: torch.Tensor):
+        self.faces = faces.cpu()
+        nv = int(free.shape[0])
+        self.stencil = membrane_stencil(self.faces, dm_inv.detach().cpu().double(), nv)
+        self.coef = self.stencil.coef  # [E, column j, vertex]: F[:, j] = sum_v c x_v
+        self.area = area.detach().cpu().double()
+        self.free = free.detach().cpu().bool()
+        self.nv, self.n = nv, 3 * nv
+        f = self.faces.numpy()
+        rows = np.repeat(np.arange(len(f)), 3)
+        inc = sparse.csr_matrix((np.ones(3 * len(f)), (f.reshape(-1), rows)), shape=(nv, len(f)))
+        perm = reverse_cuthill_mckee((inc @ inc.T).tocsr(), symmetric_mode=True).astype(np.int64)
+        pos = np.empty(nv, dtype=np.int64)
+        pos[perm] = np.arange(nv)
+        self.dof_of = torch.from_numpy(3 * pos[:, None] + np.arange(3)[None, :])  # [V, 3]: banded unknown
+        self.vertex_of_dof = torch.from_numpy(np.argsort(self.dof_of.reshape(-1).numpy()))
+        d = self.dof_of[self.faces].reshape(-1, 9).numpy()  # [E, 9]: (vertex, axis) -> unknown
+        r, c = np.repeat(d, 9, axis=1), np.tile(d, (1, 9))  # [E, 81]
+        pinned_dof = ~np.repeat(self.free.numpy(), 3)[np.argsort(self.dof_of.reshape(-1).numpy())]
+        keep = (r <= c) & ~pinned_dof[r] & ~pinned_dof[c]
+        self.u = int((c - r)[keep].max()) if keep.any() else 0
+        self.keep = torch.from_numpy(keep.reshape(-1))
+        self.index = torch.from_numpy(((self.u + r - c) * self.n + c).reshape(-1)[keep.reshape(-1)])
+        self.diag = self.u * self.n + np.arange(self.n)  # the band's diagonal row, flattened
+        self.pinned_dof = pinned_dof
+        self.factor: np.ndarray | None = None
+        self.solutions: dict[int, torch.Tensor] = {}
+
+    # -- energy, force, Hessian --------------------------------------------------------------------
+
+    def _F(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ejv,evi->eij", self.coef, y[self.faces])  # [E, 3, 2]
+
+    def phi(self, y, yhat, mass, mu, lam, dt) -> float:
+        inertia = 0.5 * (mass[:, None] * (y - yhat) ** 2)[self.free].sum() / (dt * dt)
+        return float(inertia + self.energy(y, mu, lam))
+
+    def energy(self, y: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        F = self._F(y)
+        C = F.transpose(1, 2) @ F
+        a, b, d = C[:, 0, 0], C[:, 0, 1], C[:, 1, 1]
+        J = (a * d - b * b).clamp_min(_DET_FLOOR).sqrt()
+        return (self.area * (mu * (a + d - 2 * (a + d + 2 * J).sqrt() + 2) + 0.5 * lam * (J - 1) ** 2)).sum()
+
+    def force(self, y: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """-dE/dy ``[V, 3]``, written out (``mesh_cloth.stencil_membrane_forces``; autograd-differentiable)."""
+        return stencil_membrane_forces(y, self.stencil, self.area, mu, lam)
+
+    def element_hessians(self, y, mu, lam, project: bool) -> torch.Tensor:
+        """``[E, 81]``: each triangle's Hessian in its 9 unknowns (vertex, axis), from the 6x6
+        Hessian of its energy in F (autograd, one column per F entry), whose negative eigenvalues
+        are clamped to 0 when ``project``."""
+        with torch.enable_grad(), _own_graph():
+            F = self._F(y).detach().requires_grad_(True)
+            C = F.transpose(1, 2) @ F
+            a, b, d = C[:, 0, 0], C[:, 0, 1], C[:, 1, 1]
+            J = (a * d - b * b).clamp_min(_DET_FLOOR).sqrt()
+            psi = mu * (a + d - 2 * (a + d + 2 * J).sqrt() + 2) + 0.5 * lam * (J - 1) ** 2
+            (g,) = torch.autograd.grad(psi.sum(), F, create_graph=True)
+            g = g.reshape(-1, 6)  # (i, j) -> 2 i + j
+            H = torch.stack([torch.autograd.grad(g[:, k].sum(), F, retain_graph=k < 5)[0].reshape(-1, 6) for k in range(6)], 1)
+        H = 0.5 * (H + H.transpose(1, 2))
+        if project:
+            w, Q = torch.linalg.eigh(H)
+            H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
+        H = H.reshape(-1, 3, 2, 3, 2)
+        He = torch.einsum("ejv,eijkl,elw->eviwk", self.coef, H, self.coef) * self.area[:, None, None, None, None]
+        return He.reshape(-1, 81)
+
+    def _banded(self, He: torch.Tensor, mass: torch.Tensor, dt: float) -> np.ndarray:
+        ab = np.bincount(self.index.numpy(), weights=He.reshape(-1)[self.keep].numpy(), minlength=(self.u + 1) * self.n)
+        m = np.repeat(mass.numpy(), 3)[self.vertex_of_dof.numpy()] / (dt * dt)
+        m[self.pinned_dof] = 1.0
+        ab[self.diag] += m
+        return ab.reshape(self.u + 1, self.n)
+
+    def _refactor(self, y, mass, mu, lam, dt) -> None:
+        ab = self._banded(self.element_hessians(y, mu, lam, project=True), mass, dt)
+        self.factor = sla.cholesky_banded(ab, lower=False, check_finite=False)
+
+    def solve_with(self, factor: np.ndarray, rhs: torch.Tensor) -> torch.Tensor:
+        """``P^-1 rhs`` for ``rhs [V, 3]`` (zero on pinned vertices) with a banded Cholesky factor."""
+        b = np.zeros(self.n)
+        b[self.dof_of.reshape(-1).numpy()] = rhs.reshape(-1).numpy()
+        z = sla.cho_solve_banded((factor, False), b, check_finite=False)
+        out = torch.from_numpy(z[self.dof_of.reshape(-1).numpy()]).reshape(-1, 3)
+        return out * self.free[:, None]
+
+    # -- the step -------------------------------------------------------------------------------------
+
+    def solve(self, yhat, mass, mu, lam, dt: float, step: int) -> torch.Tensor:
+        """The minimiser of Phi from ``yhat`` (float64 CPU tensors); kept per ``step``."""
+        if step in self.solutions:
+            return self.solutions[step]
+        free = self.free[:, None]
+        y = yhat
+        if self.factor is None:
+            self._refactor(y, mass, mu, lam, dt)
+        last = None
+        for it in range(MAX_ITERATIONS):
+            g = free * (mass[:, None] * (y - yhat) / (dt * dt) - self.force(y, mu, lam))
+            dy = -self.solve_with(self.factor, g)
+            size = float(dy.abs().max())
+            if last is not None and size > REFACTOR_RATIO * last:
+                self._refactor(y, mass, mu, lam, dt)
+                dy = -self.solve_with(self.factor, g)
+                size = float(dy.abs().max())
+            if size < TOLERANCE:
+                y = y + dy
+                break
+            # a step that raises Phi is halved (the factor is a projected, possibly lagged, Hessian);
+            # below LINE_SEARCH_BELOW the change of Phi is round-off and full steps are taken
+            t = 1.0
+            if size > LINE_SEARCH_BELOW:
+                phi0, slope = self.phi(y, yhat, mass, mu, lam, dt), float((g * dy).sum())
+                while t > 1e-4 and self.phi(y + t * dy, yhat, mass, mu, lam, dt) > phi0 + 1e-4 * t * slope:
+                    t *= 0.5
+            y = y + t * dy
+            last = size
+        else:
+            if not last < STAGNATION:  # below it: round-off, accepted
+                raise SimulationError(f"the implicit membrane step did not converge in {MAX_ITERATIONS} Newton iterations "
+                                      f"(last step {last:.3g} m)", substep=step)
+        self.solutions[step] = y
+        return y
+
+    def jacobian_product(self, y, v, mass, mu, lam, dt) -> torch.Tensor:
+        """``J v`` with J = M / dt^2 + H, H the exact Hessian (autograd of the force: a vector-Jacobian
+        product, which is the Jacobian-vector product, H being symmetric)."""
+        with torch.enable_grad(), _own_graph():
+            z = y.detach().requires_grad_(True)
+            (hv,) = torch.autograd.grad(self.force(z, mu, lam), z, grad_outputs=-v)
+        return self.free[:, None] * (mass[:, None] * v / (dt * dt) + hv)
+
+    def adjoint(self, step: int, g: torch.Tensor, mass, mu, lam, dt) -> torch.Tensor:
+        """``J^-1 g`` on the free vertices by conjugate gradients, preconditioned with the kept
+        factor, renewed at this step's solution when it no longer serves (``CG_REFACTOR``
+        iterations); a SimulationError if they do not converge."""
+        y = self.solutions[step]
+        b = g * self.free[:, None]
+        scale = float(b.abs().max())
+        if scale == 0.0:
+            return torch.zeros_like(b)
+        for attempt in range(2):
+            if attempt or self.factor is None:
+                self._refactor(y, mass, mu, lam, dt)
+            x = self.solve_with(self.factor, b)
+            r = b - self.jacobian_product(y, x, mass, mu, lam, dt)
+            z = self.solve_with(self.factor, r)
+            p, rz = z, float((r * z).sum())
+            for _ in range(CG_REFACTOR if attempt == 0 else MAX_CG):
+                if float(r.abs().max()) <= CG_TOLERANCE * scale:
+                    return x
+                Ap = self.jacobian_product(y, p, mass, mu, lam, dt)
+                pAp = float((p * Ap).sum())
+                if pAp <= 0:  # J is not positive definite along p: conjugate gradients cannot go on
+                    break
+                alpha = rz / pAp
+                x = x + alpha * p
+                r = r - alpha * Ap
+                z = self.solve_with(self.factor, r)
+                rz_new = float((r * z).sum())
+                p = z + (rz_new / rz) * p
+                rz = rz_new
+            if float(r.abs().max()) <= CG_TOLERANCE * scale:
+                return x
+        raise SimulationError(f"the implicit membrane step's adjoint did not converge at substep {step} "
+                              f"(residual {float(r.abs().max()) / scale:.2g} of the gradient)", substep=step)
+
+
+class _Step(torch.autograd.Function):
+    """y = argmin Phi(y; yhat, mass, mu, lam) with pinned vertices at yhat (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, yhat, mass, mu, lam, solver: NewtonMembrane, dt: float, step: int):
+        args = [t.detach().to("cpu", torch.float64) for t in (yhat, mass, mu, lam)]
+        with _own_graph():
+            y = solver.solve(*args, dt, step)
+        ctx.solver, ctx.dt, ctx.step = solver, dt, step
+        ctx.save_for_backward(yhat, mass, mu, lam)
+        return y.to(yhat.device, yhat.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        yhat, mass, mu, lam = ctx.saved_tensors
+        solver, dt, step = ctx.solver, ctx.dt, ctx.step
+        g = gy.detach().to("cpu", torch.float64)
+        m64, mu64, lam64 = (t.detach().to("cpu", torch.float64) for t in (mass, mu, lam))
+        with _own_graph():
+            lam_adj = solver.adjoint(step, g, m64, mu64, lam64, dt)
+            y = solver.solutions[step]
+            free = solver.free[:, None]
+            inputs = [t.detach().to("cpu", torch.float64).requires_grad_(True) for t in (yhat, mass, mu, lam)]
+            with torch.enable_grad():
+                yh, m, u, l = inputs
+                z = torch.where(free, y, yh)  # pinned vertices follow yhat
+                R = free * (m[:, None] * (z - yh) / (dt * dt) - solver.force(z, u, l))
+                grads = torch.autograd.grad(R, inputs, grad_outputs=-lam_adj)
+        g_yhat = grads[0] + torch.where(free, torch.zeros_like(g), g)  # a pinned vertex's y is its yhat
+        out = [t.to(gy.device, gy.dtype) for t in (g_yhat, *grads[1:])]
+        return out[0], out[1], out[2], out[3], None, None, None
+
+
+def newton_step(solver: NewtonMembrane, yhat: torch.Tensor, mass: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor,
+                dt: float, step: int) -> torch.Tensor:
+    """The positions ``[V, 3]`` after the converged backward-Euler membrane step from ``yhat`` (the
+    positions the other forces lead to; module docstring), differentiable in every input."""
+    return _Step.apply(yhat, mass, mu, lam, solver, dt, step)
