@@ -101,6 +101,7 @@ class NewtonMembrane:
         self.pinned_dof = pinned_dof
         self.factor: np.ndarray | None = None
         self.solutions: dict[int, torch.Tensor] = {}
+        self.last_change: torch.Tensor | None = None
 
     # -- energy, force, Hessian --------------------------------------------------------------------
 
@@ -151,8 +152,18 @@ class NewtonMembrane:
         return ab.reshape(self.u + 1, self.n)
 
     def _refactor(self, y, mass, mu, lam, dt) -> None:
+        """Factor M / dt^2 + H at y: H exact where that is positive definite (Newton's own step),
+        else with each triangle's negative curvature clamped."""
+        try:
+            ab = self._banded(self.element_hessians(y, mu, lam, project=False), mass, dt)
+            self.factor = sla.cholesky_banded(ab, lower=False, check_finite=False)
+            self.exact = True
+            return
+        except np.linalg.LinAlgError:
+            pass
         ab = self._banded(self.element_hessians(y, mu, lam, project=True), mass, dt)
         self.factor = sla.cholesky_banded(ab, lower=False, check_finite=False)
+        self.exact = False
 
     def solve_with(self, factor: np.ndarray, rhs: torch.Tensor) -> torch.Tensor:
         """``P^-1 rhs`` for ``rhs [V, 3]`` (zero on pinned vertices) with a banded Cholesky factor."""
@@ -169,18 +180,22 @@ class NewtonMembrane:
         if step in self.solutions:
             return self.solutions[step]
         free = self.free[:, None]
-        y = yhat
-        if self.factor is None:
+        # start where the membrane took the vertices in the previous substep, relative to yhat
+        # (the solution does not depend on the start; the iterations do)
+        y = yhat if self.last_change is None else yhat + free * self.last_change
+        fresh = self.factor is None  # the factor was made at this iterate: renewing it changes nothing
+        if fresh:
             self._refactor(y, mass, mu, lam, dt)
         last = None
         for it in range(MAX_ITERATIONS):
             g = free * (mass[:, None] * (y - yhat) / (dt * dt) - self.force(y, mu, lam))
             dy = -self.solve_with(self.factor, g)
             size = float(dy.abs().max())
-            if last is not None and size > REFACTOR_RATIO * last:
+            if last is not None and size > REFACTOR_RATIO * last and not fresh:
                 self._refactor(y, mass, mu, lam, dt)
                 dy = -self.solve_with(self.factor, g)
                 size = float(dy.abs().max())
+            fresh = False
             if size < TOLERANCE:
                 y = y + dy
                 break
@@ -198,6 +213,7 @@ class NewtonMembrane:
                 raise SimulationError(f"the implicit membrane step did not converge in {MAX_ITERATIONS} Newton iterations "
                                       f"(last step {last:.3g} m)", substep=step)
         self.solutions[step] = y
+        self.last_change = y - yhat
         return y
 
     def jacobian_product(self, y, v, mass, mu, lam, dt) -> torch.Tensor:
