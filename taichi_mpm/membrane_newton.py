@@ -4,28 +4,36 @@ gradient from the implicit-function theorem.
 
 Why.  The membrane's explicit step needs dt under a CFL bound that shrinks with sqrt(stiffness):
 2,095 substeps per frame for a 41x41 cloth at 3,000 N/m.  Backward Euler is stable at any dt, but
-solved by a few iterations with a constant matrix (``mesh_cloth.implicit_membrane``, projective
-dynamics' local-global step) it leaves a lag that grows with dt / dt_CFL: that matrix treats a
-triangle's rotation as stiff.  Solved to convergence, the step is backward Euler itself, whose
-error on the cloth's motion does not depend on the stiffness (README "Cloth physics").
+solved by a few iterations with a constant matrix (projective dynamics' local-global step) it
+leaves a lag that grows with dt / dt_CFL, because that matrix treats a triangle's rotation as stiff
+(tried and dropped 2026-12-05, also with L-BFGS on top; README "Cloth physics").  Solved to
+convergence, the step is backward Euler itself, whose error on the cloth's motion does not depend
+on the stiffness.
 
 What.  After the other forces (velocity v*, ``yhat = x + dt v*``), the new positions y minimise
 
     Phi(y) = sum_v m_v |y_v - yhat_v|^2 / (2 dt^2) + E(y),   E the fixed-corotated membrane energy
                                                               (``mesh_cloth`` module docstring),
 
-over the free vertices (pinned ones follow yhat, i.e. their pin velocity).  Newton's method with
-the Hessian M / dt^2 + H, H assembled from each triangle's 6x6 Hessian in F (torch.func) with its
-negative eigenvalues clamped to 0, in LAPACK's banded Cholesky (vertices in reverse Cuthill-McKee
-order, three unknowns each).  The factor is kept across iterations and substeps and renewed when
-an iteration shrinks the step by less than ``REFACTOR_RATIO``: the Hessian changes little between
-substeps, and the converged y does not depend on which Hessian led there.  Iterations stop once a
-step moves no vertex more than ``TOLERANCE`` m (float64 throughout, whatever the model's dtype).
+over the free vertices (pinned ones follow yhat, i.e. their pin velocity).  Newton's method on
+M / dt^2 + H, H assembled from each triangle's 6x6 Hessian in F (autograd) in LAPACK's banded
+Cholesky (vertices in reverse Cuthill-McKee order, three unknowns each): H exact where M / dt^2 + H
+is positive definite, else with each triangle's negative eigenvalues clamped to 0.  The factor is
+kept across iterations and substeps and renewed when a step shrinks by less than ``REFACTOR_RATIO``
+(the converged y does not depend on which factor led there), and each solve starts from the
+previous substep's membrane displacement (y - yhat).  A line search halves steps that raise Phi
+(above ``LINE_SEARCH_BELOW``); iterations stop once a step moves no vertex more than
+``TOLERANCE`` m (float64 throughout, whatever the model's dtype).
+
+Cost.  Renewing the factor (Hessian and banded Cholesky, 33 ms on a 41x41 cloth) is most of it:
+while the cloth falls or swings, 2-3 iterations a substep and a renewal every few substeps; where
+it folds onto a collider, ~12 iterations and ~4 renewals a substep (README "Cloth physics").
 
 Gradient.  At the solution the residual  R = M (y - yhat) / dt^2 - f(y; mu, lam)  is zero on the
 free vertices, so for any input p, dy/dp = -J^-1 dR/dp with J = M / dt^2 + H the exact Hessian.
 The backward pass solves J lambda = dL/dy by conjugate gradients preconditioned with the kept
-factor (J's products exact, by forward-mode autodiff of the force) and gives dL/dp = -lambda^T dR/dp
+factor (J's products exact, by autograd of the written-out force; the factor renewed at the
+step's solution if 25 iterations do not do) and gives dL/dp = -lambda^T dR/dp
 by autograd of R at the fixed solution.  The solutions are kept per substep (like the contact
 pairs of ``self_contact``), so the frame's recomputation in the backward pass reuses them.
 """
