@@ -72,24 +72,29 @@ def test_gradients_match_central_differences_over_100_substeps():
     grid, model, state = _drape()
     bounds = cloth_bounds()
     cfg = config_for(grid, 30.0, bounds, cloth_solver="mesh")
-    frames = 4
+    rows = _drape_gradients(model, state, cfg, bounds, dict(E=120.0, damping=0.6, friction=0.3, rho=1.0, bending=2e-4, drag=0.8), seed=4)
+    with torch.no_grad():  # the cloth reached the sphere: contact is part of what is differentiated
+        p = cloth_params(bending_stiffness=2e-4, drag_coefficient=0.8)
+        x = simulate(model, state, p, cfg, 4, bounds=bounds).x[-1, :16]
+        gap = float(((x - torch.tensor([0.5, 0.42, 0.5], dtype=F64)).norm(dim=1) - 0.14).min())
+    assert abs(gap) < 1e-6, gap
+    assert_gradients_match(rows)
+
+
+def _drape_gradients(model, state, cfg, bounds, base: dict, seed: int, frames: int = 4) -> list:
+    """(name, autograd, central difference) of a weighted sum of every frame's positions for
+    young_modulus, damping, friction, density, bending and drag (``base``: their values)."""
     assert (frames - 1) * cfg.substeps_per_frame >= 100
-    wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
     def loss(E, damping, friction, rho, bending, drag):
         p = cloth_params(E=E, damping=damping, friction=friction, rho=rho, bending_stiffness=bending, drag_coefficient=drag)
         return (simulate(model, state, p, cfg, frames, bounds=bounds).x * wx).sum()
 
-    base = dict(E=120.0, damping=0.6, friction=0.3, rho=1.0, bending=2e-4, drag=0.8)
     leaves = {k: torch.tensor(v, dtype=F64, requires_grad=True) for k, v in base.items()}
     loss(**leaves).backward()
-    with torch.no_grad():  # the cloth reached the sphere: contact is part of what is differentiated
-        p = cloth_params(bending_stiffness=2e-4, drag_coefficient=0.8)
-        x = simulate(model, state, p, cfg, frames, bounds=bounds).x[-1, :16]
-        gap = float(((x - torch.tensor([0.5, 0.42, 0.5], dtype=F64)).norm(dim=1) - 0.14).min())
-    assert abs(gap) < 1e-6, gap
     fd = scalar_central_differences(loss, base, step=1e-6)
-    assert_gradients_match([(k, float(leaves[k].grad), fd[k]) for k in base])
+    return [(k, float(leaves[k].grad), fd[k]) for k in base]
 
 
 def test_the_grid_does_not_change_the_rollout():
@@ -343,19 +348,8 @@ def test_implicit_membrane_gradients_match_central_differences():
     cfg = config_for(grid, 30.0, bounds, cloth_solver="mesh", membrane="implicit")
     explicit = config_for(grid, 30.0, bounds, cloth_solver="mesh")
     assert explicit.substeps_per_frame > 10 * cfg.substeps_per_frame
-    frames = 4
-    assert (frames - 1) * cfg.substeps_per_frame >= 100
-    wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
-
-    def loss(E, damping, friction, rho, bending, drag):
-        p = cloth_params(E=E, damping=damping, friction=friction, rho=rho, bending_stiffness=bending, drag_coefficient=drag)
-        return (simulate(model, state, p, cfg, frames, bounds=bounds).x * wx).sum()
-
     base = dict(E=2000.0, damping=0.6, friction=0.3, rho=1.0, bending=2e-4, drag=0.8)
-    leaves = {k: torch.tensor(v, dtype=F64, requires_grad=True) for k, v in base.items()}
-    loss(**leaves).backward()
-    fd = scalar_central_differences(loss, base, step=1e-6)
-    assert_gradients_match([(k, float(leaves[k].grad), fd[k]) for k in base])
+    assert_gradients_match(_drape_gradients(model, state, cfg, bounds, base, seed=6))
 
 
 def _swing(E):
