@@ -16,8 +16,8 @@ What.  After the other forces (velocity v*, ``yhat = x + dt v*``), the new posit
                                                               (``mesh_cloth`` module docstring),
 
 over the free vertices (pinned ones follow yhat, i.e. their pin velocity).  Newton's method on
-M / dt^2 + H, H assembled from each triangle's 6x6 Hessian in F (autograd) in LAPACK's banded
-Cholesky (vertices in reverse Cuthill-McKee order, three unknowns each): H exact where M / dt^2 + H
+M / dt^2 + H, H assembled from each triangle's 6x6 Hessian in F (written out) in LAPACK's banded
+Cholesky (vertices in ``cloth_forces.banded_order``, three unknowns each): H exact where M / dt^2 + H
 is positive definite, else with each triangle's negative eigenvalues clamped to 0.  The factor is
 kept across iterations and substeps and renewed when a step shrinks by less than ``REFACTOR_RATIO``
 (the converged y does not depend on which factor led there), and each solve starts from the
@@ -44,8 +44,8 @@ import numpy as np
 import scipy.linalg as sla
 import torch
 from scipy import sparse
-from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from .cloth_forces import banded_order
 from .errors import SimulationError
 from .membrane import _DET_FLOOR, membrane_stencil, stencil_membrane_forces
 
@@ -79,6 +79,48 @@ def _own_graph():
     return torch.autograd.graph.saved_tensors_hooks(_identity, _identity)
 
 
+def _cross_matrix(a: torch.Tensor) -> torch.Tensor:
+    """``[E, 3, 3]``: [a]x, the matrix of a x (.) for ``a [E, 3]``."""
+    z = torch.zeros_like(a[:, 0])
+    return torch.stack([torch.stack([z, -a[:, 2], a[:, 1]], 1), torch.stack([a[:, 2], z, -a[:, 0]], 1),
+                        torch.stack([-a[:, 1], a[:, 0], z], 1)], 1)
+
+
+def energy_hessian(F: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``[E, 3, 2, 3, 2]``: d^2 psi / dF dF of the membrane energy density (``mesh_cloth``)
+    psi = mu (tr C - 2 s + 2) + lam/2 (J - 1)^2,  s = s1 + s2 = sqrt(tr C + 2 J),  J = |f0 x f1|
+    for F = [f0 f1], written out in x = (f0, f1):  with g = dJ/dx = (f1 x n, n x f0) (n the unit
+    normal) and P = I - n n^T,
+
+        d^2 J / df0^2 = -[f1]x P [f1]x / J,   d^2 J / df1^2 = -[f0]x P [f0]x / J,
+        d^2 J / df0 df1 = [n]x + [f1]x P [f0]x / J   (d/df1 of dJ/df0, rows f0),
+        d^2 s = (I + d^2 J) / s - (x + g)(x + g)^T / s^3,
+        d^2 psi = 2 mu (I - d^2 s) + lam (g g^T + (J - 1) d^2 J).
+
+    The tests compare it with autograd."""
+    f0, f1 = F[:, :, 0], F[:, :, 1]
+    cr = torch.linalg.cross(f0, f1, dim=1)
+    J = cr.norm(dim=1).clamp_min(_DET_FLOOR ** 0.5)
+    n = cr / J[:, None]
+    x = torch.cat([f0, f1], 1)  # [E, 6]
+    g = torch.cat([torch.linalg.cross(f1, n, dim=1), torch.linalg.cross(n, f0, dim=1)], 1)
+    s = (F * F).sum((1, 2)).add(2 * J).sqrt()
+    P = torch.eye(3, dtype=F.dtype, device=F.device) - n[:, :, None] * n[:, None, :]
+    X0, X1, N = _cross_matrix(f0), _cross_matrix(f1), _cross_matrix(n)
+    Jr = J[:, None, None]
+    h00 = -X1 @ P @ X1 / Jr
+    h11 = -X0 @ P @ X0 / Jr
+    h01 = -N + X1 @ P @ X0 / Jr  # d(dJ/df0)/df1
+    HJ = torch.cat([torch.cat([h00, h01], 2), torch.cat([h01.transpose(1, 2), h11], 2)], 1)  # [E, 6, 6]
+    eye6 = torch.eye(6, dtype=F.dtype, device=F.device)
+    xg = x + g
+    sr = s[:, None, None]
+    Hs = (eye6 + HJ) / sr - xg[:, :, None] * xg[:, None, :] / sr**3
+    H = (2 * mu)[:, None, None] * (eye6 - Hs) + lam[:, None, None] * (g[:, :, None] * g[:, None, :] + (J - 1)[:, None, None] * HJ)
+    # x = (f0, f1): index 3 j + i for F[i, j]; to (i, j, k, l)
+    return H.reshape(-1, 2, 3, 2, 3).permute(0, 2, 1, 4, 3)
+
+
 class NewtonMembrane:
     """One cloth's Newton solver (module docstring): rest data, the banded pattern and the kept factor."""
 
@@ -93,7 +135,7 @@ class NewtonMembrane:
         f = self.faces.numpy()
         rows = np.repeat(np.arange(len(f)), 3)
         inc = sparse.csr_matrix((np.ones(3 * len(f)), (f.reshape(-1), rows)), shape=(nv, len(f)))
-        perm = reverse_cuthill_mckee((inc @ inc.T).tocsr(), symmetric_mode=True).astype(np.int64)
+        perm = banded_order((inc @ inc.T).tocsr())
         pos = np.empty(nv, dtype=np.int64)
         pos[perm] = np.arange(nv)
         self.dof_of = torch.from_numpy(3 * pos[:, None] + np.arange(3)[None, :])  # [V, 3]: banded unknown
@@ -133,18 +175,9 @@ class NewtonMembrane:
 
     def element_hessians(self, y, mu, lam, project: bool) -> torch.Tensor:
         """``[E, 81]``: each triangle's Hessian in its 9 unknowns (vertex, axis), from the 6x6
-        Hessian of its energy in F (autograd, one column per F entry), whose negative eigenvalues
-        are clamped to 0 when ``project``."""
-        with torch.enable_grad(), _own_graph():
-            F = self._F(y).detach().requires_grad_(True)
-            C = F.transpose(1, 2) @ F
-            a, b, d = C[:, 0, 0], C[:, 0, 1], C[:, 1, 1]
-            J = (a * d - b * b).clamp_min(_DET_FLOOR).sqrt()
-            psi = mu * (a + d - 2 * (a + d + 2 * J).sqrt() + 2) + 0.5 * lam * (J - 1) ** 2
-            (g,) = torch.autograd.grad(psi.sum(), F, create_graph=True)
-            g = g.reshape(-1, 6)  # (i, j) -> 2 i + j
-            H = torch.stack([torch.autograd.grad(g[:, k].sum(), F, retain_graph=k < 5)[0].reshape(-1, 6) for k in range(6)], 1)
-        H = 0.5 * (H + H.transpose(1, 2))
+        Hessian of its energy in F (:func:`energy_hessian`), whose negative eigenvalues are
+        clamped to 0 when ``project``."""
+        H = energy_hessian(self._F(y), mu, lam).reshape(-1, 6, 6)
         if project:
             w, Q = torch.linalg.eigh(H)
             H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)

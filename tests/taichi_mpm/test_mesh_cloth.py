@@ -317,6 +317,25 @@ def test_a_falling_layer_stops_on_the_other_and_gradients_match_central_differen
 # the implicit membrane step (SimConfig.membrane = "implicit", taichi_mpm/membrane_newton.py)
 
 
+def test_membrane_energy_hessian_matches_autograd():
+    """The Newton step's written-out 6x6 Hessian of the energy density in F, against autograd's."""
+    from dreamcloth.taichi_mpm.membrane_newton import energy_hessian
+
+    g = torch.Generator().manual_seed(0)
+    E = 40
+    F = 0.3 * torch.randn(E, 3, 2, generator=g, dtype=F64) + torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=F64)
+    mu, lam = 0.5 + torch.rand(E, generator=g, dtype=F64), 0.5 + torch.rand(E, generator=g, dtype=F64)
+
+    def psi(F, mu, lam):
+        C = F.T @ F
+        a, b, d = C[0, 0], C[0, 1], C[1, 1]
+        J = torch.sqrt(a * d - b * b)
+        return mu * (a + d - 2 * torch.sqrt(a + d + 2 * J) + 2) + 0.5 * lam * (J - 1) ** 2
+
+    ref = torch.stack([torch.autograd.functional.hessian(lambda f: psi(f, mu[e], lam[e]), F[e]) for e in range(E)])
+    torch.testing.assert_close(energy_hessian(F, mu, lam), ref, rtol=1e-12, atol=1e-12)
+
+
 def test_newton_membrane_step_gradcheck():
     """The converged step's gradient (implicit-function theorem, adjoint by conjugate gradients) in
     every input, against float64 finite differences of the whole solve, a pinned vertex included."""
