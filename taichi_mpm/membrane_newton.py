@@ -21,8 +21,9 @@ Cholesky (vertices in ``cloth_forces.banded_order``, three unknowns each): H exa
 is positive definite, else with each triangle's negative eigenvalues clamped to 0.  The factor is
 kept across iterations and substeps and renewed when a step shrinks by less than ``REFACTOR_RATIO``
 (the converged y does not depend on which factor led there), and each solve starts from the
-previous substep's membrane displacement (y - yhat).  A line search halves steps that raise Phi
-(above ``LINE_SEARCH_BELOW``); iterations stop once a step moves no vertex more than
+previous substep's membrane displacement (y - yhat).  A line search halves steps that raise Phi and
+doubles those that lower it while that lowers it more (where the cloth buckles, the clamped
+Hessian's steps along the buckling mode are far too short; above ``LINE_SEARCH_BELOW``); iterations stop once a step moves no vertex more than
 ``TOLERANCE`` m (float64 throughout, whatever the model's dtype).
 
 Cost.  Renewing the factor (Hessian and banded Cholesky, 33 ms on a 41x41 cloth) is most of it:
@@ -53,6 +54,8 @@ from .membrane import _DET_FLOOR, membrane_stencil, stencil_membrane_forces
 #: the exact solution; the tests compare it with finite differences at 1e-14 m, which float64
 #: reaches on their small meshes (a 41x41 cloth at 3,000 N/m stalls near 2e-13 m)
 TOLERANCE = 1e-11
+#: the longest multiple of a Newton step the line search tries (module docstring)
+MAX_EXPANSION = 1024.0
 #: steps (m) below which no line search is made: Phi's change is then round-off
 LINE_SEARCH_BELOW = 1e-7
 #: after ``MAX_ITERATIONS``, a last step below this (m) is round-off, not divergence: accepted
@@ -242,11 +245,21 @@ class NewtonMembrane:
                 break
             # a step that raises Phi is halved (the factor is a projected, possibly lagged, Hessian);
             # below LINE_SEARCH_BELOW the change of Phi is round-off and full steps are taken
+            # ... and a full step that lowers it is doubled while that lowers it more: where the cloth
+            # buckles, M / dt^2 + H is indefinite and the clamped Hessian's steps along the buckling
+            # mode are far too short (the 41x41 drop stalled at frame 22 without it)
             t = 1.0
             if size > LINE_SEARCH_BELOW:
                 phi0, slope = self.phi(y, yhat, mass, mu, lam, dt), float((g * dy).sum())
-                while t > 1e-4 and self.phi(y + t * dy, yhat, mass, mu, lam, dt) > phi0 + 1e-4 * t * slope:
+                phi_t = self.phi(y + dy, yhat, mass, mu, lam, dt)
+                while t > 1e-4 and phi_t > phi0 + 1e-4 * t * slope:
                     t *= 0.5
+                    phi_t = self.phi(y + t * dy, yhat, mass, mu, lam, dt)
+                while t >= 1.0 and t < MAX_EXPANSION:
+                    phi_2t = self.phi(y + 2 * t * dy, yhat, mass, mu, lam, dt)
+                    if not phi_2t < phi_t:
+                        break
+                    t, phi_t = 2 * t, phi_2t
             y = y + t * dy
             last = size
         else:
