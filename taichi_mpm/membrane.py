@@ -1,7 +1,7 @@
 """The cloth's in-plane (membrane) energy on its triangles, for the grid-free solver
-(``mesh_cloth``, whose docstring gives the energy and its force): the force written out, the
-energy it derives from (for the tests and the Newton step's line search) and the stencil that maps
-vertex positions to the triangles' deformation gradients."""
+(``mesh_cloth``, whose docstring gives the energy and its force): the stencil that maps vertex
+positions to the triangles' deformation gradients, the force written out on it, and the energy it
+derives from (for the tests)."""
 
 from __future__ import annotations
 
@@ -16,29 +16,9 @@ from . import cloth_forces as CF
 _DET_FLOOR = 1e-12
 
 
-def membrane_forces(x: torch.Tensor, faces: torch.Tensor, dm_inv: torch.Tensor, area: torch.Tensor, mu: torch.Tensor,
-                    lam: torch.Tensor) -> torch.Tensor:
-    """Vertex forces ``[V, 3]`` of the in-plane fixed-corotated membrane (``mesh_cloth`` module docstring):
-    positions ``x [V, 3]``, ``faces [E, 3]``, ``dm_inv [E, 2, 2]``, rest ``area [E]``, Lamé ``mu, lam [E]``."""
-    x0, x1, x2 = x[faces[:, 0]], x[faces[:, 1]], x[faces[:, 2]]
-    F = torch.stack([x1 - x0, x2 - x0], 2) @ dm_inv  # [E, 3, 2]
-    C = F.transpose(1, 2) @ F
-    a, b, d = C[:, 0, 0], C[:, 0, 1], C[:, 1, 1]
-    det = (a * d - b * b).clamp_min(_DET_FLOOR)
-    J = det.sqrt()
-    ssum = (a + d + 2 * J).sqrt()
-    # J C^-1 = adj(C) / J
-    jci = torch.stack([torch.stack([d, -b], 1), torch.stack([-b, a], 1)], 1) / J[:, None, None]
-    eye = torch.eye(2, dtype=x.dtype, device=x.device)
-    S = (2 * mu)[:, None, None] * (eye - (eye + jci) / ssum[:, None, None]) + (lam * (J - 1))[:, None, None] * jci
-    H = -(area[:, None, None] * (F @ S)) @ dm_inv.transpose(1, 2)  # [E, 3, 2]: forces on vertices 1 and 2
-    f = torch.zeros_like(x)
-    f = f.index_add(0, faces[:, 1], H[:, :, 0]).index_add(0, faces[:, 2], H[:, :, 1])
-    return f.index_add(0, faces[:, 0], -(H[:, :, 0] + H[:, :, 1]))
-
-
 def membrane_energy(x, faces, dm_inv, area, mu, lam) -> torch.Tensor:
-    """The energy whose negative gradient :func:`membrane_forces` is (for the tests)."""
+    """The membrane energy (``mesh_cloth`` module docstring) by the singular values of F: the
+    definition that :func:`stencil_membrane_forces` is tested against."""
     x0, x1, x2 = x[faces[:, 0]], x[faces[:, 1]], x[faces[:, 2]]
     F = torch.stack([x1 - x0, x2 - x0], 2) @ dm_inv
     s = torch.linalg.svdvals(F)
@@ -71,9 +51,10 @@ def membrane_stencil(faces: torch.Tensor, dm_inv: torch.Tensor, num_vertices: in
 
 def stencil_membrane_forces(x: torch.Tensor, stencil: MembraneStencil, area: torch.Tensor, mu: torch.Tensor,
                             lam: torch.Tensor) -> torch.Tensor:
-    """:func:`membrane_forces` as two sparse products: F's columns ``L x`` and the forces
-    ``-L^T (A dpsi/dF)`` (the force is the transpose of the map from positions to F).  3x faster on a
-    41x41 cloth; the tests compare the two."""
+    """Vertex forces ``[V, 3]`` of the in-plane fixed-corotated membrane (``mesh_cloth`` module
+    docstring) for positions ``x [V, 3]``, rest ``area [E]`` and Lame ``mu, lam [E]``, as two sparse
+    products: F's columns ``L x`` and the forces ``-L^T (A dpsi/dF)`` (the force is the transpose of
+    the map from positions to F; 3x faster on a 41x41 cloth than gathers and ``index_add``)."""
     fr = CF.sparse_product(x, stencil.matrix, stencil.matrix_t)  # [2E, 3]: rows 2t + j, column j of F_t
     f0, f1 = fr[0::2], fr[1::2]
     a, b, d = (f0 * f0).sum(1), (f0 * f1).sum(1), (f1 * f1).sum(1)  # C = F^T F

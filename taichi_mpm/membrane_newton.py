@@ -145,7 +145,7 @@ class NewtonMembrane:
         self.vertex_of_dof = torch.from_numpy(np.argsort(self.dof_of.reshape(-1).numpy()))
         d = self.dof_of[self.faces].reshape(-1, 9).numpy()  # [E, 9]: (vertex, axis) -> unknown
         r, c = np.repeat(d, 9, axis=1), np.tile(d, (1, 9))  # [E, 81]
-        pinned_dof = ~np.repeat(self.free.numpy(), 3)[np.argsort(self.dof_of.reshape(-1).numpy())]
+        pinned_dof = ~np.repeat(self.free.numpy(), 3)[self.vertex_of_dof.numpy()]
         keep = (r <= c) & ~pinned_dof[r] & ~pinned_dof[c]
         self.u = int((c - r)[keep].max()) if keep.any() else 0
         self.keep = torch.from_numpy(keep.reshape(-1))
@@ -153,7 +153,6 @@ class NewtonMembrane:
         self.diag = self.u * self.n + np.arange(self.n)  # the band's diagonal row, flattened
         self.pinned_dof = pinned_dof
         self.factor: np.ndarray | None = None
-        self.exact = False  # whether the factor is of the exact Hessian (else the clamped one)
         self.solutions: dict[int, torch.Tensor] = {}
         self.last_change: torch.Tensor | None = None
 
@@ -178,17 +177,11 @@ class NewtonMembrane:
         """-dE/dy ``[V, 3]``, written out (``membrane.stencil_membrane_forces``; autograd-differentiable)."""
         return stencil_membrane_forces(y, self.stencil, self.area, mu, lam)
 
-    def element_hessians(self, y, mu, lam, project: bool) -> torch.Tensor:
-        """``[E, 81]``: each triangle's Hessian in its 9 unknowns (vertex, axis), from the 6x6
-        Hessian of its energy in F (:func:`energy_hessian`), whose negative eigenvalues are
-        clamped to 0 when ``project``."""
-        H = energy_hessian(self._F(y), mu, lam).reshape(-1, 6, 6)
-        if project:
-            w, Q = torch.linalg.eigh(H)
-            H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
-        H = H.reshape(-1, 3, 2, 3, 2)
-        He = torch.einsum("ejv,eijkl,elw->eviwk", self.coef, H, self.coef) * self.area[:, None, None, None, None]
-        return He.reshape(-1, 81)
+    def element_hessians(self, H: torch.Tensor) -> torch.Tensor:
+        """``[E, 81]``: each triangle's Hessian in its 9 unknowns (vertex, axis) from its energy's
+        Hessian in F, ``H [E, 6, 6]`` (:func:`energy_hessian`)."""
+        He = torch.einsum("ejv,eijkl,elw->eviwk", self.coef, H.reshape(-1, 3, 2, 3, 2), self.coef)
+        return (He * self.area[:, None, None, None, None]).reshape(-1, 81)
 
     def _banded(self, He: torch.Tensor, mass: torch.Tensor, dt: float) -> np.ndarray:
         ab = np.bincount(self.index.numpy(), weights=He.reshape(-1)[self.keep].numpy(), minlength=(self.u + 1) * self.n)
@@ -200,16 +193,15 @@ class NewtonMembrane:
     def _refactor(self, y, mass, mu, lam, dt) -> None:
         """Factor M / dt^2 + H at y: H exact where that is positive definite (Newton's own step),
         else with each triangle's negative curvature clamped."""
+        H = energy_hessian(self._F(y), mu, lam).reshape(-1, 6, 6)
         try:
-            ab = self._banded(self.element_hessians(y, mu, lam, project=False), mass, dt)
-            self.factor = sla.cholesky_banded(ab, lower=False, check_finite=False)
-            self.exact = True
+            self.factor = sla.cholesky_banded(self._banded(self.element_hessians(H), mass, dt), lower=False, check_finite=False)
             return
         except np.linalg.LinAlgError:
             pass
-        ab = self._banded(self.element_hessians(y, mu, lam, project=True), mass, dt)
-        self.factor = sla.cholesky_banded(ab, lower=False, check_finite=False)
-        self.exact = False
+        w, Q = torch.linalg.eigh(H)
+        H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
+        self.factor = sla.cholesky_banded(self._banded(self.element_hessians(H), mass, dt), lower=False, check_finite=False)
 
     def solve_with(self, factor: np.ndarray, rhs: torch.Tensor) -> torch.Tensor:
         """``P^-1 rhs`` for ``rhs [V, 3]`` (zero on pinned vertices) with a banded Cholesky factor."""

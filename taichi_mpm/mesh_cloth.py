@@ -99,8 +99,9 @@ class _Cloth:
         self.drag = None if drag is None else drag[self.e_rows]
         self.system = CF.ImplicitBending(c.bending, self.free) if self.bending is not None and c.bending.num_rows else None
         self.search = SC.Search(c.local_faces, c.num_vertices, thickness) if thickness > 0 else None
-        self.stencil = membrane_stencil(self.faces, self.dm_inv, c.num_vertices)
+        # the explicit membrane's stencil, or the implicit step's solver (which keeps its own, in float64)
         self.newton = MN.NewtonMembrane(self.faces, self.dm_inv, self.area, self.free) if implicit else None
+        self.stencil = None if implicit else membrane_stencil(self.faces, self.dm_inv, c.num_vertices)
 
     def membrane_force(self, x: torch.Tensor) -> torch.Tensor:
         return stencil_membrane_forces(x, self.stencil, self.area, self.mu, self.lam)
