@@ -55,18 +55,26 @@ def stencil_membrane_forces(x: torch.Tensor, stencil: MembraneStencil, area: tor
     docstring) for positions ``x [V, 3]``, rest ``area [E]`` and Lame ``mu, lam [E]``, as two sparse
     products: F's columns ``L x`` and the forces ``-L^T (A dpsi/dF)`` (the force is the transpose of
     the map from positions to F; 3x faster on a 41x41 cloth than gathers and ``index_add``)."""
+    return stencil_membrane_energy_forces(x, stencil, area, mu, lam)[1]
+
+
+def stencil_membrane_energy_forces(x: torch.Tensor, stencil: MembraneStencil, area: torch.Tensor, mu: torch.Tensor,
+                                   lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The membrane energy (a scalar) and :func:`stencil_membrane_forces` from one evaluation of F
+    (what the implicit step's line search needs at each trial point)."""
     fr = CF.sparse_product(x, stencil.matrix, stencil.matrix_t)  # [2E, 3]: rows 2t + j, column j of F_t
     f0, f1 = fr[0::2], fr[1::2]
     a, b, d = (f0 * f0).sum(1), (f0 * f1).sum(1), (f1 * f1).sum(1)  # C = F^T F
     J = (a * d - b * b).clamp_min(_DET_FLOOR).sqrt()
-    c = 2 * mu / (a + d + 2 * J).sqrt()
+    root = (a + d + 2 * J).sqrt()  # s1 + s2, the singular values' sum
+    c = 2 * mu / root
     l = lam * (J - 1) / J
+    # psi = mu ((s1 - 1)^2 + (s2 - 1)^2) + lam/2 (J - 1)^2 with s1^2 + s2^2 = tr C
+    energy = (area * (mu * (a + d - 2 * root + 2) + 0.5 * lam * (J - 1) ** 2)).sum()
     # S = 2 mu I - c (I + adj(C) / J) + lam (J - 1) adj(C) / J,  adj(C) = [[d, -b], [-b, a]]
     s00 = 2 * mu - c * (1 + d / J) + l * d
     s11 = 2 * mu - c * (1 + a / J) + l * a
     s01 = (c / J - l) * b
     w = area[:, None]
     p = torch.stack([w * (f0 * s00[:, None] + f1 * s01[:, None]), w * (f0 * s01[:, None] + f1 * s11[:, None])], 1)
-    return -CF.sparse_product(p.reshape(-1, 3), stencil.matrix_t, stencil.matrix)
-
-
+    return energy, -CF.sparse_product(p.reshape(-1, 3), stencil.matrix_t, stencil.matrix)

@@ -334,6 +334,65 @@ def test_membrane_energy_hessian_matches_autograd():
     torch.testing.assert_close(energy_hessian(F, mu, lam), ref, rtol=1e-12, atol=1e-12)
 
 
+def test_membrane_hessian_kernel_matches_autograd_of_the_energy():
+    """The Taichi kernel's per-triangle Hessians, summed over the mesh, against autograd's Hessian of
+    the energy defined by singular values; and against the torch path (clamped steps and CUDA)."""
+    from dreamcloth.taichi_mpm import membrane_hessian as MH
+    from dreamcloth.taichi_mpm import membrane_newton as MN
+
+    x, faces, dm_inv, area, mu, lam = _triangle_data(n=4, seed=3)
+    V = x.shape[0]
+    solver = MN.NewtonMembrane(faces, dm_inv, area, torch.ones(V, dtype=torch.bool))
+    assert MH.available(F64)
+    He = MH.element_hessians(x, solver.faces32, solver.coef6, torch.stack([solver.area, mu, lam], 1))
+    torch.testing.assert_close(He, solver.element_hessians(MN.energy_hessian(solver._F(x), mu, lam).reshape(-1, 6, 6)),
+                               rtol=1e-12, atol=1e-9)
+    dense = torch.zeros(V, 3, V, 3, dtype=F64)
+    blocks = He.reshape(-1, 3, 3, 3, 3)  # [E, v, i, w, k]
+    for e, tri in enumerate(faces.tolist()):
+        for a, v in enumerate(tri):
+            for b, w in enumerate(tri):
+                dense[v, :, w, :] += blocks[e, a, :, b, :]
+    ref = torch.autograd.functional.hessian(lambda y: membrane_energy(y, faces, dm_inv, area, mu, lam), x)
+    torch.testing.assert_close(dense, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+
+
+def test_newton_membrane_step_leaves_a_buckling_saddle_for_the_buckled_minimum():
+    """A flat sheet squeezed 10% in its plane (yhat) with 1e-9 m of out-of-plane noise: the flat
+    state is a saddle of Phi (M / dt^2 + H indefinite there), and the step must end at the buckled
+    minimum, where the exact Hessian is positive definite, within its iteration limit."""
+    from dreamcloth.taichi_mpm import membrane_newton as MN
+
+    verts, faces = grid_mesh(6, 6, (0.1, 0.1), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0))  # in the xz plane
+    b = ModelBuilder(F64)
+    b.add_cloth("sheet", verts, faces)
+    model, state = b.build([])
+    c = model.cloth[0]
+    x = state.x[: c.num_vertices]
+    V, E = x.shape[0], c.num_elements
+    area = model.volume[c.element_start : c.element_start + E]
+    mu, lam = torch.full((E,), 1000.0, dtype=F64), torch.full((E,), 500.0, dtype=F64)
+    mass = torch.full((V,), 0.2 * 0.01 / V, dtype=F64)
+    center = x.mean(0)
+    squeezed = center + (x - center) * torch.tensor([0.9, 1.0, 0.9], dtype=F64)
+    yhat = squeezed.clone()
+    yhat[:, 1] += 1e-9 * torch.randn(V, generator=torch.Generator().manual_seed(0), dtype=F64)
+    dt = 1 / 1200
+
+    def new_solver():
+        return MN.NewtonMembrane(c.faces_local, c.rest_inverse.reshape(-1, 2, 2), area, torch.ones(V, dtype=torch.bool))
+
+    flat = new_solver().solve(squeezed, mass, mu, lam, dt, 0)  # without the noise it stays flat
+    solver = new_solver()
+    solver._refactor(flat, mass, mu, lam, dt)
+    assert solver.clamped  # the flat equilibrium is a saddle
+    y = solver.solve(yhat, mass, mu, lam, dt, 0)
+    solver._refactor(y, mass, mu, lam, dt)
+    assert not solver.clamped  # a minimum: the exact Hessian is positive definite
+    assert float((y[:, 1] - center[1]).abs().max()) > 1e-3  # buckled out of the plane
+    assert solver.phi_force(y, yhat, mass, mu, lam, dt)[0] < solver.phi_force(flat, yhat, mass, mu, lam, dt)[0]
+
+
 def test_newton_membrane_step_gradcheck():
     """The converged step's gradient (implicit-function theorem, adjoint by conjugate gradients) in
     every input, against float64 finite differences of the whole solve, a pinned vertex included."""
