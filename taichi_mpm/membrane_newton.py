@@ -74,6 +74,11 @@ EXTEND_TRIALS = 4
 #: exact Hessian indefinite at every iterate until the last few): clamping alone took 202
 #: iterations (it stepped off the saddle in 8-22% steps), the shifts 31
 SHIFTS = (0.01, 0.1, 1.0)
+#: the Newton iterations' factor's precision: it only preconditions (the residual is float64, so the
+#: solution is float64's), and LAPACK's float32 banded Cholesky is 2-3x faster (11 frames of the
+#: 41x41 drop, forward: 48 against 52 ms a substep).  The adjoint's is float64: it would need more
+#: conjugate-gradient products (each an autograd Hessian product) than the float32 factor saves
+FACTOR_DTYPE = np.float32
 #: steps (m) below which no line search is made: Phi's change is then round-off
 LINE_SEARCH_BELOW = 1e-7
 #: after ``MAX_ITERATIONS``, a last step below this (m) is round-off, not divergence: accepted
@@ -218,11 +223,13 @@ class NewtonMembrane:
         ab[self.diag] += m
         return ab.reshape(self.u + 1, self.n)
 
-    def _refactor(self, y, mass, mu, lam, dt) -> None:
+    def _refactor(self, y, mass, mu, lam, dt, dtype=None) -> None:
         """Factor M / dt^2 + H at y: H exact where that is positive definite (Newton's own step),
         else M / dt^2 + H shifted by the smallest of ``SHIFTS`` times M / dt^2 that makes it so, else
         with each triangle's negative curvature clamped.  The exact element Hessians come from
-        ``membrane_hessian``'s kernel for a model on the CPU, else from torch."""
+        ``membrane_hessian``'s kernel for a model on the CPU, else from torch.  The factor is in
+        ``dtype`` (default ``FACTOR_DTYPE``)."""
+        dtype = dtype or FACTOR_DTYPE
         H = None
         if self.kernel_dtype is not None and MH.available(self.kernel_dtype):
             He = MH.element_hessians(y, self.faces32, self.coef6, torch.stack([self.area, mu, lam], 1))
@@ -233,7 +240,7 @@ class NewtonMembrane:
         inertia = np.where(self.pinned_dof, 0.0, np.repeat(mass.numpy(), 3)[self.vertex_of_dof.numpy()] / (dt * dt))
         for shift in (0.0, *SHIFTS):
             try:
-                self.factor = sla.cholesky_banded(ab + shift * inertia * self._last_row, lower=False, check_finite=False)
+                self.factor = self._cholesky(ab + shift * inertia * self._last_row, dtype)
                 self.clamped = shift > 0.0
                 return
             except np.linalg.LinAlgError:
@@ -243,14 +250,20 @@ class NewtonMembrane:
         w, Q = torch.linalg.eigh(H)
         H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
         self.clamped = True
-        self.factor = sla.cholesky_banded(self._banded(self.element_hessians(H), mass, dt), lower=False, check_finite=False)
+        self.factor = self._cholesky(self._banded(self.element_hessians(H), mass, dt), dtype)
+
+    @staticmethod
+    def _cholesky(ab: np.ndarray, dtype) -> np.ndarray:
+        """The banded Cholesky factor of ``ab`` in ``dtype`` (a LinAlgError where that is not
+        positive definite)."""
+        return sla.cholesky_banded(ab.astype(dtype, copy=False), lower=False, check_finite=False)
 
     def solve_with(self, factor: np.ndarray, rhs: torch.Tensor) -> torch.Tensor:
         """``P^-1 rhs`` for ``rhs [V, 3]`` (zero on pinned vertices) with a banded Cholesky factor."""
-        b = np.zeros(self.n)
+        b = np.zeros(self.n, dtype=factor.dtype)
         b[self.dof_of.reshape(-1).numpy()] = rhs.reshape(-1).numpy()
         z = sla.cho_solve_banded((factor, False), b, check_finite=False)
-        out = torch.from_numpy(z[self.dof_of.reshape(-1).numpy()]).reshape(-1, 3)
+        out = torch.from_numpy(z[self.dof_of.reshape(-1).numpy()].astype(np.float64)).reshape(-1, 3)
         return out * self.free[:, None]
 
     # -- the step -------------------------------------------------------------------------------------
@@ -348,7 +361,7 @@ class NewtonMembrane:
         scale = float(b.abs().max())
         if scale == 0.0:
             return torch.zeros_like(b)
-        self._refactor(y, mass, mu, lam, dt)
+        self._refactor(y, mass, mu, lam, dt, np.float64)
         x = self.solve_with(self.factor, b)
         r = b - self.jacobian_product(y, x, mass, mu, lam, dt)
         z = self.solve_with(self.factor, r)
