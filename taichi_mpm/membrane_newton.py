@@ -19,18 +19,19 @@ over the free vertices (pinned ones follow yhat, i.e. their pin velocity).  Newt
 M / dt^2 + H, H assembled from each triangle's Hessian (written out: ``membrane_hessian``'s kernel on
 the CPU, :func:`energy_hessian` in torch elsewhere) in LAPACK's banded Cholesky (vertices in
 ``cloth_forces.banded_order``, three unknowns each): H exact where M / dt^2 + H is positive
-definite, else with each triangle's negative eigenvalues clamped to 0.  The factor is kept across
+definite, else shifted by the first multiple of M / dt^2 in ``SHIFTS`` that makes it so, else with
+each triangle's negative eigenvalues clamped to 0.  The factor (float32: ``FACTOR_DTYPE``) is kept across
 iterations and substeps and renewed when the steps' contraction would need more than
 ``RENEW_AFTER`` further iterations (the converged y does not depend on which factor led there), and
 each solve starts from the previous substep's membrane displacement (y - yhat).  A line search
-halves steps that raise Phi (above ``LINE_SEARCH_BELOW``) and, when the factor's Hessian was
-clamped, lengthens them by secants on Phi's slope along the step (where the cloth buckles, the
-clamped Hessian's steps along the buckling mode are far too short).  Each trial point's energy and
+halves steps that raise Phi (above ``LINE_SEARCH_BELOW``) and, when the factor is shifted or
+clamped, lengthens them by secants on Phi's slope along the step (where the cloth buckles, such a
+factor's steps along the buckling mode are far too short).  Each trial point's energy and
 force come from one evaluation, the force being the next iteration's.  Iterations stop once a step moves no
 vertex more than ``TOLERANCE`` m (float64 throughout, whatever the model's dtype).
 
-Cost.  A renewal (Hessian 1.4 ms, its banded form 1.6 ms, Cholesky 7-8 ms on a 41x41 cloth, 2
-cores) costs about six iterations (energy and force 0.9 ms, a banded solve 0.4 ms): while the cloth
+Cost.  A renewal (Hessian 1.4 ms, its banded form 1.6 ms, Cholesky 7-8 ms in float64 and 2-3x
+less in float32, on a 41x41 cloth, 2 cores) costs about six iterations (energy and force 0.9 ms, a banded solve 0.4 ms): while the cloth
 falls or swings, 2-3 iterations a substep and a renewal every few substeps; where it folds onto a
 collider, ~10 iterations and 2-3 renewals a substep, and one renewal per substep in the backward
 pass (README "Cloth physics").
