@@ -179,7 +179,8 @@ class NewtonMembrane:
         pos = np.empty(nv, dtype=np.int64)
         pos[perm] = np.arange(nv)
         self.dof_of = torch.from_numpy(3 * pos[:, None] + np.arange(3)[None, :])  # [V, 3]: banded unknown
-        self.vertex_of_dof = torch.from_numpy(np.argsort(self.dof_of.reshape(-1).numpy()))
+        self.dof_flat = self.dof_of.reshape(-1).numpy()  # (vertex, axis) -> banded unknown
+        self.vertex_of_dof = torch.from_numpy(np.argsort(self.dof_flat))
         d = self.dof_of[self.faces].reshape(-1, 9).numpy()  # [E, 9]: (vertex, axis) -> unknown
         r, c = np.repeat(d, 9, axis=1), np.tile(d, (1, 9))  # [E, 81]
         pinned_dof = ~np.repeat(self.free.numpy(), 3)[self.vertex_of_dof.numpy()]
@@ -190,9 +191,7 @@ class NewtonMembrane:
         self.diag = self.u * self.n + np.arange(self.n)  # the band's diagonal row, flattened
         self.pinned_dof = pinned_dof
         self.factor: np.ndarray | None = None
-        self.clamped = False  # the factor is not the exact Hessian's (shifted or clamped)
-        self._last_row = np.zeros((self.u + 1, 1))
-        self._last_row[self.u] = 1.0  # the band's diagonal (upper storage)
+        self.exact = True  # the factor is the exact M / dt^2 + H's (not shifted or clamped)
         self.solutions: dict[int, torch.Tensor] = {}
         self.last_change: torch.Tensor | None = None
 
@@ -217,12 +216,16 @@ class NewtonMembrane:
         He = torch.einsum("ejv,eijkl,elw->eviwk", self.coef, H.reshape(-1, 3, 2, 3, 2), self.coef)
         return (He * self.area[:, None, None, None, None]).reshape(-1, 81)
 
-    def _banded(self, He: torch.Tensor, mass: torch.Tensor, dt: float) -> np.ndarray:
+    def _banded(self, He: torch.Tensor, inertia: np.ndarray) -> np.ndarray:
+        """The band of M / dt^2 + H from the element Hessians ``He [E, 81]`` and :meth:`_inertia`
+        (a pinned unknown's row is the identity's)."""
         ab = np.bincount(self.index.numpy(), weights=He.reshape(-1)[self.keep].numpy(), minlength=(self.u + 1) * self.n)
-        m = np.repeat(mass.numpy(), 3)[self.vertex_of_dof.numpy()] / (dt * dt)
-        m[self.pinned_dof] = 1.0
-        ab[self.diag] += m
+        ab[self.diag] += np.where(self.pinned_dof, 1.0, inertia)
         return ab.reshape(self.u + 1, self.n)
+
+    def _inertia(self, mass: torch.Tensor, dt: float) -> np.ndarray:
+        """M / dt^2's diagonal in the banded unknowns' order, 0 on pinned ones."""
+        return np.where(self.pinned_dof, 0.0, np.repeat(mass.numpy(), 3)[self.vertex_of_dof.numpy()] / (dt * dt))
 
     def _refactor(self, y, mass, mu, lam, dt, dtype=None) -> None:
         """Factor M / dt^2 + H at y: H exact where that is positive definite (Newton's own step),
@@ -237,12 +240,16 @@ class NewtonMembrane:
         else:
             H = energy_hessian(self._F(y), mu, lam).reshape(-1, 6, 6)
             He = self.element_hessians(H)
-        ab = self._banded(He, mass, dt)
-        inertia = np.where(self.pinned_dof, 0.0, np.repeat(mass.numpy(), 3)[self.vertex_of_dof.numpy()] / (dt * dt))
+        inertia = self._inertia(mass, dt)
+        ab = self._banded(He, inertia)
         for shift in (0.0, *SHIFTS):
+            shifted = ab
+            if shift:
+                shifted = ab.copy()
+                shifted[self.u] += shift * inertia  # the band's diagonal (upper storage)
             try:
-                self.factor = self._cholesky(ab + shift * inertia * self._last_row, dtype)
-                self.clamped = shift > 0.0
+                self.factor = self._cholesky(shifted, dtype)
+                self.exact = not shift
                 return
             except np.linalg.LinAlgError:
                 pass
@@ -250,8 +257,8 @@ class NewtonMembrane:
             H = energy_hessian(self._F(y), mu, lam).reshape(-1, 6, 6)
         w, Q = torch.linalg.eigh(H)
         H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
-        self.clamped = True
-        self.factor = self._cholesky(self._banded(self.element_hessians(H), mass, dt), dtype)
+        self.exact = False
+        self.factor = self._cholesky(self._banded(self.element_hessians(H), inertia), dtype)
 
     @staticmethod
     def _cholesky(ab: np.ndarray, dtype) -> np.ndarray:
@@ -262,9 +269,9 @@ class NewtonMembrane:
     def solve_with(self, factor: np.ndarray, rhs: torch.Tensor) -> torch.Tensor:
         """``P^-1 rhs`` for ``rhs [V, 3]`` (zero on pinned vertices) with a banded Cholesky factor."""
         b = np.zeros(self.n, dtype=factor.dtype)
-        b[self.dof_of.reshape(-1).numpy()] = rhs.reshape(-1).numpy()
+        b[self.dof_flat] = rhs.reshape(-1).numpy()
         z = sla.cho_solve_banded((factor, False), b, check_finite=False)
-        out = torch.from_numpy(z[self.dof_of.reshape(-1).numpy()].astype(np.float64)).reshape(-1, 3)
+        out = torch.from_numpy(z[self.dof_flat].astype(np.float64)).reshape(-1, 3)
         return out * self.free[:, None]
 
     # -- the step -------------------------------------------------------------------------------------
@@ -299,7 +306,7 @@ class NewtonMembrane:
             # Where the cloth buckles, M / dt^2 + H is indefinite and the clamped Hessian's steps along
             # the buckling mode are far too short (the 41x41 drop stalled at frame 22 without what
             # follows, and a polish rollout of its fit took 60 steps that each shrank 8% from 2e-7 m):
-            # with a clamped factor the step is extended to where Phi's slope along it vanishes.
+            # with a shifted or clamped factor the step is extended to where Phi's slope along it vanishes.
             # Each trial point's force is the next iteration's.
             t = 1.0
             phi_t, f_t = self.phi_force(y + dy, yhat, mass, mu, lam, dt)
@@ -308,7 +315,7 @@ class NewtonMembrane:
                 while t > 1e-4 and phi_t > phi + 1e-4 * t * slope:
                     t *= 0.5
                     phi_t, f_t = self.phi_force(y + t * dy, yhat, mass, mu, lam, dt)
-            if self.clamped and t >= 1.0:
+            if not self.exact and t >= 1.0:
                 t, phi_t, f_t = self._extend(y, dy, t, phi_t, f_t, slope, size, yhat, mass, mu, lam, dt)
             y, phi, f = y + t * dy, phi_t, f_t
             last = size
