@@ -31,7 +31,8 @@ force come from one evaluation, the force being the next iteration's.  Iteration
 vertex more than ``TOLERANCE`` m (float64 throughout, whatever the model's dtype).
 
 Cost.  A renewal (Hessian 1.4 ms, its banded form 1.6 ms, Cholesky 7-8 ms in float64 and 2-3x
-less in float32, on a 41x41 cloth, 2 cores) costs about six iterations (energy and force 0.9 ms, a banded solve 0.4 ms): while the cloth
+less in float32, on a 41x41 cloth, 2 cores) costs about six iterations (energy and force 0.3 ms by
+``membrane_hessian``'s kernel, 0.6 ms in torch; a banded solve 0.4 ms): while the cloth
 falls or swings, 2-3 iterations a substep and a renewal every few substeps; where it folds onto a
 collider, ~10 iterations and 2-3 renewals a substep, and one renewal per substep in the backward
 pass (README "Cloth physics").
@@ -168,7 +169,8 @@ class NewtonMembrane:
         nv = int(free.shape[0])
         self.stencil = membrane_stencil(self.faces, dm_inv.detach().cpu().double(), nv)
         self.coef = self.stencil.coef  # [E, column j, vertex]: F[:, j] = sum_v c x_v
-        self.faces32, self.coef6 = self.faces.int().contiguous(), self.coef.reshape(-1, 6).contiguous()  # the kernel's
+        self.faces32, self.coef6 = self.faces.int().contiguous(), self.coef.reshape(-1, 6).contiguous()  # the kernels'
+        self.start, self.incident = MH.incidence(self.faces, nv)
         self.area = area.detach().cpu().double()
         self.free = free.detach().cpu().bool()
         self.nv, self.n = nv, 3 * nv
@@ -201,8 +203,13 @@ class NewtonMembrane:
         return torch.einsum("ejv,evi->eij", self.coef, y[self.faces])  # [E, 3, 2]
 
     def phi_force(self, y, yhat, mass, mu, lam, dt) -> tuple[float, torch.Tensor]:
-        """Phi at positions ``y [V, 3]`` and the membrane force there (one evaluation of F)."""
-        energy, force = stencil_membrane_energy_forces(y, self.stencil, self.area, mu, lam)
+        """Phi at positions ``y [V, 3]`` and the membrane force there (one evaluation of F; by
+        ``membrane_hessian``'s kernel for a model on the CPU, else by torch)."""
+        if self.kernel_dtype is not None and MH.available(self.kernel_dtype):
+            mat = torch.stack([self.area, mu, lam], 1)
+            energy, force = MH.energy_forces(y, self.faces32, self.coef6, mat, self.start, self.incident)
+        else:
+            energy, force = stencil_membrane_energy_forces(y, self.stencil, self.area, mu, lam)
         inertia = 0.5 * (mass[:, None] * (y - yhat) ** 2)[self.free].sum() / (dt * dt)
         return float(inertia + energy), force
 

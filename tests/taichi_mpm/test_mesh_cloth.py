@@ -357,6 +357,32 @@ def test_membrane_hessian_kernel_matches_autograd_of_the_energy():
     torch.testing.assert_close(dense, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
 
 
+def test_membrane_energy_force_kernel_matches_the_energy_and_its_autograd():
+    """The Taichi kernel's energy and forces (the Newton step's every trial point) against the
+    energy defined by singular values and minus its autograd gradient, and against the torch path;
+    two calls give the same bits (each vertex gathers its triangles in a fixed order)."""
+    from dreamcloth.taichi_mpm import membrane_hessian as MH
+    from dreamcloth.taichi_mpm import membrane_newton as MN
+    from dreamcloth.taichi_mpm.membrane import stencil_membrane_energy_forces
+
+    x, faces, dm_inv, area, mu, lam = _triangle_data(n=5, seed=4)
+    V = x.shape[0]
+    solver = MN.NewtonMembrane(faces, dm_inv, area, torch.ones(V, dtype=torch.bool))
+    assert MH.available(F64)
+    mat = torch.stack([solver.area, mu, lam], 1)
+    energy, force = MH.energy_forces(x, solver.faces32, solver.coef6, mat, solver.start, solver.incident)
+    xr = x.clone().requires_grad_(True)
+    ref = membrane_energy(xr, faces, dm_inv, area, mu, lam)
+    (grad,) = torch.autograd.grad(ref, xr)
+    torch.testing.assert_close(energy, ref.detach(), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(force, -grad, rtol=1e-10, atol=1e-10 * float(grad.abs().max()))
+    e_torch, f_torch = stencil_membrane_energy_forces(x, solver.stencil, solver.area, mu, lam)
+    torch.testing.assert_close(force, f_torch, rtol=1e-12, atol=1e-12 * float(grad.abs().max()))
+    torch.testing.assert_close(energy, e_torch, rtol=1e-12, atol=0.0)
+    again = MH.energy_forces(x, solver.faces32, solver.coef6, mat, solver.start, solver.incident)
+    assert torch.equal(again[1], force) and torch.equal(again[0], energy)
+
+
 def test_newton_membrane_step_leaves_a_buckling_saddle_for_the_buckled_minimum():
     """A flat sheet squeezed 10% in its plane (yhat) with 1e-9 m of out-of-plane noise: the flat
     state is a saddle of Phi (M / dt^2 + H indefinite there), and the step must end at the buckled
