@@ -11,6 +11,10 @@ import typer
 from .common import DEMO_SCENE, DEMO_TRUTH, DEMO_VIDEO, DeviceOption, bar_progress, progress_bar
 from .errors import CliError, report_errors
 
+WorkersOption = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="Processes for the fit's independent rollouts (starting points, polish); "
+    "default: $DREAMCLOTH_WORKERS, else one per core. Same results for any number.")]
+
 
 def _fit_config(iterations: int, lr: float, fit_velocity: bool, prior_weight: float, seed: int, horizon_start: int):
     from .pipeline.fit import FitConfig
@@ -19,7 +23,7 @@ def _fit_config(iterations: int, lr: float, fit_velocity: bool, prior_weight: fl
 
 
 def _run_fit(video: Path, scene: Path, out: Path, cfg, masks: Path | None, device: str, resume: bool, prior: str | None,
-             identify: bool, truth: dict | None) -> None:
+             identify: bool, truth: dict | None, workers: int | None = None) -> None:
     """The fit with its progress bar, then the table of recovered values."""
     from rich.console import Console
 
@@ -28,7 +32,7 @@ def _run_fit(video: Path, scene: Path, out: Path, cfg, masks: Path | None, devic
     console = Console()
     with progress_bar() as bar:
         outcome = fit_video(video, scene, out, cfg, masks, device, resume=resume, prior=prior, identify=identify, truth=truth,
-                            progress=bar_progress(bar), log=bar.console.print)
+                            progress=bar_progress(bar), log=bar.console.print, workers=workers)
     doc = outcome.doc
     _print_table(console, doc, truth)
     for n in doc["notes"]:  # the physics notes and any value stopped by its range's edge
@@ -74,6 +78,7 @@ def fit(
     identify: Annotated[bool, typer.Option(help="Curvature analysis of which parameters the video determines.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the starting-point probe.")] = 0,
     device: DeviceOption = "cpu",
+    workers: WorkersOption = None,
 ) -> None:
     """Estimate material parameters from a video: params.json, fit.mp4, loss.png, params.png, checkpoint.pt."""
     truth = None
@@ -101,7 +106,7 @@ def fit(
                                                        "masks": str(masks.resolve()) if masks else None, "config": cfg_args,
                                                        "prior": prior, "truth": truth}, indent=2))
     cfg = _fit_config(**cfg_args)
-    _run_fit(video, scene, out, cfg, masks, device, resume is not None, prior, identify, truth)
+    _run_fit(video, scene, out, cfg, masks, device, resume is not None, prior, identify, truth, workers)
 
 
 def _print_prediction(report: dict, out: Path) -> None:
@@ -134,6 +139,7 @@ def predict(
     lr: Annotated[float, typer.Option(help="Adam step in normalised parameter space.")] = 0.2,
     seed: int = 0,
     device: DeviceOption = "cpu",
+    workers: WorkersOption = None,
 ) -> None:
     """Fit on the first --context frames, simulate --horizon more; mask IoU and PSNR on the frames the fit did not see."""
     if not video.is_file():
@@ -143,5 +149,5 @@ def predict(
     cfg = _fit_config(iterations, lr, False, 0.0, seed, min(6, context))
     with progress_bar() as bar:
         prediction = predict_video(video, scene, out, context, horizon, cfg, masks, device, progress=bar_progress(bar),
-                                   log=bar.console.print)
+                                   log=bar.console.print, workers=workers)
     _print_prediction(prediction.report, out)

@@ -350,12 +350,14 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
             raise FileNotFoundError(f"video {job.video} does not exist")
         cfg = job.fit_config()
         if job.predict:
-            prediction = predict_video(job.video, job.scene, folder, job.context, job.horizon, cfg, job.masks, resume=resumed)
+            # a batch runs its jobs side by side: each job's rollouts stay in its own process
+            prediction = predict_video(job.video, job.scene, folder, job.context, job.horizon, cfg, job.masks, resume=resumed,
+                                       workers=1)
             doc = prediction.fit.doc
             mask_iou = prediction.report["mean_mask_iou"]
         else:
             outcome = fit_video(job.video, job.scene, folder, cfg, job.masks, identify=job.identify, resume=resumed,
-                                stop_after=stop_after)
+                                stop_after=stop_after, workers=1)
             if outcome.stopped_at is not None:
                 return JobResult(job.name, "interrupted", str(folder), seconds=round(time.perf_counter() - t0, 2), resumed=resumed)
             doc = outcome.doc

@@ -283,6 +283,24 @@ class FitProblem:
         self.appearance = appearance
         self.prior = prior
         self.v0 = torch.zeros(3, dtype=sim.dtype, device=sim.device)
+        self.pool = None  # a rollouts.LossPool: forward losses side by side in worker processes
+
+    def forward_losses(self, us: list[torch.Tensor], horizon: int | None = None) -> list:
+        """The forward losses at ``us`` over ``horizon`` frames (default: every frame), each a float
+        or the SimulationError its rollout raised; in the rollout workers when there are some and
+        the loss has no video prior (``rollouts``), else one after another here."""
+        h = horizon or self.target.frames.shape[0]
+        if self.pool is not None and self.prior is None:
+            return self.pool.losses(self, us, h)
+        return [self.loss_or_error(u, h) for u in us]
+
+    def loss_or_error(self, u: torch.Tensor, horizon: int):
+        """The forward loss at ``u`` in this process: a float, or the SimulationError it raised."""
+        try:
+            with torch.no_grad():
+                return float(self.loss(u, horizon))
+        except M.SimulationError as exc:
+            return exc
 
     def with_substeps(self, substeps: int) -> None:
         self.sim.config = dataclasses.replace(self.sim.config, substeps_per_frame=substeps)
@@ -353,15 +371,10 @@ def probe_starts(problem: FitProblem, cfg: FitConfig) -> tuple[list[torch.Tensor
         strata = torch.stack([torch.randperm(m, generator=gen) for _ in range(p)], 1).double()
         pts = (strata + torch.rand(m, p, generator=gen, dtype=torch.float64)) / m
         cands += list(-2 + 4 * pts)
-    h = problem.target.frames.shape[0]
     scored = []
-    with torch.no_grad():
-        for c in cands:
-            try:
-                l = float(problem.loss(c, h))
-            except M.SimulationError:
-                l = math.inf
-            scored.append((l if math.isfinite(l) else math.inf, c))
+    for l, c in zip(problem.forward_losses(cands), cands):
+        l = l if isinstance(l, float) and math.isfinite(l) else math.inf  # a SimulationError: inf
+        scored.append((l, c))
     order = sorted(range(len(scored)), key=lambda i: (scored[i][0], i))
     return [scored[i][1] for i in order], [scored[i][0] for i in order]
 
@@ -439,11 +452,12 @@ class FitResult:
 
 def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch.float32, device="cpu",
             resume: bool = False, prior=None, on_iteration: Callable[[dict], None] | None = None,
-            log: Callable[[str], None] = print, stop_after: int | None = None) -> FitResult:
+            log: Callable[[str], None] = print, stop_after: int | None = None, pool=None) -> FitResult:
     """The appearance, velocity and material stages, checkpointing every iteration into ``out``.
 
     ``stop_after`` ends the material stage after that many iterations (as a crash would), leaving
-    the checkpoint for ``resume``.
+    the checkpoint for ``resume``.  ``pool``: a ``rollouts.LossPool`` made for this scene, video
+    and config, which runs the probes' and the polish's rollouts side by side (same values).
     """
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
@@ -462,12 +476,14 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         if [tuple(k) for k in saved["keys"]] != space.keys or saved["config"] != dataclasses.asdict(cfg):
             raise InputError(f"--resume: {ckpt} was made with other fit settings or parameters")
         problem = FitProblem(sim, renderer, target, space, cfg, st.appearance, prior)
+        problem.pool = pool
         problem.with_substeps(st.substeps)
         problem.v0 = st.v0
         log(f"resuming at iteration {st.iteration} of {cfg.iterations}")
     else:
         appearance = fit_appearance(sim, renderer, target, cfg, log)
         problem = FitProblem(sim, renderer, target, space, cfg, appearance, prior)
+        problem.pool = pool
         candidates, losses = probe_starts(problem, cfg)
         u0 = candidates[0]
         if cfg.fit_velocity:
@@ -549,7 +565,8 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
                 start = u.detach().clone()
                 if polish:
                     with without_prior(problem):
-                        step = opt.step(space.natural(u.detach()), lambda z: forward_loss(problem, space.from_natural(z)))
+                        step = opt.step(space.natural(u.detach()), lambda z: forward_loss(problem, space.from_natural(z)),
+                                        lambda zs: natural_losses(problem, zs))
                     with torch.no_grad():
                         u.copy_(space.from_natural(step.z))
                     u.grad = None
@@ -656,6 +673,16 @@ def forward_loss(problem: FitProblem, u: torch.Tensor) -> float:
         return float(problem.loss(u, problem.target.frames.shape[0]))
 
 
+def natural_losses(problem: FitProblem, zs: list[torch.Tensor]) -> list[float]:
+    """The full-horizon forward losses at natural coordinates ``zs`` (in the rollout workers when
+    there are some); the first SimulationError is raised."""
+    values = problem.forward_losses([problem.space.from_natural(z) for z in zs])
+    for v in values:
+        if isinstance(v, Exception):
+            raise v
+    return values
+
+
 def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_step: float = REL_STEP,
                     model: QuadraticModel | None = None) -> dict:
     """Curvature of the full-horizon loss in natural coordinates (log value for stiffnesses and
@@ -686,7 +713,8 @@ def identifiability(problem: FitProblem, u: torch.Tensor, names: list[str], rel_
     else:
         lo, hi = space.natural_box()
         with without_prior(problem):
-            H = build_model(lambda z: forward_loss(problem, space.from_natural(z)), z0, lo, hi, rel_step).H
+            many = (lambda zs: natural_losses(problem, zs)) if getattr(problem, "pool", None) is not None else None
+            H = build_model(lambda z: forward_loss(problem, space.from_natural(z)), z0, lo, hi, rel_step, many=many).H
     evals, evecs = torch.linalg.eigh(H)
     report = {"hessian": H.tolist(), "eigenvalues": evals.tolist(), "parameters": {}}
     positive = evals.max() > 0

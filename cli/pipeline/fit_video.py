@@ -14,6 +14,7 @@ from typing import Callable
 
 from .devices import resolve_device, torch_threads
 from .progress import Progress, silent
+from .rollouts import loss_pool
 from .scene import Scene, load_scene
 
 
@@ -60,6 +61,7 @@ class FitOutcome:
     doc: dict | None
     result: object
     stopped_at: int | None = None
+    rendered: tuple | None = None  # (color, alpha) of the fit's last rollout, ``report_frames`` long
 
     @property
     def fitted_u(self):
@@ -71,14 +73,18 @@ class FitOutcome:
 def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | None = None, device: str = "cpu",
               resume: bool = False, prior: str | None = None, identify: bool = True, truth: dict | None = None,
               frames: int | None = None, stop_after: int | None = None, target=None, progress: Progress = silent,
-              log: Callable[[str], None] = lambda message: None) -> FitOutcome:
+              log: Callable[[str], None] = lambda message: None, workers: int | None = None,
+              report_frames: int | None = None) -> FitOutcome:
     """The whole fit with its reports into ``out``.
 
     ``scene``: a scene file or an already parsed Scene; ``target``: the video's frames and masks
     when the caller has them already (else decoded from ``video``/``masks``, the first ``frames``);
     ``truth``: true values drawn into params.png; ``stop_after``: end after that many material
     iterations, as a crash would (``resume`` continues).  ``progress`` reports the stage ``fit``
-    (iterations), ``log`` the fit's events.
+    (iterations), ``log`` the fit's events.  ``workers``: rollout processes for the probes, the
+    polish and the identifiability analysis (``rollouts.resolve_workers``; None: its default);
+    ``report_frames``: the fit.mp4 rollout goes on to this many frames, and the outcome's
+    ``rendered`` holds them all (``predict``'s prediction).
     """
     import torch
 
@@ -92,13 +98,13 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
     names = space.names(scene)
     t_start = time.perf_counter()
     progress("fit", 0, cfg.iterations, "appearance")
-    with torch_threads(1):
+    with torch_threads(1), loss_pool(scene, target, cfg, torch.float32, dev, workers, log) as pool:
         def on_iteration(rec):
             vals = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, rec["values"].values()))
             progress("fit", rec["iteration"] + 1, cfg.iterations, f"loss {rec['loss']:.4f} h={rec['horizon']} {vals}")
 
         result = Fm.run_fit(scene, target, out, cfg, torch.float32, dev, resume=resume, prior=load_prior(prior, dev, cfg.seed),
-                            on_iteration=on_iteration, log=log, stop_after=stop_after)
+                            on_iteration=on_iteration, log=log, stop_after=stop_after, pool=pool)
         total = cfg.iterations
         if result.state.converged:  # the polish stopped early: the bar ends where the fit did
             total = result.state.iteration
@@ -111,7 +117,8 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
             progress("fit", result.state.iteration, total, "identifiability (curvature at the optimum)")
             ident = Fm.identifiability(result.problem, outcome.fitted_u, names, model=result.state.model)
         progress("fit", result.state.iteration, total, "report")
-        metrics = write_fit_video(out, result.problem, outcome.fitted_u, scene.settings.fps)
+        metrics = write_fit_video(out, result.problem, outcome.fitted_u, scene.settings.fps, report_frames)
+        outcome.rendered = (metrics.pop("color"), metrics.pop("alpha"))
     notes = Fm.physics_notes(scene, space)
     extra = {
         "video": str(video), "scene": str(scene.path), "frames": int(target.frames.shape[0]),

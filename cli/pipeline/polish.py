@@ -70,36 +70,38 @@ def stencil_center(z0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, h: floa
 
 
 def build_model(f: Callable[[torch.Tensor], float], z0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                h: float = REL_STEP, f_at_z0: float | None = None) -> QuadraticModel:
+                h: float = REL_STEP, f_at_z0: float | None = None,
+                many: Callable[[list[torch.Tensor]], list[float]] | None = None) -> QuadraticModel:
     """Central differences of ``f`` around ``z0`` (shifted inward at the box's edges): the diagonal
     from f(c +- h e_i), each pair from f(c +- h (e_i + e_j)). ``f_at_z0`` saves the centre's
-    evaluation when the centre is ``z0``."""
+    evaluation when the centre is ``z0``; ``many``, if given, evaluates the whole stencil in one
+    call (the fit's rollout workers, ``rollouts``), with the values ``f`` would give."""
     c = stencil_center(z0, lo, hi, h)
     p = len(c)
-    n = 0
-
-    def F(z):
-        nonlocal n
-        n += 1
-        v = f(z)
+    eye = torch.eye(p, dtype=torch.float64) * h
+    known = f_at_z0 is not None and torch.equal(c, z0)
+    points = [] if known else [c]
+    for i in range(p):
+        points += [c + eye[i], c - eye[i]]
+    pairs = [(i, j) for i in range(p) for j in range(i + 1, p)]
+    for i, j in pairs:
+        points += [c + eye[i] + eye[j], c - eye[i] - eye[j]]
+    values = list(many(points)) if many is not None else [f(z) for z in points]
+    for v in values:
         if not math.isfinite(v):
             raise NonFiniteLoss(f"a non-finite loss ({v}) while modelling the loss around the fitted point")
-        return v
-
-    f0 = f_at_z0 if (f_at_z0 is not None and torch.equal(c, z0)) else F(c)
-    eye = torch.eye(p, dtype=torch.float64) * h
+    f0 = f_at_z0 if known else values.pop(0)
     g = torch.zeros(p, dtype=torch.float64)
     H = torch.zeros(p, p, dtype=torch.float64)
     for i in range(p):
-        fp, fm = F(c + eye[i]), F(c - eye[i])
+        fp, fm = values[2 * i], values[2 * i + 1]
         g[i] = (fp - fm) / (2 * h)
         H[i, i] = (fp - 2 * f0 + fm) / h**2
-    for i in range(p):
-        for j in range(i + 1, p):
-            # f(+i+j) + f(-i-j) - 2 f0 = h^2 (H_ii + H_jj + 2 H_ij) + O(h^4)
-            pp, mm = F(c + eye[i] + eye[j]), F(c - eye[i] - eye[j])
-            H[i, j] = H[j, i] = ((pp + mm - 2 * f0) / h**2 - H[i, i] - H[j, j]) / 2
-    return QuadraticModel(c, f0, g, H, h, n)
+    for k, (i, j) in enumerate(pairs):
+        # f(+i+j) + f(-i-j) - 2 f0 = h^2 (H_ii + H_jj + 2 H_ij) + O(h^4)
+        pp, mm = values[2 * p + 2 * k], values[2 * p + 2 * k + 1]
+        H[i, j] = H[j, i] = ((pp + mm - 2 * f0) / h**2 - H[i, i] - H[j, j]) / 2
+    return QuadraticModel(c, f0, g, H, h, len(points))
 
 
 def newton_target(model: QuadraticModel, z0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, radius: float) -> torch.Tensor:
@@ -158,7 +160,10 @@ class ModelPolish:
     def load_state_dict(self, d: dict) -> None:
         self.radius, self.f, self.model = d["radius"], d["f"], QuadraticModel.from_dict(d["model"])
 
-    def step(self, z0: torch.Tensor, f: Callable[[torch.Tensor], float]) -> PolishStep:
+    def step(self, z0: torch.Tensor, f: Callable[[torch.Tensor], float],
+             many: Callable[[list[torch.Tensor]], list[float]] | None = None) -> PolishStep:
+        """One iteration from ``z0``; ``f`` is the loss, ``many`` (optional) the loss at a list of
+        points in one call (``build_model``)."""
         evaluated: list[tuple[float, torch.Tensor]] = []
 
         def F(z):
@@ -166,7 +171,12 @@ class ModelPolish:
             evaluated.append((v, z.clone()))
             return v
 
-        self.model = model = build_model(F, z0, self.lo, self.hi, self.h, self.f)
+        def F_many(zs):
+            vs = list(many(zs))
+            evaluated.extend((v, z.clone()) for v, z in zip(vs, zs))
+            return vs
+
+        self.model = model = build_model(F, z0, self.lo, self.hi, self.h, self.f, F_many if many is not None else None)
         if self.f is None:
             self.f = model.f if torch.equal(model.center, z0) else F(z0)
         f0 = self.f

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .devices import torch_threads
 from .errors import InputError
 from .fit_video import FitOutcome, fit_video
 from .progress import Progress, silent
@@ -23,16 +22,16 @@ class Prediction:
 
 def predict_video(video: Path, scene_path: Path, out: Path, context: int, horizon: int, cfg, masks: Path | None = None,
                   device: str = "cpu", resume: bool = False, progress: Progress = silent,
-                  log: Callable[[str], None] = lambda message: None) -> Prediction:
+                  log: Callable[[str], None] = lambda message: None, workers: int | None = None) -> Prediction:
     """Fit on the first ``context`` frames, simulate ``horizon`` more, and score them against the video.
 
     Writes predicted.mp4, predicted_frames/, predicted_masks/, prediction_vs_video.mp4 and
     prediction.json (besides the fit's own reports) into ``out``; the Prediction's report is
     prediction.json's document (``per_frame`` scores, ``last_frame``, ``mean_mask_iou``, ``fit``).  ``resume``: continue the fit
-    from ``out``'s checkpoint (what ``dreamcloth fit-batch`` does with an interrupted job).
+    from ``out``'s checkpoint (what ``dreamcloth fit-batch`` does with an interrupted job);
+    ``workers``: the fit's rollout processes (``fit_video``).
     """
     import numpy as np
-    import torch
 
     from dreamcloth.render import SILHOUETTE_ALPHA, side_by_side, write_png_frames, write_video
 
@@ -49,13 +48,12 @@ def predict_video(video: Path, scene_path: Path, out: Path, context: int, horizo
     # the whole video is decoded once: the fit sees its first frames, the prediction is scored on the rest
     footage = load_footage(video, scene, masks, context)
     outcome: FitOutcome = fit_video(video, scene, out, cfg, masks, device, frames=context, identify=False, resume=resume,
-                                    target=footage.first(context), progress=progress, log=log)
-    problem = outcome.result.problem
+                                    target=footage.first(context), progress=progress, log=log, workers=workers,
+                                    report_frames=context + horizon)
     total = context + horizon
-    with torch.no_grad(), torch_threads(1):
-        traj = problem.rollout(outcome.fitted_u, total)
-        color, alpha = problem.render(traj, range(total))
-    color = color.clamp(0, 1).float().cpu()
+    # the fit's report rolled the fitted values out over every frame: the context's frames are
+    # fit.mp4's, the rest the prediction
+    color, alpha = outcome.rendered
     # the predicted silhouette is cut from the predicted image exactly as the video's are cut from
     # the video (colour distance to the background), so the IoU compares like with like; masks from a
     # mask video or the colour model are compared with the rendered silhouette

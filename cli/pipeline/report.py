@@ -119,17 +119,22 @@ def plot_curves(out: Path, scene, space, history: list[dict], truth: dict[str, f
     plt.close(fig)
 
 
-def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float) -> dict:
-    """fit.mp4: the video | the fit | their difference (x4), for every frame; returns per-frame metrics."""
+def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float, total: int | None = None) -> dict:
+    """fit.mp4: the video | the fit | their difference (x4), for every frame; returns per-frame
+    metrics, and under ``"color"`` and ``"alpha"`` the rendered frames ``[total, ...]`` of a rollout
+    that goes on to ``total`` frames (default: the video's; ``predict`` continues it instead of
+    simulating the fitted frames again)."""
     from dreamcloth.render import difference, side_by_side, write_video
 
     from .losses import mask_iou, psnr
 
     frames = problem.target.frames.shape[0]
+    total = max(total or frames, frames)
     with torch.no_grad():
-        traj = problem.rollout(u, frames)
-        color, alpha = problem.render(traj, range(frames))
-    color = color.clamp(0, 1).float().cpu()
+        traj = problem.rollout(u, total)
+        rendered, alpha = problem.render(traj, range(total))
+    rendered = rendered.clamp(0, 1).float().cpu()
+    color = rendered[:frames]
     target = problem.target.frames.float()
     diff = difference(target, color, gain=4.0)
     write_video(side_by_side([target, color, diff]), out / "fit.mp4", fps=fps)
@@ -139,4 +144,4 @@ def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float) -> dict:
     fit_masks = foreground_masks(color, problem.renderer.background.float().cpu())
     ious = [mask_iou(fit_masks[t], problem.target.masks[t]) for t in range(frames)]
     psnrs = [psnr(color[t], target[t]) for t in range(frames)]
-    return {"mask_iou": ious, "psnr": psnrs}
+    return {"mask_iou": ious, "psnr": psnrs, "color": rendered, "alpha": alpha}

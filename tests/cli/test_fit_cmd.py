@@ -27,9 +27,10 @@ CFG = FitConfig(iterations=6, appearance_steps=30, horizon_start=6, starts=2)
 
 
 @pytest.mark.slow
-def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path):
+def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path, monkeypatch):
     video, scene, _ = tiny_video
-    full = fit_video(video, scene, tmp_path / "full", CFG, identify=True).doc
+    full_outcome = fit_video(video, scene, tmp_path / "full", CFG, identify=True)
+    full = full_outcome.doc
     for name in ("params.json", "fit.mp4", "loss.png", "params.png", "checkpoint.pt"):
         assert (tmp_path / "full" / name).is_file(), name
     doc = json.loads((tmp_path / "full" / "params.json").read_text())
@@ -48,6 +49,28 @@ def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path):
     print(f"uninterrupted {a!r}, resumed {b!r}")
     assert a == b
     assert full["loss"] == resumed["loss"]
+
+    # the probes', the polish's and the identifiability analysis' rollouts in two worker processes
+    # (cli/pipeline/rollouts.py): the same values to the last bit
+    from dreamcloth.cli.pipeline import rollouts
+
+    pooled_rollouts = []
+    losses_in_workers = rollouts.LossPool.losses
+
+    def counted(self, problem, us, horizon):
+        out = losses_in_workers(self, problem, us, horizon)
+        assert self.workers == 2  # the workers computed them
+        pooled_rollouts.extend(out)
+        return out
+
+    monkeypatch.setattr(rollouts.LossPool, "losses", counted)
+    pooled_outcome = fit_video(video, scene, tmp_path / "pooled", CFG, identify=True, workers=2)
+    assert len(pooled_rollouts) >= CFG.starts + 2  # the probes and at least one polish model
+    pooled = pooled_outcome.doc
+    assert pooled["parameters"] == full["parameters"] and pooled["loss"] == full["loss"]
+    assert pooled["identifiability"] == full["identifiability"]
+    losses = lambda outcome: [(h["loss"], h["evaluations"]) for h in outcome.result.history]  # noqa: E731
+    assert losses(pooled_outcome) == losses(full_outcome)
 
 
 def _run(args):
