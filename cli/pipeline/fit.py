@@ -321,6 +321,13 @@ class FitProblem:
             alphas.append(out.alpha)
         return torch.stack(colors), torch.stack(alphas)
 
+    def rendered_rollout(self, u: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rollout at ``u`` over ``frames`` frames rendered, forward only: colours clamped to
+        [0, 1] (float32, CPU) and alphas (what fit.mp4 and the prediction show)."""
+        with torch.no_grad():
+            color, alpha = self.render(self.rollout(u, frames), range(frames))
+        return color.clamp(0, 1).float().cpu(), alpha
+
     def loss(self, u: torch.Tensor, horizon: int, v0: torch.Tensor | None = None) -> torch.Tensor:
         traj = self.rollout(u, horizon, v0)
         frames = range(1, horizon)
@@ -530,6 +537,20 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     class _NonFinite(Exception):
         pass
 
+    def one_loss(z):
+        # the polish's trial steps: in a worker when there are some (not here, where the report's
+        # rollout would share the cores with this process' threads: a trial took 57 s against 22)
+        if pool is not None:
+            return natural_losses(problem, [z])[0]
+        return forward_loss(problem, space.from_natural(z))
+
+    speculate = None
+    if pool is not None and prior is None:
+        def speculate(z):
+            # while the polish tries its step here, a worker renders the report's rollout at the
+            # step's start, where the fit ends if the step fails (rollouts.LossPool.speculate)
+            pool.speculate(problem, space.from_natural(z))
+
     t0 = time.perf_counter()
     while st.iteration < cfg.iterations and not st.converged:
         if stop_after is not None and st.iteration >= stop_after:
@@ -565,8 +586,7 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
                 start = u.detach().clone()
                 if polish:
                     with without_prior(problem):
-                        step = opt.step(space.natural(u.detach()), lambda z: forward_loss(problem, space.from_natural(z)),
-                                        lambda zs: natural_losses(problem, zs))
+                        step = opt.step(space.natural(u.detach()), one_loss, lambda zs: natural_losses(problem, zs), speculate)
                     with torch.no_grad():
                         u.copy_(space.from_natural(step.z))
                     u.grad = None

@@ -161,9 +161,11 @@ class ModelPolish:
         self.radius, self.f, self.model = d["radius"], d["f"], QuadraticModel.from_dict(d["model"])
 
     def step(self, z0: torch.Tensor, f: Callable[[torch.Tensor], float],
-             many: Callable[[list[torch.Tensor]], list[float]] | None = None) -> PolishStep:
+             many: Callable[[list[torch.Tensor]], list[float]] | None = None,
+             before_trials: Callable[[torch.Tensor], None] | None = None) -> PolishStep:
         """One iteration from ``z0``; ``f`` is the loss, ``many`` (optional) the loss at a list of
-        points in one call (``build_model``)."""
+        points in one call (``build_model``); ``before_trials(z0)`` is called once the model is
+        built, before the steps are tried (the fit starts its report's rollout there)."""
         evaluated: list[tuple[float, torch.Tensor]] = []
 
         def F(z):
@@ -183,6 +185,8 @@ class ModelPolish:
         if not math.isfinite(f0):
             raise NonFiniteLoss(f"a non-finite loss ({f0}) at the polish's starting point")
         target = newton_target(model, z0, self.lo, self.hi, self.radius)
+        if before_trials is not None:
+            before_trials(z0)
         for _ in range(self.max_trials):
             length = float((target - z0).abs().max())
             if length < MIN_STEP * self.h:

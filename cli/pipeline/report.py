@@ -119,21 +119,20 @@ def plot_curves(out: Path, scene, space, history: list[dict], truth: dict[str, f
     plt.close(fig)
 
 
-def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float, total: int | None = None) -> dict:
+def write_fit_video(out: Path, problem, u: torch.Tensor, fps: float, total: int | None = None,
+                    rendered: tuple | None = None) -> dict:
     """fit.mp4: the video | the fit | their difference (x4), for every frame; returns per-frame
     metrics, and under ``"color"`` and ``"alpha"`` the rendered frames ``[total, ...]`` of a rollout
     that goes on to ``total`` frames (default: the video's; ``predict`` continues it instead of
-    simulating the fitted frames again)."""
+    simulating the fitted frames again).  ``rendered``: that rollout's ``FitProblem.rendered_rollout``
+    when a rollout worker made it already."""
     from dreamcloth.render import difference, side_by_side, write_video
 
     from .losses import mask_iou, psnr
 
     frames = problem.target.frames.shape[0]
     total = max(total or frames, frames)
-    with torch.no_grad():
-        traj = problem.rollout(u, total)
-        rendered, alpha = problem.render(traj, range(total))
-    rendered = rendered.clamp(0, 1).float().cpu()
+    rendered, alpha = rendered if rendered is not None else problem.rendered_rollout(u, total)
     color = rendered[:frames]
     target = problem.target.frames.float()
     diff = difference(target, color, gain=4.0)

@@ -15,6 +15,12 @@ the loss's float32 sums are torch's on one thread; the tests compare them), so t
 workers changes no result, only the time.  Only forward losses without a video prior go to the workers (the prior's
 value draws fresh noise at every call).
 
+The report's rollout.  While one worker tries the polish's step, another renders the rollout at the
+step's start over the report's frames (``speculate``): where the step fails and the fit ends there,
+fit.mp4 and ``predict``'s prediction take it (``rendered``) instead of simulating it after the fit;
+elsewhere it is dropped, having used a core that sat idle.  The trial runs in a worker, not in the
+main process, whose threads would share the cores with it (a trial took 57 s there against 22 s).
+
 How many: ``--workers`` on the commands, else the ``DREAMCLOTH_WORKERS`` environment variable,
 else one per core this process may use, at most ``MAX_WORKERS``; 1 runs every rollout in the main
 process.  Only on the CPU (on a GPU the rollouts would share one device).  Each worker runs one
@@ -89,10 +95,11 @@ def _problem(blob: bytes):
     return FitProblem(sim, SceneRenderer(sim), spec["target"], ParamSpace(spec["scene"]), spec["cfg"], None, None)
 
 
-def _loss(problem, u, horizon: int, appearance, v0, substeps: int):
-    """The forward loss at ``u`` over ``horizon`` frames: ``("ok", value)``, ``("simulation",
-    message, substep, frame)`` for a SimulationError (raised again in the main process), or
-    ``("error", text)``."""
+def _run(problem, kind: str, u, frames: int, appearance, v0, substeps: int):
+    """One task: ``kind`` "loss", the forward loss at ``u`` over ``frames`` frames (``("ok",
+    value)``), or "render", that rollout rendered (``("rendered", color, alpha)``,
+    ``FitProblem.rendered_rollout``); ``("simulation", message, substep, frame)`` for a
+    SimulationError (raised again in the main process), or ``("error", text)``."""
     import traceback
 
     from dreamcloth import taichi_mpm as M
@@ -101,7 +108,11 @@ def _loss(problem, u, horizon: int, appearance, v0, substeps: int):
     if problem.sim.config.substeps_per_frame != substeps:
         problem.with_substeps(substeps)
     try:
-        r = problem.loss_or_error(u, horizon)
+        if kind == "render":
+            return ("rendered", *problem.rendered_rollout(u, frames))
+        r = problem.loss_or_error(u, frames)
+    except M.SimulationError as exc:
+        return ("simulation", str(exc), exc.substep, exc.frame)
     except Exception:  # noqa: BLE001 - reported to the main process, which raises it
         return ("error", traceback.format_exc())
     if isinstance(r, M.SimulationError):
@@ -110,8 +121,8 @@ def _loss(problem, u, horizon: int, appearance, v0, substeps: int):
 
 
 def _serve(fd: int) -> None:
-    """A worker's life: the problem from the first message, then one loss per message until the
-    main process closes its end."""
+    """A worker's life: the problem from the first message, then one task per message (``_run``)
+    until the main process closes its end."""
     from multiprocessing.connection import Connection
 
     conn = Connection(fd)
@@ -122,10 +133,16 @@ def _serve(fd: int) -> None:
             task = pickle.loads(conn.recv_bytes())
         except EOFError:
             return
-        conn.send_bytes(pickle.dumps(_loss(problem, *task)))
+        conn.send_bytes(pickle.dumps(_run(problem, *task)))
 
 
 # -- the main process's side -----------------------------------------------------------------------------
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach().cpu(), b.detach().cpu()))
 
 
 class WorkerError(RuntimeError):
@@ -155,6 +172,10 @@ class LossPool:
             self._procs.append(proc)
             self._conns.append(conn)
         self._ready = [False] * workers
+        #: the report's rollout (``speculate``), worker -> [u, frames, substeps, its message or None]
+        self._specs: dict[int, list] = {}
+        #: frames of the fit's report rollout (``fit_video`` sets it; 0: nothing to speculate on)
+        self.report_frames = 0
 
     @property
     def workers(self) -> int:
@@ -167,6 +188,10 @@ class LossPool:
             return pickle.loads(self._conns[k].recv_bytes())
         return msg
 
+    @staticmethod
+    def _context(problem) -> tuple:
+        return (problem.appearance, problem.v0.detach().cpu(), problem.sim.config.substeps_per_frame)
+
     def losses(self, problem, us: list, horizon: int) -> list:
         """The forward losses at ``us`` (normalised coordinates) over ``horizon`` frames, in order:
         each a float or the SimulationError its rollout raised.  Where a worker has died, the
@@ -177,21 +202,24 @@ class LossPool:
 
         if self._conns:
             try:
-                context = (problem.appearance, problem.v0.detach().cpu(), problem.sim.config.substeps_per_frame)
+                context = self._context(problem)
                 out: list = [None] * len(us)
                 todo = list(range(len(us)))
-                busy: dict = {}  # worker -> task index
-                while todo or busy:
+                # worker -> task index (-1: a report's rollout, ``speculate``)
+                busy: dict = {k: -1 for k, spec in self._specs.items() if spec[3] is None}
+                while todo or any(i >= 0 for i in busy.values()):
                     for k in range(len(self._conns)):
                         if k not in busy and todo:
                             i = todo.pop(0)
-                            self._conns[k].send_bytes(pickle.dumps((us[i].detach().cpu(), horizon, *context)))
+                            self._conns[k].send_bytes(pickle.dumps(("loss", us[i].detach().cpu(), horizon, *context)))
                             busy[k] = i
                     for conn in wait([self._conns[k] for k in busy]):
                         k = self._conns.index(conn)
                         r = self._receive(k)
                         i = busy.pop(k)
-                        if r[0] == "ok":
+                        if i < 0:
+                            self._specs[k][3] = r
+                        elif r[0] == "ok":
                             out[i] = r[1]
                         elif r[0] == "simulation":
                             out[i] = M.SimulationError(r[1], substep=r[2], frame=r[3])
@@ -202,6 +230,36 @@ class LossPool:
                 self.log(f"a rollout worker stopped ({type(exc).__name__}: {exc}); the fit goes on in this process alone")
                 self.close()
         return [problem.loss_or_error(u, horizon) for u in us]
+
+    def speculate(self, problem, u) -> None:
+        """Start rendering the rollout at ``u`` over ``report_frames`` frames on a worker (the fit's
+        report, should the fit end at ``u``: the polish calls this before it tries a step, on the
+        other worker meanwhile); :meth:`rendered` collects it.  One at a time (while one
+        is running, a new one is not started: it would hold a second worker from the next model's
+        rollouts)."""
+        if not self._conns or not self.report_frames or any(spec[3] is None for spec in self._specs.values()):
+            return
+        context = self._context(problem)  # every worker is idle here: losses() waits for its own
+        try:
+            self._conns[0].send_bytes(pickle.dumps(("render", u.detach().cpu(), self.report_frames, *context)))
+        except OSError:
+            return  # the next losses() finds the pool broken and says so
+        self._specs = {0: [u.detach().cpu().clone(), self.report_frames, context[2], None]}
+
+    def rendered(self, problem, u, frames: int):
+        """The rendered rollout ``(color, alpha)`` that :meth:`speculate` started at ``u`` over
+        ``frames`` frames with the problem's present substeps, once it has come back without an
+        error (waiting for it); else None (the caller rolls it out)."""
+        for k, spec in self._specs.items():
+            if spec[1] == frames and spec[2] == problem.sim.config.substeps_per_frame and torch_equal(spec[0], u):
+                if spec[3] is None:
+                    try:
+                        spec[3] = self._receive(k)
+                    except (EOFError, OSError):
+                        return None
+                if spec[3][0] == "rendered":
+                    return spec[3][1], spec[3][2]
+        return None
 
     def close(self) -> None:
         """End the workers (closing their connection ends them; a worker still in a rollout is killed)."""

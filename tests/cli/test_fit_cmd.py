@@ -64,9 +64,20 @@ def test_fit_writes_reports_and_resume_matches(tiny_video, tmp_path, monkeypatch
         return out
 
     monkeypatch.setattr(rollouts.LossPool, "losses", counted)
+    reports = []
+    rendered_in_worker = rollouts.LossPool.rendered
+
+    def report(self, problem, u, frames):
+        reports.append(rendered_in_worker(self, problem, u, frames))
+        return reports[-1]
+
+    monkeypatch.setattr(rollouts.LossPool, "rendered", report)
     pooled_outcome = fit_video(video, scene, tmp_path / "pooled", CFG, identify=True, workers=2)
-    assert len(pooled_rollouts) >= CFG.starts + 2  # the probes and at least one polish model
     pooled = pooled_outcome.doc
+    assert len(pooled_rollouts) >= CFG.starts + 2  # the probes and at least one polish model
+    assert len(reports) == 1  # asked once; whether a worker had it depends on where the polish ended
+    for key in ("mask_iou_last_frame", "psnr_mean"):  # fit.mp4's rollout, wherever it ran
+        assert pooled[key] == full[key], key
     assert pooled["parameters"] == full["parameters"] and pooled["loss"] == full["loss"]
     assert pooled["identifiability"] == full["identifiability"]
     losses = lambda outcome: [(h["loss"], h["evaluations"]) for h in outcome.result.history]  # noqa: E731

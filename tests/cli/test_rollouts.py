@@ -52,6 +52,14 @@ def test_workers_give_this_process_values_and_a_dead_one_leaves_them_here(tmp_pa
         pool = rollouts.LossPool(scene, target, cfg, torch.float32, "cpu", 2, logs.append)
         try:
             assert pool.losses(problem, us, 5) == here  # bit for bit
+            # the report's rollout, rendered by a worker while this process works on: the same bits
+            pool.report_frames = 5
+            pool.speculate(problem, us[1])
+            assert pool.losses(problem, us[:1], 5) == here[:1]  # the other worker takes it meanwhile
+            color, alpha = problem.rendered_rollout(us[1], 5)
+            assert pool.rendered(problem, us[2], 5) is None  # not the point it rendered
+            got = pool.rendered(problem, us[1], 5)
+            assert got is not None and torch.equal(got[0], color) and torch.equal(got[1], alpha)
             pool._procs[0].kill()
             pool._procs[0].wait()
             assert pool.losses(problem, us, 5) == here  # the rest in this process
