@@ -41,6 +41,18 @@ def _cross_matrix(a):
     return ti.Matrix([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]], dt=ti.f64)
 
 
+@ti.func
+def _columns(y: ti.template(), faces: ti.template(), coef: ti.template(), e):
+    """Triangle e's deformation gradient's columns: F[:, j] = sum_v c[j, v] y_v."""
+    f0 = ti.Vector.zero(ti.f64, 3)
+    f1 = ti.Vector.zero(ti.f64, 3)
+    for v in ti.static(range(3)):
+        p = ti.Vector([y[faces[e, v], 0], y[faces[e, v], 1], y[faces[e, v], 2]], dt=ti.f64)
+        f0 += coef[e, v] * p
+        f1 += coef[e, 3 + v] * p
+    return f0, f1
+
+
 @ti.kernel
 def _element_hessians(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, out: F64_2):
     """``out [E, 81]``: triangle e's Hessian of ``area psi(F)`` in its unknowns (vertex v, axis i)
@@ -50,12 +62,7 @@ def _element_hessians(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, out: F64_
     floor = ti.sqrt(ti.cast(_DET_FLOOR, ti.f64))
     eye = ti.Matrix.identity(ti.f64, 3)
     for e in range(faces.shape[0]):
-        f0 = ti.Vector.zero(ti.f64, 3)
-        f1 = ti.Vector.zero(ti.f64, 3)
-        for v in ti.static(range(3)):
-            p = ti.Vector([y[faces[e, v], 0], y[faces[e, v], 1], y[faces[e, v], 2]], dt=ti.f64)
-            f0 += coef[e, v] * p
-            f1 += coef[e, 3 + v] * p
+        f0, f1 = _columns(y, faces, coef, e)
         area, mu, lam = mat[e, 0], mat[e, 1], mat[e, 2]
         cr = f0.cross(f1)
         J = ti.max(cr.norm(), floor)
@@ -99,12 +106,7 @@ def _energy_forces(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, start: I32_1
     (area dpsi/dF's columns).  Layouts as :func:`_element_hessians`."""
     floor = ti.cast(_DET_FLOOR, ti.f64)
     for e in range(faces.shape[0]):
-        f0 = ti.Vector.zero(ti.f64, 3)
-        f1 = ti.Vector.zero(ti.f64, 3)
-        for v in ti.static(range(3)):
-            p = ti.Vector([y[faces[e, v], 0], y[faces[e, v], 1], y[faces[e, v], 2]], dt=ti.f64)
-            f0 += coef[e, v] * p
-            f1 += coef[e, 3 + v] * p
+        f0, f1 = _columns(y, faces, coef, e)
         area, mu, lam = mat[e, 0], mat[e, 1], mat[e, 2]
         a, b, d = f0.dot(f0), f0.dot(f1), f1.dot(f1)  # C = F^T F
         J = ti.sqrt(ti.max(a * d - b * b, floor))
