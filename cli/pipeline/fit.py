@@ -537,18 +537,12 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     class _NonFinite(Exception):
         pass
 
-    def one_loss(z):
-        # the polish's trial steps: in a worker when there are some (not here, where the report's
-        # rollout would share the cores with this process' threads: a trial took 57 s against 22)
-        if pool is not None:
-            return natural_losses(problem, [z])[0]
-        return forward_loss(problem, space.from_natural(z))
-
     speculate = None
     if pool is not None and prior is None:
         def speculate(z):
-            # while the polish tries its step here, a worker renders the report's rollout at the
-            # step's start, where the fit ends if the step fails (rollouts.LossPool.speculate)
+            # while a worker tries the polish's step (not this process, whose threads would share the
+            # cores with it: a trial took 57 s here against 22), another renders the report's rollout
+            # at the step's start, where the fit ends if the step fails (rollouts.LossPool.speculate)
             pool.speculate(problem, space.from_natural(z))
 
     t0 = time.perf_counter()
@@ -586,7 +580,8 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
                 start = u.detach().clone()
                 if polish:
                     with without_prior(problem):
-                        step = opt.step(space.natural(u.detach()), one_loss, lambda zs: natural_losses(problem, zs), speculate)
+                        step = opt.step(space.natural(u.detach()), lambda z: natural_losses(problem, [z])[0],
+                                        lambda zs: natural_losses(problem, zs), speculate)
                     with torch.no_grad():
                         u.copy_(space.from_natural(step.z))
                     u.grad = None

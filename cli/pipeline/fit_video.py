@@ -98,9 +98,10 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
     names = space.names(scene)
     t_start = time.perf_counter()
     progress("fit", 0, cfg.iterations, "appearance")
+    report_total = max(report_frames or 0, int(target.frames.shape[0]))
     with torch_threads(1), loss_pool(scene, target, cfg, torch.float32, dev, workers, log) as pool:
         if pool is not None:
-            pool.report_frames = max(report_frames or 0, int(target.frames.shape[0]))
+            pool.report_frames = report_total
         def on_iteration(rec):
             vals = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, rec["values"].values()))
             progress("fit", rec["iteration"] + 1, cfg.iterations, f"loss {rec['loss']:.4f} h={rec['horizon']} {vals}")
@@ -119,7 +120,6 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
             progress("fit", result.state.iteration, total, "identifiability (curvature at the optimum)")
             ident = Fm.identifiability(result.problem, outcome.fitted_u, names, model=result.state.model)
         progress("fit", result.state.iteration, total, "report")
-        report_total = max(report_frames or 0, int(target.frames.shape[0]))
         ready = pool.rendered(result.problem, outcome.fitted_u, report_total) if pool is not None else None
         metrics = write_fit_video(out, result.problem, outcome.fitted_u, scene.settings.fps, report_total, ready)
         outcome.rendered = (metrics.pop("color"), metrics.pop("alpha"))

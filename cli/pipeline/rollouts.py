@@ -38,6 +38,7 @@ that dies makes the remaining rollouts run in the main process, with a message: 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import pickle
@@ -127,7 +128,6 @@ def _serve(fd: int) -> None:
 
     conn = Connection(fd)
     problem = _problem(conn.recv_bytes())
-    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     while True:
         try:
             task = pickle.loads(conn.recv_bytes())
@@ -137,12 +137,6 @@ def _serve(fd: int) -> None:
 
 
 # -- the main process's side -----------------------------------------------------------------------------
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a.detach().cpu(), b.detach().cpu()))
 
 
 class WorkerError(RuntimeError):
@@ -158,7 +152,7 @@ class LossPool:
 
         self.log = log
         buf = io.BytesIO()
-        cpu_target = target.__class__(target.frames.cpu(), target.masks.cpu(), target.path, target.digest, target.background)
+        cpu_target = dataclasses.replace(target, frames=target.frames.cpu(), masks=target.masks.cpu())
         torch.save({"scene": scene, "target": cpu_target, "cfg": cfg, "dtype": dtype, "device": str(device)}, buf)
         env = {**os.environ, **WORKER_ENV}
         self._procs, self._conns = [], []
@@ -171,7 +165,6 @@ class LossPool:
             conn.send_bytes(buf.getvalue())
             self._procs.append(proc)
             self._conns.append(conn)
-        self._ready = [False] * workers
         #: the report's rollout (``speculate``), worker -> [u, frames, substeps, its message or None]
         self._specs: dict[int, list] = {}
         #: frames of the fit's report rollout (``fit_video`` sets it; 0: nothing to speculate on)
@@ -182,11 +175,7 @@ class LossPool:
         return len(self._conns)
 
     def _receive(self, k: int):
-        msg = pickle.loads(self._conns[k].recv_bytes())
-        if msg[0] == "ready":
-            self._ready[k] = True
-            return pickle.loads(self._conns[k].recv_bytes())
-        return msg
+        return pickle.loads(self._conns[k].recv_bytes())
 
     @staticmethod
     def _context(problem) -> tuple:
@@ -250,8 +239,10 @@ class LossPool:
         """The rendered rollout ``(color, alpha)`` that :meth:`speculate` started at ``u`` over
         ``frames`` frames with the problem's present substeps, once it has come back without an
         error (waiting for it); else None (the caller rolls it out)."""
+        import torch
+
         for k, spec in self._specs.items():
-            if spec[1] == frames and spec[2] == problem.sim.config.substeps_per_frame and torch_equal(spec[0], u):
+            if spec[1] == frames and spec[2] == problem.sim.config.substeps_per_frame and torch.equal(spec[0], u.detach().cpu()):
                 if spec[3] is None:
                     try:
                         spec[3] = self._receive(k)
