@@ -26,6 +26,13 @@ scored 0.55-0.89 mean IoU against the stored ones (swing 0.55-0.69, tilted_groun
 sphere_soft 0.69-0.89), and the two finest runs against each other 0.83 (swing), 0.71
 (tilted_ground) and 0.78 (sphere_soft).  The suite's goal of 0.9 asks a prediction to agree with these videos better than
 Newton agrees with itself at finer settings; README, "Cross-simulator check".
+
+So four more cases (``*_se``, 2026-12-05) are made by Newton's SolverSemiImplicit (symplectic Euler,
+800 substeps a frame), whose result converges as dt shrinks: made again at 1,600 substeps, the unseen
+frames agree with the stored ones to a mean IoU of 0.980 (swing_se) and 0.940 (tilted_se); the two
+that fold stay sensitive, 0.800 (sphere_se) and 0.786 (hammock_se), as they are in dreamcloth (a
+1e-4 change of young_modulus moves dreamcloth's hammock to 0.693 against itself).  They carry
+Newton's air drag, and their scenes run dreamcloth's grid-free cloth solver.
 """
 
 from __future__ import annotations
@@ -75,6 +82,10 @@ class NewtonCloth:
     edge_kd: float = 1.0e-5
     mu: float = 0.3  # friction with the colliders
     particle_radius: float = 0.004  # contact thickness (m)
+    #: air drag of SolverSemiImplicit's triangles: k |n . v| v A (v the triangle's mean velocity, A its
+    #: area) on each of its three vertices, 3 k |n . v| v A in all (Newton 1.8's ``eval_triangle``);
+    #: its normal part is dreamcloth's drag with 0.5 rho_air C_d = 3 k.  VBD has no drag.
+    tri_drag: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +103,8 @@ class Case:
     newton: NewtonCloth
     colliders: tuple[dict, ...] = ()
     pinned_corners: int = 0
+    #: pinned vertex ids of grid_mesh's order (``i * GRID_N + j``), instead of ``pinned_corners``
+    pinned_ids: tuple[int, ...] = ()
     color: tuple[float, float, float] = (0.85, 0.35, 0.2)
     fit_friction: bool = True
     #: fit ranges different from dreamcloth's defaults (only where the truth lies outside them)
@@ -100,6 +113,14 @@ class Case:
     #: itself: the stored sphere_soft and tilted_ground trajectories had 96-344 mesh edges piercing
     #: its own triangles from frame 11 (sphere_soft) and 17 (tilted_ground) on (``self_crossings``)
     self_contact: bool = False
+    #: Newton's solver: "vbd" (SolverVBD: a fixed number of block-descent sweeps per substep) or
+    #: "semi_implicit" (SolverSemiImplicit: symplectic Euler, which converges as dt -> 0; with it
+    #: ``tri_kd`` is an absolute damping coefficient, N s/m, not VBD's Rayleigh factor)
+    solver: str = "vbd"
+    #: substeps per frame of the stored video (``NEWTON_SUBSTEPS`` for VBD)
+    substeps: int = 0
+    #: the scene file's ``[scene] cloth_solver`` (empty: not written, the scene default "mpm")
+    cloth_solver: str = ""
 
 
 _SPHERE = {"kind": "sphere", "center": (0.5, 0.45, 0.5), "radius": 0.15}
@@ -128,6 +149,33 @@ CASES: dict[str, Case] = {
 CASES.update({f"{n}_sc": dataclasses.replace(CASES[n], name=f"{n}_sc", self_contact=True,
                                              description=CASES[n].description + ", with self-contact")
               for n in ("sphere_soft", "tilted_ground")})
+
+# References from a solver that converges in dt (2026-12-05, sixteenth session).  VBD's videos above
+# change with its substeps and sweeps (``newton_convergence``: even 80x40 against 160x40 agree only
+# to 0.71-0.83 mean IoU), so they measure how close a prediction comes to one unconverged run.  These
+# are made by Newton's SolverSemiImplicit (symplectic Euler): 800 against 1,600 substeps a frame, the
+# unseen frames agree to a mean IoU of 0.980 (swing_se), 0.940 (tilted_se), 0.800 (sphere_se) and
+# 0.786 (hammock_se; both fold, and folds are sensitive in any simulator; ``newton_convergence``
+# re-runs it).  They carry air drag (``tri_drag`` 0.2, i.e. C_d = 1
+# for its normal part: 3 x 0.2 = 0.5 rho_air C_d, rho_air 1.2 kg/m^3) and no other damping (Newton's
+# ``tri_kd`` damps dF/dt, which a rigid rotation of a triangle also has: at 0.05 N s/m it slowed the
+# flap's fall so much that every fit ran dreamcloth's damping to its strongest value); the
+# sphere's cloth bends 10x stiffer than the soft one above.  dreamcloth fits them with its grid-free
+# mesh solver (implicit membrane), so young_modulus may reach Newton's 2,667 N/m without a smaller dt.
+_SE_CLOTH = NewtonCloth(tri_kd=0.0, edge_kd=0.0, tri_drag=0.2)
+_SE = dict(solver="semi_implicit", substeps=800, cloth_solver="mesh", fit_overrides=(("young_modulus", (100.0, 1e4)),))
+CASES.update({
+    "hammock_se": Case(
+        "hammock_se", "a cloth pinned at two opposite corners, released horizontal, sagging into a hammock", 0.4, (0.5, 0.8, 0.5),
+        (0.0, 0.0, 0.0), camera_eye=(1.35, 1.1, 1.2), camera_look_at=(0.5, 0.6, 0.45), newton=_SE_CLOTH,
+        pinned_ids=(0, GRID_N * GRID_N - 1), color=(0.75, 0.3, 0.55), fit_friction=False, **_SE),
+    "swing_se": dataclasses.replace(CASES["swing"], name="swing_se", newton=_SE_CLOTH, **_SE),
+    "sphere_se": dataclasses.replace(
+        CASES["sphere_stiff"], name="sphere_se", description="a cloth of medium bending stiffness dropped onto a sphere",
+        newton=dataclasses.replace(_SE_CLOTH, edge_ke=1.0e-2, mu=0.5), color=(0.55, 0.5, 0.2),
+        **dict(_SE, fit_overrides=(("young_modulus", (100.0, 1e4)), ("bending_stiffness", (1e-6, 1e-2))))),
+    "tilted_se": dataclasses.replace(CASES["tilted_ground"], name="tilted_se", newton=dataclasses.replace(_SE_CLOTH, mu=0.5), **_SE),
+})
 
 
 def self_crossings(x: np.ndarray, faces: np.ndarray) -> int:
@@ -171,15 +219,17 @@ def scene_toml(case: Case) -> str:
     fit.update(dict(case.fit_overrides))
     lines = [
         f"# Cross-simulator case {case.name!r}: {case.description}.",
-        "# Made by benchmarks/cross_sim.py from a Newton (VBD) simulation; the values under [object.material]",
+        f"# Made by benchmarks/cross_sim.py from a Newton ({'VBD' if case.solver == 'vbd' else 'SolverSemiImplicit'}) simulation; the values under [object.material]",
         "# other than density are placeholders that the fit replaces.",
-        "", "[scene]", f"fps = {FPS}", f"frames = {FRAMES}", "grid = 24", "domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]",
+        "", "[scene]", *([f'cloth_solver = "{case.cloth_solver}"'] if case.cloth_solver else []), f"fps = {FPS}", f"frames = {FRAMES}", "grid = 24", "domain = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]",
         "", "[camera]", f"width = {WIDTH}", f"height = {HEIGHT}", "fov_y_deg = 40", f"eye = {_vec(case.camera_eye)}",
         f"look_at = {_vec(case.camera_look_at)}", "background = [1.0, 1.0, 1.0]",
         "", "[[object]]", 'name = "cloth"', 'kind = "cloth"', f'mesh = "grid:{GRID_N}x{GRID_N}"', f"size = [{case.size:g}, {case.size:g}]",
         f"center = {_vec(case.center)}", f"rotation_deg = {_vec(case.rotation_deg)}", f"color = {_vec(case.color)}",
     ]
-    if case.pinned_corners:
+    if case.pinned_ids:
+        lines.append(f"pinned = [{', '.join(str(i) for i in initial_mesh(case)[2])}]")
+    elif case.pinned_corners:
         lines.append(f'pinned = "corners:{case.pinned_corners}"')
     lines += ["", "[object.material]", f"density = {AREAL_DENSITY:g}", f"friction = {case.newton.mu:g}", "", "[object.fit]"]
     lines += [f"{k} = " + ("true" if v is True else _vec(v)) for k, v in fit.items()]
@@ -199,7 +249,10 @@ def initial_mesh(case: Case) -> tuple[np.ndarray, np.ndarray, list[int]]:
     from dreamcloth.taichi_mpm.cloth import grid_mesh
 
     verts, faces = grid_mesh(GRID_N, GRID_N, (case.size, case.size), case.center, case.rotation_deg)
-    pinned = _corner_ids(GRID_N, GRID_N, case.pinned_corners) if case.pinned_corners else []
+    if case.pinned_ids:
+        pinned = list(case.pinned_ids)
+    else:
+        pinned = _corner_ids(GRID_N, GRID_N, case.pinned_corners) if case.pinned_corners else []
     return verts, faces, pinned
 
 
@@ -256,15 +309,17 @@ NEWTON_CONTACT_KD = 1.0e-2
 NEWTON_CONTACT_GAP = 0.01
 
 
-def simulate_newton(case: Case, substeps: int = NEWTON_SUBSTEPS, iterations: int = NEWTON_ITERATIONS) -> tuple[np.ndarray, dict]:
-    """Run ``case`` with Newton's VBD solver on the CPU (``substeps`` steps of ``iterations`` sweeps a
-    frame); positions ``[FRAMES, V, 3]`` and what was used."""
+def simulate_newton(case: Case, substeps: int | None = None, iterations: int = NEWTON_ITERATIONS) -> tuple[np.ndarray, dict]:
+    """Run ``case`` with its Newton solver on the CPU (``substeps`` steps a frame, default the case's;
+    VBD: ``iterations`` sweeps a step); positions ``[FRAMES, V, 3]`` and what was used."""
     import warp as wp  # noqa: PLC0415 - optional: the crosssim extra
 
     import newton  # noqa: PLC0415
 
     wp.config.quiet = True
     wp.set_device("cpu")
+    semi = case.solver == "semi_implicit"
+    substeps = substeps or case.substeps or NEWTON_SUBSTEPS
     verts, faces, pinned = initial_mesh(case)
     nc = case.newton
     b = newton.ModelBuilder(up_axis=newton.Axis.Y)  # gravity: -9.81 m/s^2 along y
@@ -282,7 +337,7 @@ def simulate_newton(case: Case, substeps: int = NEWTON_SUBSTEPS, iterations: int
     b.add_cloth_mesh(pos=wp.vec3(0.0, 0.0, 0.0), rot=wp.quat_identity(), scale=1.0, vel=wp.vec3(0.0, 0.0, 0.0),
                      vertices=[wp.vec3(*v) for v in verts], indices=faces.reshape(-1).tolist(), density=AREAL_DENSITY,
                      tri_ke=nc.tri_ke, tri_ka=nc.tri_ka, tri_kd=nc.tri_kd, edge_ke=nc.edge_ke, edge_kd=nc.edge_kd,
-                     particle_radius=nc.particle_radius)
+                     tri_drag=nc.tri_drag, tri_lift=0.0, particle_radius=nc.particle_radius)
     for i in pinned:  # kinematic: zero mass, not active (what add_cloth_grid's fix_* flags do)
         b.particle_mass[i] = 0.0
         b.particle_flags[i] = b.particle_flags[i] & ~newton.ParticleFlags.ACTIVE
@@ -292,9 +347,14 @@ def simulate_newton(case: Case, substeps: int = NEWTON_SUBSTEPS, iterations: int
     model.soft_contact_kd = NEWTON_CONTACT_KD
     model.soft_contact_mu = nc.mu
     pipeline = newton.CollisionPipeline(model, soft_contact_gap=NEWTON_CONTACT_GAP)
-    solver = newton.solvers.SolverVBD(model, iterations=iterations, particle_enable_self_contact=case.self_contact,
-                                      particle_self_contact_radius=nc.particle_radius if case.self_contact else None,
-                                      particle_self_contact_margin=2 * nc.particle_radius if case.self_contact else None)
+    if semi:
+        # no particle-particle contact (it needs a hash grid); triangle-particle contact stays on
+        model.particle_grid = None
+        solver = newton.solvers.SolverSemiImplicit(model)
+    else:
+        solver = newton.solvers.SolverVBD(model, iterations=iterations, particle_enable_self_contact=case.self_contact,
+                                          particle_self_contact_radius=nc.particle_radius if case.self_contact else None,
+                                          particle_self_contact_margin=2 * nc.particle_radius if case.self_contact else None)
     s0, s1 = model.state(), model.state()
     control = model.control()
     contacts = pipeline.contacts()
@@ -314,13 +374,15 @@ def simulate_newton(case: Case, substeps: int = NEWTON_SUBSTEPS, iterations: int
         raise RuntimeError(f"{case.name}: Newton produced non-finite positions")
     e2d, nu = membrane_young_modulus(nc)
     info = {
-        "simulator": f"newton {newton.__version__} (warp-lang {wp.__version__}), SolverVBD on the CPU",
-        "solver": {"name": "SolverVBD", "substeps_per_frame": substeps, "iterations": iterations, "dt": dt,
-                   "self_contact": case.self_contact},
+        "simulator": f"newton {newton.__version__} (warp-lang {wp.__version__}), {'SolverSemiImplicit' if semi else 'SolverVBD'} on the CPU",
+        "solver": ({"name": "SolverSemiImplicit", "substeps_per_frame": substeps, "dt": dt} if semi else
+                   {"name": "SolverVBD", "substeps_per_frame": substeps, "iterations": iterations, "dt": dt,
+                    "self_contact": case.self_contact}),
         "material": {**dataclasses.asdict(nc), "areal_density": AREAL_DENSITY,
                      "equivalent": {"membrane_young_modulus_N_per_m": e2d, "membrane_poisson_ratio": nu,
                                     "bending_rigidity_N_m": bending_rigidity_of_edge_ke(nc.edge_ke, verts, faces),
-                                    "air_drag": "none (VBD has no aerodynamic force; Newton's tri_drag acts in SolverSemiImplicit only)"}},
+                                    "air_drag": (f"tri_drag {nc.tri_drag:g}" if semi else
+                                                 "none (VBD has no aerodynamic force; Newton's tri_drag acts in SolverSemiImplicit only)")}},
         "contact": {"soft_contact_ke": NEWTON_CONTACT_KE, "soft_contact_kd": NEWTON_CONTACT_KD, "soft_contact_gap": NEWTON_CONTACT_GAP,
                     "friction": nc.mu},
         "colliders": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()} for c in case.colliders],
@@ -428,6 +490,7 @@ def with_solver(name: str, cloth_solver: str, folder: Path = DATA) -> Path:
     out = Path(tempfile.mkdtemp(prefix=f"cross_sim_{cloth_solver}_"))
     shutil.copy(folder / f"{name}.npz", out / f"{name}.npz")
     text = (folder / f"{name}.toml").read_text()
+    text = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("cloth_solver = "))
     (out / f"{name}.toml").write_text(with_cloth_solver(text, cloth_solver))
     return out
 
@@ -485,12 +548,17 @@ def run_cross_sim(quick: bool = False, names: list[str] | None = None) -> list[M
             SECTION, f"cross-sim {name}: predict mask IoU (unseen frames)", r["predict_mean_iou"], "",
             f"copy-last-frame {r['copy_last_mean_iou']:.3f}; {'beats' if r['predict_mean_iou'] > r['copy_last_mean_iou'] else 'DOES NOT beat'} "
             f"copy-last; frames {r['context']}..{r['context'] + r['horizon'] - 1}; {r['iterations']} iterations, {r['seconds']} s; "
-            f"range edges: {edges}; Newton VBD video"))
-    mean = float(np.mean([r["predict_mean_iou"] for r in reports]))
-    beats = sum(r["predict_mean_iou"] > r["copy_last_mean_iou"] for r in reports)
-    rows.append(Measurement(SECTION, "cross-sim: mean predict mask IoU (unseen frames)", mean, "",
-                            f"goal >= 0.9 and beats copy-last-frame on every case: beats it on {beats}/{len(reports)}; "
-                            f"copy-last mean {np.mean([r['copy_last_mean_iou'] for r in reports]):.3f}"))
+            f"range edges: {edges}; Newton {'VBD' if CASES[name].solver == 'vbd' else 'SolverSemiImplicit'} video"))
+    groups = {"VBD references": [r for r in reports if CASES[r["case"]].solver == "vbd"],
+              "converged (symplectic Euler) references": [r for r in reports if CASES[r["case"]].solver != "vbd"]}
+    for label, group in groups.items():
+        if not group:
+            continue
+        mean = float(np.mean([r["predict_mean_iou"] for r in group]))
+        beats = sum(r["predict_mean_iou"] > r["copy_last_mean_iou"] for r in group)
+        rows.append(Measurement(SECTION, f"cross-sim, {label}: mean predict mask IoU (unseen frames)", mean, "",
+                                f"goal >= 0.9 and beats copy-last-frame on every case: beats it on {beats}/{len(group)}; "
+                                f"copy-last mean {np.mean([r['copy_last_mean_iou'] for r in group]):.3f}"))
     return rows
 
 
@@ -498,14 +566,20 @@ def run_cross_sim(quick: bool = False, names: list[str] | None = None) -> list[M
 REFINED = ((20, 40), (80, 10), (80, 40), (160, 40))
 
 
-def newton_convergence(name: str, settings=REFINED) -> list[dict]:
-    """Newton against itself: case ``name`` re-made at finer VBD ``settings`` (needs newton), the
-    mean mask IoU of the unseen frames against the stored video and between successive settings."""
+#: and for the symplectic-Euler cases: twice the stored substeps
+REFINED_SEMI_IMPLICIT = ((1600, 1),)
+
+
+def newton_convergence(name: str, settings=None) -> list[dict]:
+    """Newton against itself: case ``name`` re-made at finer ``settings`` (substeps, VBD sweeps; default
+    ``REFINED`` or ``REFINED_SEMI_IMPLICIT``; needs newton), the mean mask IoU of the unseen frames
+    against the stored video and between successive settings."""
+    settings = settings or (REFINED_SEMI_IMPLICIT if CASES[name].solver == "semi_implicit" else REFINED)
     from dreamcloth.cli.pipeline.scene import load_scene
 
     x0, faces, info = load_case(name)
     scene = load_scene(DATA / f"{name}.toml")
-    runs = [((info["solver"]["substeps_per_frame"], info["solver"]["iterations"]), exact_masks(x0, faces, scene))]
+    runs = [((info["solver"]["substeps_per_frame"], info["solver"].get("iterations", 1)), exact_masks(x0, faces, scene))]
     for sub, it in settings:
         x, _ = simulate_newton(CASES[name], sub, it)
         runs.append(((sub, it), exact_masks(x, faces, scene)))
