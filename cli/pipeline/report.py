@@ -62,6 +62,13 @@ def write_params_json(path: Path, scene, space, result, ident: dict | None, note
             entry["identifiable"] = info["identifiable"]
             entry["independence"] = round(info["independence"], 4)
         params.append(entry)
+    if result.history and params and all(math.isclose(result.values[k], result.initial[k], rel_tol=1e-9, abs_tol=1e-15)
+                                          for k in space.keys):
+        notes = notes + [
+            f"the fit ended at its starting values after {len(result.history)} iterations: none of its steps had a lower "
+            "loss over the whole video than the start, so these values are the starting guess, not a measurement "
+            "(a rough loss, e.g. cloth that folds differently at every value, or a model that cannot follow the video)."
+        ]
     doc = {
         "parameters": params,
         "loss": _finite(result.loss),

@@ -132,6 +132,14 @@ def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     assert flags == {"young_modulus": (None, False), "damping": ("high", True), "drag_coefficient": ("low", True)}
     assert any("damping = 0.999 ended at 1, the physical limit of damping (1 keeps all the velocity: no damping)" in n for n in doc["notes"])
     assert not any("fit again" in n for n in doc["notes"])
+    assert not any("starting values" in n for n in doc["notes"])  # no iterations: nothing to say
+    # a fit whose iterations never beat its start says so (the cross-simulator sphere_se fit, 2026-12-05)
+    result.history = [{"loss": 0.2}] * 11
+    doc = write_params_json(tmp_path / "stuck.json", scene, space, result, None, [], {})
+    assert any("the fit ended at its starting values after 11 iterations" in n for n in doc["notes"])
+    result.values = {**values, space.keys[0]: 101.0}
+    doc = write_params_json(tmp_path / "moved.json", scene, space, result, None, [], {})
+    assert not any("starting values" in n for n in doc["notes"])
 
 
 def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
