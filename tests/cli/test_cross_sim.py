@@ -91,10 +91,10 @@ def test_info_records_the_newton_setup():
         json.dumps(info)
 
 
-def test_converged_cases_are_made_by_symplectic_euler_and_fitted_with_the_mesh_solver():
-    """The ``_se`` references: Newton's semi-implicit solver (which converges in dt, unlike the VBD
-    videos), with air drag; their scenes run dreamcloth's grid-free solver and let young_modulus
-    reach Newton's membrane (2,667 N/m)."""
+def test_se_cases_are_made_by_symplectic_euler_and_fitted_with_the_mesh_solver():
+    """The ``_se`` references: Newton's semi-implicit solver (which converges in dt where the cloth
+    does not fold, unlike the VBD videos), with air drag; their scenes run dreamcloth's grid-free
+    solver and let young_modulus reach Newton's membrane (2,667 N/m)."""
     se = [n for n, c in C.CASES.items() if c.solver == "semi_implicit"]
     assert sorted(se) == ["hammock_se", "sphere_se", "swing_se", "tilted_se"]
     e2d, _ = C.membrane_young_modulus(C.CASES["swing_se"].newton)
@@ -168,7 +168,7 @@ def test_with_solver_sets_the_scene_cloth_solver():
 
 
 def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
-    """The VBD videos (unconverged in Newton's own settings) and the converged symplectic-Euler ones
+    """The VBD videos (unconverged in Newton's own settings) and the symplectic-Euler ones
     get a mean each; a case counts as beating copy-last only when its IoU is higher."""
     fake = {"swing": (0.5, 0.2), "tilted_ground": (0.7, 0.8), "swing_se": (0.9, 0.6), "sphere_se": (0.8, 0.85)}
 
@@ -180,7 +180,7 @@ def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
     monkeypatch.setattr(C, "score_case", score)
     rows = {m.name: m for m in C.run_cross_sim(quick=True, names=list(fake))}
     vbd = rows["cross-sim, VBD references: mean predict mask IoU (unseen frames)"]
-    se = rows["cross-sim, converged (symplectic Euler) references: mean predict mask IoU (unseen frames)"]
+    se = rows["cross-sim, symplectic Euler references: mean predict mask IoU (unseen frames)"]
     assert vbd.value == pytest.approx(0.6) and "beats it on 1/2" in vbd.note
     assert se.value == pytest.approx(0.85) and "beats it on 1/2" in se.note
     assert "DOES NOT beat" in rows["cross-sim sphere_se: predict mask IoU (unseen frames)"].note
