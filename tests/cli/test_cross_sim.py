@@ -83,7 +83,7 @@ def test_bending_rigidity_conversion_scales_with_edge_ke():
 def test_info_records_the_newton_setup():
     for name, case in C.CASES.items():
         _, _, info = C.load_case(name)
-        solver = {"vbd": "SolverVBD", "semi_implicit": "SolverSemiImplicit"}[case.solver]
+        solver = C.SOLVER_CLASS[case.solver]
         assert info["solver"]["name"] == solver and solver in info["simulator"] and "newton" in info["simulator"]
         assert info["solver"]["substeps_per_frame"] == (case.substeps or C.NEWTON_SUBSTEPS)
         assert info["material"]["areal_density"] == C.AREAL_DENSITY
