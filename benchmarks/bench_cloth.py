@@ -96,6 +96,11 @@ def fabric_standards(quick: bool = False) -> list[Measurement]:
         v, vt = fabric.falling_sheet(res, seconds=0.2 if quick else 0.6)
         rows.append(Measurement(SECTION, f"terminal speed, grid {res}", 100 * (v - vt) / vt, "% error",
                                 f"{v:.4f} m/s vs sqrt(2 w g / (rho_air C_d)) = {vt:.4f} m/s; goal within 5%"))
+    for solver, name in (("mpm", "grid 32"), ("mesh", "mesh solver")):  # drag along the velocity (drag_tangential 1)
+        v, side, vt = fabric.inclined_sheet(40.0, 1.0, seconds=0.2 if quick else 0.6, solver=solver)
+        rows.append(Measurement(SECTION, f"terminal speed, sheet inclined 40 deg, drag_tangential 1, {name}", 100 * (v - vt) / vt,
+                                "% error", f"{v:.4f} m/s down, {side:.2g} m/s sideways, vs sqrt(2 w g / (rho_air C_d cos 40)) "
+                                f"= {vt:.4f} m/s; goal within 5%"))
     # the grid-free cloth solver (taichi_mpm.mesh_cloth): no grid, so one run each, with the
     # membrane explicit ("mesh") and implicit ("mesh-implicit", taichi_mpm.membrane_newton)
     for solver, name in (("mesh", "mesh solver, explicit membrane"), ("mesh-implicit", "mesh solver, implicit membrane")):

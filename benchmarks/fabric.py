@@ -4,7 +4,9 @@
   the tip deflection of a strip overhanging a clamp under its own weight, against the
   inextensible elastica;
 - stretch under self-weight: a sheet hanging from its top edge stretches by w g L^2 / (2 E);
-- terminal speed: a horizontal sheet falling flat reaches sqrt(2 w g / (rho_air C_d)).
+- terminal speed: a horizontal sheet falling flat reaches sqrt(2 w g / (rho_air C_d)); a sheet inclined
+  at theta with drag along its velocity (drag_tangential 1) falls straight down and reaches
+  sqrt(2 w g / (rho_air C_d cos theta)).
 
 ``solver`` is the cloth solver (``SimConfig.cloth_solver``): "mpm" on the grid or "mesh" without one,
 its membrane explicit; "mesh-implicit" is the mesh solver with its implicit membrane step
@@ -119,5 +121,33 @@ def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=
         traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
     y = traj.x[:, : n * n, 1].mean(1).numpy()
     return -(y[-1] - y[-2]) * fps, math.sqrt(2 * density * G / (AIR_DENSITY * drag))
+
+
+def inclined_sheet(tilt_deg: float, tangential: float, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0,
+                   solver: str = "mesh") -> tuple[float, float, float]:
+    """A sheet inclined by ``tilt_deg`` about x, falling from rest with drag's tangential share
+    ``tangential``: (vertical speed at the end, horizontal speed at the end, the terminal speed of a
+    force along -v, sqrt(2 w g / (rho_air C_d cos theta))).  Drag is uniform over a flat sheet, so it
+    does not turn it: with the share 1 the force stays along -v and the sheet falls straight down;
+    with 0 it is normal to the sheet, which glides sideways."""
+    verts, faces = grid_mesh(n, n, (size, size), (0.0, 0.0, 0.0))
+    t = math.radians(tilt_deg)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(t), -math.sin(t)], [0.0, math.sin(t), math.cos(t)]])
+    verts = verts @ rot.T + np.array([0.5, 0.85, 0.5])
+    b = ModelBuilder(F64)
+    b.add_cloth("sheet", verts, faces)
+    model, state = b.build([])
+    grid = GridSpec.from_domain((-0.5, -1.5, -0.5), (1.5, 1.0, 1.5), 32)
+    E = 100.0
+    params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag,
+                           drag_tangential=tangential, dtype=F64)
+    bounds = Bounds((E, E), (0.3, 0.3), (density, density), max_speed=3.0, shear_stiffness=(E, E), normal_stiffness=(E, E),
+                    min_length=size / (n - 1))
+    cfg = stable_config(grid, fps, bounds, **solver_config(solver))
+    with torch.no_grad():
+        traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
+    c = traj.x[:, : n * n].mean(1).numpy()
+    v = (c[-1] - c[-2]) * fps
+    return -v[1], float(math.hypot(v[0], v[2])), math.sqrt(2 * density * G / (AIR_DENSITY * drag * math.cos(t)))
 
 

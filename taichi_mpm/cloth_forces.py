@@ -55,10 +55,14 @@ and banded (``banded_order``: reverse Cuthill-McKee, or the mesh's own vertex or
 narrower, as on a grid cloth: 168 against 312 on a 41 x 41 mesh, from the 2-ring stencils);
 scipy's LAPACK banded Cholesky factors it once per parameter value and solves in ~0.5 ms.  Its adjoint is the same solve (see ``_BandedSolve``).
 
-Air drag (``drag_coefficient`` C_d): each triangle moving through still air feels
-f = -1/2 rho_air C_d A |v_n| v_n n, v_n = v . n, v the mean velocity of its vertices (quadratic
-drag on a flat plate normal to the flow; Hoerner 1965, "Fluid-dynamic drag", ch. 3), a third on
-each vertex.  A n = (e1 x e2) / 2, so f = -rho_air C_d |v_n| v_n (e1 x e2) / 4, smooth in x and v.
+Air drag (``drag_coefficient`` C_d, ``drag_tangential`` r): each triangle moving through still air
+feels f = -1/2 rho_air C_d A |v_n| (v_n n + r v_t), v_n = v . n, v_t = v - v_n n, v the mean
+velocity of its vertices, a third on each vertex.  With r = 0 it is the quadratic pressure drag of a
+flat plate, normal to it (Hoerner 1965, "Fluid-dynamic drag", ch. 3); the force on an inclined
+porous sheet turns toward the flow (Taylor and Davies 1944, ARC R&M 2237), and r = 1 is a force
+along -v (the model of NVIDIA Warp's and Newton's cloth, k A |v . n| v).  With c = e1 x e2 = 2 A n:
+f = -rho_air C_d [(1 - r) (v . c) |v . c| c / |c|^2 + r |v . c| v] / 4, smooth in x and v but for
+the kink of |v . c| at zero normal speed.
 """
 
 from __future__ import annotations
@@ -467,24 +471,30 @@ def implicit_bending_force(x: torch.Tensor, v: torch.Tensor, stiffness: torch.Te
     return (mass / dt)[:, None] * dv
 
 
-def drag_force(x: torch.Tensor, v: torch.Tensor, drag: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def drag_force(x: torch.Tensor, v: torch.Tensor, drag: torch.Tensor, faces: torch.Tensor,
+               tangential: torch.Tensor | None = None) -> torch.Tensor:
     """Quadratic air drag on each triangle (module docstring): ``x, v [V, 3]``, per-element
-    ``drag [E]``, ``faces [E, 3]`` -> ``[E, 3]``."""
+    ``drag [E]`` and ``tangential [E]`` (r; None: 0), ``faces [E, 3]`` -> ``[E, 3]``."""
     xa, xb, xc = x[faces[:, 0]], x[faces[:, 1]], x[faces[:, 2]]
     cr = torch.linalg.cross(xb - xa, xc - xa, dim=1)  # 2 A n
     vm = (v[faces[:, 0]] + v[faces[:, 1]] + v[faces[:, 2]]) / 3.0
     # v_n |v_n| (2A)^2 = (v . cr) |v . cr|; f = -rho C_d |v_n| v_n (A n) / 2 = -rho C_d (v.cr)|v.cr| cr / (4 |cr|^2)
     vc = (vm * cr).sum(1)
     sq = (cr * cr).sum(1)
-    return (-AIR_DENSITY * drag * vc * vc.abs() / (4.0 * sq))[:, None] * cr
+    if tangential is None:
+        return (-AIR_DENSITY * drag * vc * vc.abs() / (4.0 * sq))[:, None] * cr
+    # |v_n| (v_n n + r v_t) A = [(1 - r) (v.cr)|v.cr| cr / |cr|^2 + r |v.cr| v] / 2
+    c = -AIR_DENSITY * drag / 4.0
+    return (c * (1.0 - tangential) * vc * vc.abs() / sq)[:, None] * cr + (c * tangential * vc.abs())[:, None] * vm
 
 
 def mesh_forces(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: torch.Tensor, op: BendingOperator,
                 faces: torch.Tensor, element_share: float, use_bending: bool, use_drag: bool,
                 implicit: tuple[ImplicitBending, torch.Tensor, torch.Tensor, float] | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                tangential: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bending plus drag: forces on the vertices ``[V, 3]`` and on the element particles ``[E, 3]``
-    (None without drag); either term is skipped when its flag is off.
+    (None without drag); either term is skipped when its flag is off.  ``tangential [E]``: drag's
+    tangential share r (None: 0).
 
     With ``implicit = (system, vertex mass [V], free [V], dt)`` the bending force is the
     backward-Euler one (``implicit_bending_force``, zero on pinned vertices), else the plain
@@ -506,7 +516,7 @@ def mesh_forces(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: t
             f = f + implicit_bending_force(x, v, bending, mass, free, dt, system, faces)
     fe = None
     if use_drag:
-        tri = drag_force(x, v, drag, faces)
+        tri = drag_force(x, v, drag, faces, tangential)
         fe = element_share * tri
         per_vertex = ((1.0 - element_share) / 3.0) * tri
         f = f + torch.zeros_like(x).index_add(0, faces.reshape(-1), per_vertex.repeat_interleave(3, dim=0))
@@ -516,10 +526,12 @@ def mesh_forces(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: t
 def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor, drag: torch.Tensor, op: BendingOperator,
                         faces: torch.Tensor, element_share: float, use_bending: bool, use_drag: bool,
                         implicit: tuple[ImplicitBending, torch.Tensor, torch.Tensor, float] | None,
-                        g_f: torch.Tensor, g_fe: torch.Tensor | None, params: tuple[bool, bool, bool] = (True, True, True)):
+                        g_f: torch.Tensor, g_fe: torch.Tensor | None, params: tuple[bool, bool, bool] = (True, True, True),
+                        tangential: torch.Tensor | None = None):
     """The vector-Jacobian product of :func:`mesh_forces`, written out: cotangents ``g_f [V, 3]``
     (vertex forces) and ``g_fe [E, 3]`` (element forces, with drag) -> dL/d(x, v, bending, drag,
-    mass), each None where it does not depend on it.
+    mass, tangential), each None where it does not depend on it (``params``: whether to compute
+    those of bending, of drag and its tangential share, and of mass).
 
     The same numbers as torch's autograd on a recomputation of ``mesh_forces`` (tested to
     round-off), without building its graph: on the demo's 12x12 cloth autograd's engine alone took
@@ -529,7 +541,7 @@ def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor,
     """
     if use_bending and (implicit is None or op.curved.numel()):
         return None
-    gx = gv = g_bend = g_drag = g_mass = None
+    gx = gv = g_bend = g_drag = g_mass = g_tan = None
     want_bend, want_drag, want_mass = params
     if use_bending and op.num_rows:
         system, mass, free, dt = implicit
@@ -561,21 +573,26 @@ def mesh_forces_adjoint(x: torch.Tensor, v: torch.Tensor, bending: torch.Tensor,
         vc = (vm * cr).sum(1)
         sq = (cr * cr).sum(1)
         c0 = -AIR_DENSITY / 4.0
-        s = c0 * drag * vc * vc.abs() / sq
-        # tri = s cr; fe = share tri; each vertex gets (1 - share) / 3 tri
+        r = torch.zeros_like(drag) if tangential is None else tangential
+        s = c0 * drag * (1.0 - r) * vc * vc.abs() / sq
+        b = c0 * drag * r * vc.abs()
+        # tri = s cr + b vm; fe = share tri; each vertex gets (1 - share) / 3 tri
         g_tri = ((1.0 - element_share) / 3.0) * (g_f.index_select(0, fa) + g_f.index_select(0, fb_) + g_f.index_select(0, fc))
         if g_fe is not None:
             g_tri = g_tri + element_share * g_fe
         g_s = (g_tri * cr).sum(1)
-        g_vc = g_s * (2.0 * c0) * drag * vc.abs() / sq
+        g_b = (g_tri * vm).sum(1)
+        g_vc = g_s * (2.0 * c0) * drag * (1.0 - r) * vc.abs() / sq + g_b * c0 * drag * r * torch.sign(vc)
         if want_drag:
-            g_drag = g_s * c0 * vc * vc.abs() / sq
+            g_drag = g_s * c0 * (1.0 - r) * vc * vc.abs() / sq + g_b * c0 * r * vc.abs()
+            if tangential is not None:
+                g_tan = -g_s * c0 * drag * vc * vc.abs() / sq + g_b * c0 * drag * vc.abs()
         g_cr = s[:, None] * g_tri + g_vc[:, None] * vm - (2.0 * g_s * s / sq)[:, None] * cr
-        g_vm = (g_vc[:, None] * cr / 3.0).repeat_interleave(3, dim=0)
+        g_vm = ((g_vc[:, None] * cr + b[:, None] * g_tri) / 3.0).repeat_interleave(3, dim=0)
         g_e1 = torch.linalg.cross(e2, g_cr, dim=1)
         g_e2 = torch.linalg.cross(g_cr, e1, dim=1)
         g_corner = torch.stack([-(g_e1 + g_e2), g_e1, g_e2], 1).reshape(-1, 3)
         flat = faces.reshape(-1)
         gx = (torch.zeros_like(x) if gx is None else gx).index_add_(0, flat, g_corner)
         gv = (torch.zeros_like(v) if gv is None else gv).index_add_(0, flat, g_vm)
-    return gx, gv, g_bend, g_drag, g_mass
+    return gx, gv, g_bend, g_drag, g_mass, g_tan

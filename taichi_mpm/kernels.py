@@ -13,7 +13,7 @@ Quadratic B-splines, APIC transfers (Jiang et al. 2015).
 Data layout.  Every torch tensor handed to a kernel costs ~17-27 us of launch overhead here (a bare
 launch ~16 us; a kernel with a parallel loop ~100 us more, on one thread or two), so particle data
 travels packed: a state is one ``[N, 24]`` array (x, v, C
-row-major, F row-major; offsets ``X, V, C, F`` below), the per-particle material one ``[N, 13]``
+row-major, F row-major; offsets ``X, V, C, F`` below), the per-particle material one ``[N, 14]``
 array (mu, lambda, rest volume, mass, external force, cloth stiffnesses), and the constitutive kernel writes
 everything the scatter needs into one ``[N, 16]`` record (x, mass, momentum, affine matrix) so
 that each coloured scatter launch takes two arrays.  Gradients use the same
@@ -43,7 +43,7 @@ from .materials import (
 
 # the packed layouts and their accessors, shared with the cloth kernels (see layout.py)
 from .layout import (  # noqa: F401 - also this module's surface (K.X, K.W_DIM, ...)
-    ARR, BEND, CFRIC, DRAG, FORCE, INT, LAM, LIMIT, MASS, MAT_DIM, MU, NORMAL, PIN_DIM, SDF, SHEAR, STATE_DIM, VEC, VOL, W_DIM,
+    ARR, BEND, CFRIC, DRAG, DRAG_T, FORCE, INT, LAM, LIMIT, MASS, MAT_DIM, MU, NORMAL, PIN_DIM, SDF, SHEAR, STATE_DIM, VEC, VOL, W_DIM,
     WA, WMASS, WMOM, WX, C, F, V, X, add3, mat3, put3, put33, vec3,
 )
 

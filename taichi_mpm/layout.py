@@ -1,7 +1,7 @@
 """The packed data layouts every kernel shares, and the ``ti.func`` accessors of packed rows.
 
 Particle data travels packed (see ``kernels``: every array handed to a kernel costs launch time):
-a state is one ``[N, 24]`` array, the per-particle material one ``[N, 13]``, the pins ``[N, 4]`` and
+a state is one ``[N, 24]`` array, the per-particle material one ``[N, 14]``, the pins ``[N, 4]`` and
 the scatter record ``[N, 16]``.  The solid kernels (``kernels``), the cloth kernels (``cloth``) and
 the engine (``solver``) all read the column offsets from here.
 """
@@ -12,12 +12,12 @@ import torch
 # state layout [N, 24]
 X, V, C, F = 0, 3, 6, 15
 STATE_DIM = 24
-# material layout [N, 13]: mu, lambda, rest volume (area for cloth elements), mass, external force,
+# material layout [N, 14]: mu, lambda, rest volume (area for cloth elements), mass, external force,
 # and for cloth elements the shear and normal stiffness, the friction of the return mapping, the
-# bending stiffness, the drag coefficient and the maximum stretch (the last three are read by
-# torch, see cloth_forces and strain_limit)
-MU, LAM, VOL, MASS, FORCE, SHEAR, NORMAL, CFRIC, BEND, DRAG, LIMIT = 0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12
-MAT_DIM = 13
+# bending stiffness, the drag coefficient, the maximum stretch and the drag's tangential share (read
+# by the mesh forces and the strain limit: mesh_kernels, cloth_forces, strain_limit)
+MU, LAM, VOL, MASS, FORCE, SHEAR, NORMAL, CFRIC, BEND, DRAG, LIMIT, DRAG_T = 0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13
+MAT_DIM = 14
 # pins [N, 4]: flag (0/1), prescribed velocity
 PIN_DIM = 4
 # scatter record [N, 16]: position, mass, momentum m v + dt f, affine matrix A
@@ -86,11 +86,11 @@ def unpack_state(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def pack_material(mu, lam, vol, mass, force, shear=None, normal=None, cloth_friction=None, bending=None, drag=None,
-                  max_stretch=None) -> torch.Tensor:
-    """``[N, 13]`` packed per-particle material: mu, lambda, rest volume, mass, force, and the cloth
-    elements' shear stiffness, normal stiffness, friction, bending stiffness, drag coefficient and
-    maximum stretch (zeros where not given; a zero switches that term off)."""
+                  max_stretch=None, drag_tangential=None) -> torch.Tensor:
+    """``[N, 14]`` packed per-particle material: mu, lambda, rest volume, mass, force, and the cloth
+    elements' shear stiffness, normal stiffness, friction, bending stiffness, drag coefficient,
+    maximum stretch and drag's tangential share (zeros where not given; a zero switches that term off)."""
     z = torch.zeros_like(mu)
     cols = [mu, lam, vol, mass]
-    extra = [t if t is not None else z for t in (shear, normal, cloth_friction, bending, drag, max_stretch)]
+    extra = [t if t is not None else z for t in (shear, normal, cloth_friction, bending, drag, max_stretch, drag_tangential)]
     return torch.cat([c[:, None] for c in cols] + [force] + [e[:, None] for e in extra], dim=1).contiguous()

@@ -79,7 +79,7 @@ class _Cloth:
     """One cloth's constant data for the rollout (local vertex indices)."""
 
     def __init__(self, c, model: Model, mass: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, bending, drag,
-                 thickness: float, dt: float, implicit: bool = False):
+                 thickness: float, dt: float, implicit: bool = False, drag_tangential=None):
         dtype, dev = model.volume.dtype, model.volume.device
         self.v_rows = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         self.e_rows = slice(c.element_start, c.element_start + c.num_elements)
@@ -97,6 +97,7 @@ class _Cloth:
         self.pin_velocity = model.pin_velocity[self.v_rows]
         self.bending = None if bending is None else bending[self.e_rows]
         self.drag = None if drag is None else drag[self.e_rows]
+        self.drag_t = None if drag is None or drag_tangential is None else drag_tangential[self.e_rows]
         self.system = CF.ImplicitBending(c.bending, self.free) if self.bending is not None and c.bending.num_rows else None
         self.search = SC.Search(c.local_faces, c.num_vertices, thickness) if thickness > 0 else None
         # the explicit membrane's stencil, or the implicit step's solver (which keeps its own, in float64)
@@ -121,13 +122,13 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     """The rollout of :func:`simulate` on the mesh alone (module docstring): every frame's positions
     ``[T, N, 3]`` and deformation gradients ``[T, N, 3, 3]``, the final state, and the substeps run.
 
-    ``packed`` is ``simulate``'s per-particle (mu, lam, mass, bending, drag, friction [C], damping [1]),
-    for a model that :func:`check_supported` accepted."""
-    mu, lam, mass, bending, drag, friction, damping = packed
+    ``packed`` is ``simulate``'s per-particle (mu, lam, mass, bending, drag, drag's tangential share,
+    friction [C], damping [1]), for a model that :func:`check_supported` accepted."""
+    mu, lam, mass, bending, drag, drag_t, friction, damping = packed
     dtype, dev = model.volume.dtype, model.volume.device
     dt, spf = config.dt, config.substeps_per_frame
     implicit = config.membrane == "implicit"
-    cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt, implicit) for c in model.cloth]
+    cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt, implicit, drag_t) for c in model.cloth]
     kinds, rows, _ = pack(model.colliders)
     rows = torch.as_tensor(rows, dtype=dtype, device=dev)
     box = tuple(torch.tensor(corner, dtype=dtype, device=dev) for corner in config.grid.stencil_box)
@@ -141,7 +142,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
             vi, ti = c.search.pairs(x, step)
             f = f + SC.forces(x, v, c.mass, c.faces, vi, ti, config.cloth_thickness, dt)
         if c.drag is not None:
-            fe = CF.drag_force(x, v, c.drag, c.faces)
+            fe = CF.drag_force(x, v, c.drag, c.faces, c.drag_t)
             f = f.index_add(0, c.faces.reshape(-1), (fe / 3).repeat_interleave(3, dim=0))
         if c.system is not None:
             f = f + CF.implicit_bending_force(x, v, c.bending, c.mass, c.free, dt, c.system, c.faces)

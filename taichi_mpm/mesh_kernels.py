@@ -22,7 +22,7 @@ import taichi as ti
 import torch
 
 from .cloth_forces import AIR_DENSITY
-from .layout import ARR, DRAG, INT, MASS, VEC, WMOM, V, X, add3, vec3
+from .layout import ARR, DRAG, DRAG_T, INT, MASS, VEC, WMOM, V, X, add3, vec3
 
 
 @ti.func
@@ -103,7 +103,8 @@ def mesh_forces(S: ARR, M: ARR, W: ARR, v0: int, e0: int, free: VEC, l_ptr: INT,
                 bend: ti.template(), drag: ti.template(), serial: ti.template()):
     """Adds ``dt f`` of cloth (vertices ``v0 ..``, elements ``e0 ..``) to the momentum columns of
     ``W``: the implicit bending force and (1 - share) of each triangle's drag, in thirds, on the
-    free vertices, ``share`` of it on the element particles (``cloth_forces.mesh_forces``).
+    free vertices, ``share`` of it on the element particles (``cloth_forces.mesh_forces``; the drag
+    with its tangential share from the material's ``DRAG_T`` column).
 
     ``LZ [R, 3]``, ``Y [V, 3]`` (float64) and ``T [E, 3]`` are scratch: afterwards ``LZ`` holds
     L (x + dt v) and ``Y`` the bending step's dv in the solver's (permuted) order."""
@@ -112,10 +113,12 @@ def mesh_forces(S: ARR, M: ARR, W: ARR, v0: int, e0: int, free: VEC, l_ptr: INT,
         for e in range(faces.shape[0]):
             _, _, cr, vm = _triangle(S, faces, v0, e)
             vc = vm.dot(cr)
-            s = -AIR_DENSITY * M[e0 + e, DRAG] * vc * ti.abs(vc) / (4.0 * cr.dot(cr))
+            c = -AIR_DENSITY * M[e0 + e, DRAG] / 4.0
+            r = M[e0 + e, DRAG_T]  # the tangential share (cloth_forces.drag_force)
+            tri = (c * (1.0 - r) * vc * ti.abs(vc) / cr.dot(cr)) * cr + (c * r * ti.abs(vc)) * vm
             for d in ti.static(range(3)):
-                T[e, d] = s * cr[d]
-            add3(W, e0 + e, WMOM, (dt * share * s) * cr)
+                T[e, d] = tri[d]
+            add3(W, e0 + e, WMOM, (dt * share) * tri)
     if ti.static(bend):
         ti.loop_config(serialize=serial)
         for r in range(LZ.shape[0]):  # L (x + dt v)
@@ -148,7 +151,7 @@ def mesh_forces_adjoint(S: ARR, M: ARR, G_W: ARR, G_out: ARR, G_M: ARR, v0: int,
                         bend: ti.template(), drag: ti.template(), want_k: ti.template(), want_drag: ti.template(),
                         want_mass: ti.template(), serial: ti.template()):
     """The vector-Jacobian product of :func:`mesh_forces` with the momentum rows of ``G_W``
-    (dL/dW): adds dL/dx and dL/dv of the vertices to ``G_out``, dL/d drag (``want_drag``) and
+    (dL/dW): adds dL/dx and dL/dv of the vertices to ``G_out``, dL/d drag and its tangential share (``want_drag``) and
     dL/d mass (``want_mass``) to ``G_M``, and writes dL/d k_row into ``g_k [R]`` (``want_k``;
     the caller spreads it onto the elements' bending stiffness).
 
@@ -215,20 +218,29 @@ def mesh_forces_adjoint(S: ARR, M: ARR, G_W: ARR, G_out: ARR, G_M: ARR, v0: int,
             e1, e2, cr, vm = _triangle(S, faces, v0, e)
             c0 = -AIR_DENSITY / 4.0
             cd = M[e0 + e, DRAG]
+            r = M[e0 + e, DRAG_T]
             vc = vm.dot(cr)
             sq = cr.dot(cr)
-            s = c0 * cd * vc * ti.abs(vc) / sq
-            # tri = s cr; the element particle gets share tri, each vertex (1 - share) / 3 tri
+            s = c0 * cd * (1.0 - r) * vc * ti.abs(vc) / sq
+            b = c0 * cd * r * ti.abs(vc)
+            sgn = 0.0
+            if vc > 0:
+                sgn = 1.0
+            elif vc < 0:
+                sgn = -1.0
+            # tri = s cr + b vm; the element particle gets share tri, each vertex (1 - share) / 3 tri
             g_tri = share * dt * vec3(G_W, e0 + e, WMOM)
             for c in ti.static(range(3)):
                 a = faces[e, c]
                 g_tri += ((1.0 - share) / 3.0 * dt * free[a]) * vec3(G_W, v0 + a, WMOM)
             g_s = g_tri.dot(cr)
-            g_vc = g_s * (2.0 * c0) * cd * ti.abs(vc) / sq
+            g_b = g_tri.dot(vm)
+            g_vc = g_s * (2.0 * c0) * cd * (1.0 - r) * ti.abs(vc) / sq + g_b * c0 * cd * r * sgn
             if ti.static(want_drag):
-                G_M[e0 + e, DRAG] += g_s * c0 * vc * ti.abs(vc) / sq
+                G_M[e0 + e, DRAG] += g_s * c0 * (1.0 - r) * vc * ti.abs(vc) / sq + g_b * c0 * r * ti.abs(vc)
+                G_M[e0 + e, DRAG_T] += -g_s * c0 * cd * vc * ti.abs(vc) / sq + g_b * c0 * cd * ti.abs(vc)
             g_cr = s * g_tri + g_vc * vm - (2.0 * g_s * s / sq) * cr
-            g_vm = g_vc * cr / 3.0
+            g_vm = (g_vc * cr + b * g_tri) / 3.0
             g_e1 = e2.cross(g_cr)
             g_e2 = g_cr.cross(e1)
             corner = [-(g_e1 + g_e2), g_e1, g_e2]

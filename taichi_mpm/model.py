@@ -152,6 +152,8 @@ class Params:
             normal speed through still air (see ``cloth_forces``); ``None`` or 0: no drag.
         max_stretch: cloth strain limit, the largest principal stretch (>= 1) a triangle may reach
             (see ``strain_limit``); ``None`` or 0: no limit.
+        drag_tangential: the share r in [0, 1] of ``drag_coefficient`` that acts on a triangle's
+            speed along the sheet (see ``cloth_forces``); ``None`` or 0: drag along the normal only.
     """
 
     young_modulus: torch.Tensor
@@ -165,11 +167,12 @@ class Params:
     bending_stiffness: torch.Tensor | None = None
     drag_coefficient: torch.Tensor | None = None
     max_stretch: torch.Tensor | None = None
+    drag_tangential: torch.Tensor | None = None
 
     @staticmethod
     def create(young_modulus, poisson_ratio, density, damping=1.0, friction=0.5, shear_stiffness=None,
                normal_stiffness=None, cloth_friction=None, bending_stiffness=None, drag_coefficient=None,
-               max_stretch=None, dtype=torch.float32, device="cpu") -> "Params":
+               max_stretch=None, drag_tangential=None, dtype=torch.float32, device="cpu") -> "Params":
         """Tensors from numbers or tensors (tensors are kept as they are, so gradients reach them)."""
 
         def t(v):
@@ -178,4 +181,5 @@ class Params:
             return torch.tensor(v, dtype=dtype, device=device)
 
         return Params(t(young_modulus), t(poisson_ratio), t(density), t(damping), t(friction), t(shear_stiffness),
-                      t(normal_stiffness), t(cloth_friction), t(bending_stiffness), t(drag_coefficient), t(max_stretch))
+                      t(normal_stiffness), t(cloth_friction), t(bending_stiffness), t(drag_coefficient), t(max_stretch),
+                      t(drag_tangential))

@@ -81,7 +81,14 @@ _NON_NEGATIVE = dict(low=0.0, high=math.inf, low_inclusive=True, high_inclusive=
 #:   fabrics stretch a few percent under their own weight at most (membrane stiffness 1e3-1e4 N/m,
 #:   above); the range to 1.2 leaves room for knits.  0 (the default) is no limit, so scenes written
 #:   before the limit existed behave as they did.
-#: Default values: bending is Wang et al. 2011's t-shirt knit; drag a square plate (Hoerner 1965).
+#: - drag_tangential: the share of drag_coefficient that acts on the speed along the sheet (see
+#:   cloth_forces): 0 is an impermeable plate, whose pressure drag acts along its normal (Hoerner
+#:   1965); the force on an inclined porous sheet or screen turns from its normal toward the flow
+#:   (Taylor and Davies 1944, "The aerodynamics of porous sheets", ARC R&M 2237; Laws and Livesey
+#:   1978, "Flow through screens", Annu. Rev. Fluid Mech. 10), and 1 is a force along the relative
+#:   velocity (the aerodynamic model of NVIDIA Warp's and Newton's cloth, f = k A |v.n| v).
+#: Default values: bending is Wang et al. 2011's t-shirt knit; drag a square plate (Hoerner 1965),
+#: with no tangential part.
 _TABLE = (
     Parameter("young_modulus", **_POSITIVE, log_space=True, units={"cloth": "N/m", "solid": "Pa"},
               defaults={"cloth": 100.0, "solid": 5e4}, ranges={"cloth": (10.0, 500.0), "solid": (1e3, 1e6)}),
@@ -107,6 +114,10 @@ _TABLE = (
               defaults={"cloth": 1.2}, ranges={"cloth": (0.0, 3.0)}),
     Parameter("max_stretch", low=1.0, high=math.inf, low_inclusive=True, high_inclusive=False, log_space=False,
               units={"cloth": "1"}, defaults={"cloth": 0.0}, ranges={"cloth": (1.0, 1.2)}, note="0: no limit", off=0.0),
+    # last, so that the fitted vectors of scenes written before it keep their order
+    Parameter("drag_tangential", low=0.0, high=1.0, low_inclusive=True, high_inclusive=True, log_space=False,
+              units={"cloth": "1"}, defaults={"cloth": 0.0}, ranges={"cloth": (0.0, 1.0)},
+              note="share of drag_coefficient on the speed along the sheet"),
 )
 
 #: name -> Parameter, in the table's order

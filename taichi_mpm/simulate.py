@@ -138,8 +138,9 @@ def simulate(
     material, friction, damping = _packed_params(model, params)
 
     engine = Engine(model, config)
-    engine.mesh_param_grads = tuple(t is not None and t.requires_grad
-                                    for t in (params.bending_stiffness, params.drag_coefficient, params.density))
+    grads = [t is not None and t.requires_grad
+             for t in (params.bending_stiffness, params.drag_coefficient, params.density, params.drag_tangential)]
+    engine.mesh_param_grads = (grads[0], grads[1] or grads[3], grads[2])  # drag's two columns come together
     spf = config.substeps_per_frame
     total = (num_frames - 1) * spf
     seg = config.segment_length(total) if total else 1
@@ -234,12 +235,12 @@ def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
 
 
 def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The engine's inputs: packed per-particle ``material [N, 13]``, ``friction [max(C, 1)]``, ``damping [1]``."""
+    """The engine's inputs: packed per-particle ``material [N, 14]``, ``friction [max(C, 1)]``, ``damping [1]``."""
     n = model.num_particles
     dev, dtype = model.volume.device, model.volume.dtype
     mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
     mass = _per_particle(params.density, n, "density") * model.mass_volume
-    shear = normal = cloth_friction = bending = drag = max_stretch = None
+    shear = normal = cloth_friction = bending = drag = max_stretch = drag_t = None
     if model.cloth:
         if params.shear_stiffness is None or params.normal_stiffness is None:
             raise ValueError("a model with cloth needs shear_stiffness and normal_stiffness")
@@ -257,9 +258,12 @@ def _packed_params(model: Model, params: Params) -> tuple[torch.Tensor, torch.Te
             drag = _per_particle(params.drag_coefficient, n, "drag_coefficient")
         if params.max_stretch is not None:
             max_stretch = _per_particle(params.max_stretch, n, "max_stretch")
+        if params.drag_tangential is not None:
+            drag_t = _per_particle(params.drag_tangential, n, "drag_tangential")
     friction, damping = _friction_and_damping(model, params)
     force = torch.zeros(n, 3, dtype=dtype, device=dev)
-    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag, max_stretch)
+    material = pack_material(mu, lam, model.volume, mass, force, shear, normal, cloth_friction, bending, drag, max_stretch,
+                             drag_t)
     return material, friction, damping
 
 
@@ -278,14 +282,15 @@ def _friction_and_damping(model: Model, params: Params) -> tuple[torch.Tensor, t
 
 def _mesh_params(model: Model, params: Params) -> tuple:
     """The grid-free cloth solver's inputs (``mesh_cloth.simulate_mesh``): per-particle mu, lam, mass,
-    bending and drag (None where absent), friction ``[C]`` and damping ``[1]``."""
+    bending, drag and drag's tangential share (None where absent), friction ``[C]`` and damping ``[1]``."""
     check_supported(model, params)
     n = model.num_particles
     mu, lam = lame(_per_particle(params.young_modulus, n, "young_modulus"), _per_particle(params.poisson_ratio, n, "poisson_ratio"))
     mass = _per_particle(params.density, n, "density") * model.mass_volume
     bending = None if params.bending_stiffness is None else _per_particle(params.bending_stiffness, n, "bending_stiffness")
     drag = None if params.drag_coefficient is None else _per_particle(params.drag_coefficient, n, "drag_coefficient")
-    return (mu, lam, mass, bending, drag) + _friction_and_damping(model, params)
+    drag_t = None if params.drag_tangential is None else _per_particle(params.drag_tangential, n, "drag_tangential")
+    return (mu, lam, mass, bending, drag, drag_t) + _friction_and_damping(model, params)
 
 
 def _control_schedule(control: torch.Tensor | None, control_stride: int, n: int, total: int) -> dict[int, int]:

@@ -32,7 +32,7 @@ from .model import Model
 
 @dataclasses.dataclass(frozen=True)
 class StepParams:
-    """What one substep reads besides the state: ``material [N, 13]`` (see ``pack_material``),
+    """What one substep reads besides the state: ``material [N, 14]`` (see ``pack_material``),
     ``friction [max(C, 1)]`` and ``damping [1]``; torch tensors of the runtime dtype."""
 
     material: torch.Tensor
@@ -390,7 +390,8 @@ class Engine:
         el = material[c.element_start : c.element_start + c.num_elements]
         return CF.mesh_forces(S[vs, K.X : K.X + 3], S[vs, K.V : K.V + 3], el[:, K.BEND], el[:, K.DRAG], c.bending,
                               c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
-                              implicit=self._implicit(i, material[vs, K.MASS]) if flags[0] else None)
+                              implicit=self._implicit(i, material[vs, K.MASS]) if flags[0] else None,
+                              tangential=el[:, K.DRAG_T])
 
     def _mesh_kernels_apply(self, i: int) -> bool:
         """Whether cloth ``i``'s mesh forces run as ``mesh_kernels``: a flat-rest mesh of at most
@@ -747,33 +748,35 @@ class Engine:
         g_fe = dt * G_W[el, K.WMOM : K.WMOM + 3] if flags[1] else None
         x, v = S[vs, K.X : K.X + 3], S[vs, K.V : K.V + 3]
         bend, drag, mass = P.material[el, K.BEND], P.material[el, K.DRAG], P.material[vs, K.MASS]
+        tan = P.material[el, K.DRAG_T]
         implicit = self._implicit(i, mass) if flags[0] else None
         grads = CF.mesh_forces_adjoint(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
-                                       implicit=implicit, g_f=g_f, g_fe=g_fe, params=self.mesh_param_grads)
+                                       implicit=implicit, g_f=g_f, g_fe=g_fe, params=self.mesh_param_grads, tangential=tan)
         if grads is None:
-            grads = self._mesh_force_vjp(i, x, v, bend, drag, mass, g_f, g_fe)
-        gx, gv, gb, gd, gm = grads
+            grads = self._mesh_force_vjp(i, x, v, bend, drag, mass, tan, g_f, g_fe)
+        gx, gv, gb, gd, gm, gt = grads
         for rows, col, g in ((vs, K.X, gx), (vs, K.V, gv)):
             if g is not None:
                 G_out[rows, col : col + 3] += g
-        for col, g in ((K.BEND, gb), (K.DRAG, gd)):
+        for col, g in ((K.BEND, gb), (K.DRAG, gd), (K.DRAG_T, gt)):
             if g is not None:
                 GP.material[el, col] += g
         if gm is not None:
             GP.material[vs, K.MASS] += gm
 
-    def _mesh_force_vjp(self, i: int, x, v, bend, drag, mass, g_f, g_fe):
-        """:meth:`_mesh_force_adjoint` by torch's autograd (meshes with rest curvature)."""
+    def _mesh_force_vjp(self, i: int, x, v, bend, drag, mass, tan, g_f, g_fe):
+        """:meth:`_mesh_force_adjoint` by torch's autograd (meshes with rest curvature): dL/d(x, v,
+        bending, drag, mass, tangential share)."""
         c, flags = self.model.cloth[i], self.mesh_forces[i]
         with torch.enable_grad():
-            x, v, bend, drag, mass = (t.detach().requires_grad_(True) for t in (x, v, bend, drag, mass))
+            x, v, bend, drag, mass, tan = (t.detach().requires_grad_(True) for t in (x, v, bend, drag, mass, tan))
             fv, fe = CF.mesh_forces(x, v, bend, drag, c.bending, c.faces_local, CL.ELEMENT_MASS_FRACTION, *flags,
-                                    implicit=self._implicit(i, mass) if flags[0] else None)
+                                    implicit=self._implicit(i, mass) if flags[0] else None, tangential=tan)
             outs, grads = [fv], [g_f]
             if fe is not None:
                 outs.append(fe)
                 grads.append(g_fe)
-            return torch.autograd.grad(outs, (x, v, bend, drag, mass), grads, allow_unused=True)
+            return torch.autograd.grad(outs, (x, v, bend, drag, mass, tan), grads, allow_unused=True)
 
     def record_segment(self, S0: torch.Tensor, P: StepParams, start: int, count: int, scratch: bool = True) -> Tape:
         """Simulate ``count`` substeps from ``S0`` keeping what the adjoint reads (see :class:`Tape`).

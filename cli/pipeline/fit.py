@@ -350,7 +350,7 @@ def horizon_at(it: int, cfg: FitConfig, frames: int, iterations: int | None = No
 
 
 #: parameters that only take energy out of the motion, and the end of their range that takes none
-DISSIPATIVE = {"damping": "high", "drag_coefficient": "low"}
+DISSIPATIVE = {"damping": "high", "drag_coefficient": "low", "drag_tangential": "low"}
 #: how far toward that end the low-dissipation start sits: sigmoid(3) = 0.953 of the range.  A cloth
 #: over one or two seconds loses little of its motion; the cross-simulator sphere_soft video on grid
 #: 64 (2026-12-04): 0.1516 there against 0.1973 for the best of the other starts, and the fit that

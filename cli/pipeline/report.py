@@ -30,7 +30,8 @@ def _meaning(parameter: str) -> str:
     from dreamcloth.taichi_mpm.parameters import PARAMETERS
 
     return {"damping": "1 keeps all the velocity: no damping", "drag_coefficient": "0: no air drag",
-            "friction": "0: frictionless", "max_stretch": "1: no stretch at all"}.get(parameter, PARAMETERS[parameter].rule())
+            "friction": "0: frictionless", "max_stretch": "1: no stretch at all",
+            "drag_tangential": "0: drag along the sheet's normal only; 1: along the velocity"}.get(parameter, PARAMETERS[parameter].rule())
 
 
 def write_params_json(path: Path, scene, space, result, ident: dict | None, notes: list[str], extra: dict) -> dict:

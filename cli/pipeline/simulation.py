@@ -100,6 +100,7 @@ class Simulation:
             bending_stiffness=field("bending_stiffness") if cloth else None,
             drag_coefficient=field("drag_coefficient") if cloth else None,
             max_stretch=field("max_stretch") if cloth else None,
+            drag_tangential=field("drag_tangential") if cloth else None,
         )
 
 

@@ -96,6 +96,18 @@ def test_max_stretch_is_off_by_default_fittable_and_validated(tmp_path):
         load_scene(write_drape(tmp_path, "bad_range.toml", text=bad))
 
 
+def test_drag_tangential_defaults_to_normal_drag_and_is_validated(tmp_path):
+    scene = load_scene(write_drape(tmp_path, "plain.toml"))
+    assert scene.objects[0].values["drag_tangential"] == 0.0  # older scenes keep their drag normal to the sheet
+    text = drape_text().replace("[object.material]", "[object.material]\ndrag_tangential = 1")
+    scene = load_scene(write_drape(tmp_path, "along_v.toml", text=text.replace("[object.fit]", "[object.fit]\ndrag_tangential = true")))
+    assert scene.objects[0].values["drag_tangential"] == 1.0
+    assert scene.objects[0].fit["drag_tangential"] == (0.0, 1.0)
+    bad = drape_text().replace("[object.material]", "[object.material]\ndrag_tangential = 1.5")
+    with pytest.raises(SceneError, match=r"drag_tangential = 1.5 is out of range \[0, 1\]"):
+        load_scene(write_drape(tmp_path, "bad.toml", text=bad))
+
+
 def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     """Within 2% of an edge in fit space (log space for stiffnesses): flagged in params.json with a note."""
     import json

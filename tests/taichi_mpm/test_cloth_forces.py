@@ -116,10 +116,12 @@ def test_written_out_mesh_force_adjoint_equals_autograd(use_bending, use_drag):
     drag = 0.5 + torch.rand(len(faces), generator=gen, dtype=F64)
     g_f = torch.randn(len(x), 3, generator=gen, dtype=F64)
     g_fe = torch.randn(len(faces), 3, generator=gen, dtype=F64)
+    tangential = torch.rand(len(faces), generator=gen, dtype=F64)
     dt = 3e-3
     system = ImplicitBending(op, free)
-    inputs = [t.clone().requires_grad_(True) for t in (x, v, stiffness, drag, mass)]
-    fv, fe = mesh_forces(*inputs[:4], op, faces, 0.5, use_bending, use_drag, implicit=(system, inputs[4], free, dt))
+    inputs = [t.clone().requires_grad_(True) for t in (x, v, stiffness, drag, mass, tangential)]
+    fv, fe = mesh_forces(*inputs[:4], op, faces, 0.5, use_bending, use_drag, implicit=(system, inputs[4], free, dt),
+                         tangential=inputs[5])
     outs, cots = [fv], [g_f]
     if fe is not None:
         outs.append(fe)
@@ -128,9 +130,9 @@ def test_written_out_mesh_force_adjoint_equals_autograd(use_bending, use_drag):
     for params in ((True, True, True), (False, False, False), (True, False, False), (False, True, True)):
         # the parameter gradients not asked for are None; the state's are the same either way
         got = mesh_forces_adjoint(x, v, stiffness, drag, op, faces, 0.5, use_bending, use_drag, (system, mass, free, dt),
-                                  g_f, g_fe if use_drag else None, params=params)
-        asked = (True, True) + params
-        for name, w, g, a in zip(("x", "v", "bending", "drag", "mass"), want, got, asked):
+                                  g_f, g_fe if use_drag else None, params=params, tangential=tangential)
+        asked = (True, True) + params + (params[1],)
+        for name, w, g, a in zip(("x", "v", "bending", "drag", "mass", "tangential"), want, got, asked):
             if w is None or not a:
                 assert g is None or float(g.abs().max()) == 0.0, (name, params)
                 continue
@@ -170,6 +172,28 @@ def test_drag_on_a_plate_is_the_flat_plate_formula():
     assert float(drag_force(x, in_plane, cd, F).abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("r", [0.0, 0.3, 1.0])
+def test_drag_tangential_share(r):
+    """With the tangential share r the flat sheet moving obliquely feels -rho C_d A |v_n| (v_n n + r v_t) / 2:
+    r = 1 is a force along -v (Warp's and Newton's cloth drag), r = 0 the plate's normal force."""
+    verts, faces = grid_mesh(6, 6, (0.5, 0.3))
+    x = torch.tensor(verts)
+    F = torch.as_tensor(faces)
+    cd = torch.full((len(faces),), 1.3, dtype=F64)
+    vel = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    total = drag_force(x, vel.expand(len(verts), 3), cd, F, torch.full((len(faces),), r, dtype=F64)).sum(0)
+    area, vn = 0.15, -2.0
+    n = torch.tensor([0.0, 1.0, 0.0], dtype=F64)
+    expected = -0.5 * AIR_DENSITY * 1.3 * area * abs(vn) * (vn * n + r * (vel - vn * n))
+    assert torch.allclose(total, expected, rtol=1e-12, atol=1e-14)
+    # its gradients in positions, velocities, C_d and r (the kink of |v_n| at 0 is not crossed here)
+    gen = torch.Generator().manual_seed(3)
+    xs = x + 0.01 * torch.randn(x.shape, generator=gen, dtype=F64)
+    vs = vel + 0.3 * torch.randn(x.shape, generator=gen, dtype=F64)
+    inputs = [t.clone().requires_grad_(True) for t in (xs, vs, cd, torch.full((len(faces),), max(r, 0.2), dtype=F64))]
+    assert torch.autograd.gradcheck(lambda a, b, c, d: drag_force(a, b, c, F, d), inputs, eps=1e-7, atol=1e-8, rtol=1e-6)
+
+
 def _rollout_loss(frames=6):
     grid, model, state, _ = drape_scene(n=5, res=12)
     bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
@@ -178,8 +202,9 @@ def _rollout_loss(frames=6):
     n = model.num_particles
     wx = torch.randn(frames, n, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
 
-    def loss(bend, drag, v0):
-        params = Params.create(100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0, bending_stiffness=bend, drag_coefficient=drag, dtype=F64)
+    def loss(bend, drag, tan, v0):
+        params = Params.create(100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0, bending_stiffness=bend, drag_coefficient=drag,
+                               drag_tangential=tan, dtype=F64)
         traj = simulate(model, State(state.x, state.v + v0, state.C, state.F), params, cfg, frames, bounds=bounds)
         return (traj.x * wx).sum()
 
@@ -188,35 +213,39 @@ def _rollout_loss(frames=6):
 
 @pytest.mark.slow
 def test_bending_and_drag_gradients_match_finite_differences():
-    """Over >= 100 substeps, falling fast enough (v0) that the drag matters."""
+    """Over >= 100 substeps, falling fast enough (v0) that the drag matters, with half of it on the
+    speed along the sheet (drag_tangential 0.5)."""
     loss, substeps = _rollout_loss()
     assert substeps >= 100
-    base = {"bend": 5e-3, "drag": 1.0}
+    base = {"bend": 5e-3, "drag": 1.0, "tan": 0.5}
     leaves = {k: torch.tensor(v, dtype=F64, requires_grad=True) for k, v in base.items()}
     v0 = torch.tensor([0.1, -1.5, 0.2], dtype=F64, requires_grad=True)
-    grads = torch.autograd.grad(loss(leaves["bend"], leaves["drag"], v0), [leaves["bend"], leaves["drag"], v0])
-    fd = scalar_central_differences(lambda bend, drag: loss(bend, drag, v0), base)
+    grads = torch.autograd.grad(loss(leaves["bend"], leaves["drag"], leaves["tan"], v0), [*leaves.values(), v0])
+    fd = scalar_central_differences(lambda bend, drag, tan: loss(bend, drag, tan, v0), base)
     rows = [(k, float(grads[i]), fd[k]) for i, k in enumerate(base)]
     with torch.no_grad():
         for j in range(3):
             e = torch.zeros(3, dtype=F64)
             e[j] = 1e-6
-            rows.append((f"v0[{j}]", float(grads[2][j]), float((loss(base["bend"], base["drag"], v0 + e) - loss(base["bend"], base["drag"], v0 - e)) / 2e-6)))
+            args = (base["bend"], base["drag"], base["tan"])
+            rows.append((f"v0[{j}]", float(grads[3][j]), float((loss(*args, v0 + e) - loss(*args, v0 - e)) / 2e-6)))
     assert_gradients_match(rows)
 
 
 def test_bending_and_drag_gradcheck_tiny():
-    """float64 gradcheck of positions and velocities (through the torch mesh forces' adjoint) and of both parameters."""
+    """float64 gradcheck of positions and velocities (through the torch mesh forces' adjoint) and of the
+    bending stiffness, the drag coefficient and drag's tangential share."""
     grid, model, state, _ = drape_scene(n=3, res=10)
     bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
                     normal_stiffness=(150.0, 250.0), min_length=0.2)
     cfg = stable_config(grid, 30.0, bounds, segment_substeps=3)
     nv = 9
 
-    def fn(xv, v, bend, drag):
+    def fn(xv, v, bend, drag, tan):
         x = state.x.clone()
         x[:nv] = xv
-        params = Params.create(100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0, bending_stiffness=bend, drag_coefficient=drag, dtype=F64)
+        params = Params.create(100.0, 0.3, 1.0, 0.6, 0.3, 200.0, 200.0, bending_stiffness=bend, drag_coefficient=drag,
+                               drag_tangential=tan, dtype=F64)
         traj = simulate(model, State.at_rest(x, v, model), params, cfg, 2, bounds=bounds)
         return traj.x, traj.F
 
@@ -224,7 +253,7 @@ def test_bending_and_drag_gradcheck_tiny():
     inputs = [
         state.x[:nv].clone() + 0.02 * torch.randn(nv, 3, generator=gen, dtype=F64),
         torch.randn(model.num_particles, 3, generator=gen, dtype=F64) + torch.tensor([0.0, -1.0, 0.0], dtype=F64),
-        torch.tensor(5e-3, dtype=F64), torch.tensor(1.0, dtype=F64),
+        torch.tensor(5e-3, dtype=F64), torch.tensor(1.0, dtype=F64), torch.tensor(0.4, dtype=F64),
     ]
     inputs = [t.requires_grad_(True) for t in inputs]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)

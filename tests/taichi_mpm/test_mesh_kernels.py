@@ -20,7 +20,7 @@ def _scene(pinned):
 
 
 def _rollout(torch_path: bool, pinned, monkeypatch, dtype=F64, frames=4):
-    """The loss, its gradients in (bending, drag, density, v0) and the trajectory."""
+    """The loss, its gradients in (bending, drag, density, drag's tangential share, v0) and the trajectory."""
     with monkeypatch.context() as m:
         if torch_path:
             m.setattr(Engine, "_mesh_kernels_apply", lambda self, i: False)
@@ -28,15 +28,15 @@ def _rollout(torch_path: bool, pinned, monkeypatch, dtype=F64, frames=4):
         bounds = Bounds((80.0, 120.0), (0.3, 0.3), (0.8, 1.2), max_speed=3.0, shear_stiffness=(150.0, 250.0),
                         normal_stiffness=(150.0, 250.0), min_length=0.1)
         cfg = stable_config(grid, 30.0, bounds, segment_substeps=7)
-        leaves = [torch.tensor(v, dtype=F64, requires_grad=True) for v in (5e-3, 1.3, 1.1)]
+        leaves = [torch.tensor(v, dtype=F64, requires_grad=True) for v in (5e-3, 1.3, 1.1, 0.4)]
         v0 = torch.tensor([0.1, -1.5, 0.2], dtype=F64, requires_grad=True)
         params = Params.create(100.0, 0.3, leaves[2], 0.6, 0.3, 200.0, 200.0, bending_stiffness=leaves[0],
-                               drag_coefficient=leaves[1], dtype=F64)
+                               drag_coefficient=leaves[1], drag_tangential=leaves[3], dtype=F64)
         wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
         traj = simulate(model, State(state.x, state.v + v0, state.C, state.F), params, cfg, frames, bounds=bounds)
         loss = (traj.x * wx).sum() + (traj.final.v * wx[0]).sum()
         grads = torch.autograd.grad(loss, [*leaves, v0])
-        return traj.x.detach(), torch.stack([g.reshape(-1) for g in grads[:3]]).reshape(-1), grads[3]
+        return traj.x.detach(), torch.stack([g.reshape(-1) for g in grads[:4]]).reshape(-1), grads[4]
 
 
 @pytest.mark.parametrize("pinned", [(), (0, 4)])
