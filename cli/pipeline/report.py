@@ -26,6 +26,10 @@ def _at_physical_limit(parameter: str, edge: str, lo: float, hi: float) -> bool:
     return spec.low_inclusive and lo == spec.low
 
 
+#: (parameter, edge) where the physical limit is the most of the parameter's effect, not the least
+_LIMIT_IS_MOST = {("drag_tangential", "high")}
+
+
 def _meaning(parameter: str) -> str:
     from dreamcloth.taichi_mpm.parameters import PARAMETERS
 
@@ -50,7 +54,8 @@ def write_params_json(path: Path, scene, space, result, ident: dict | None, note
             entry["at_physical_limit"] = True
             notes = notes + [
                 f"{name} = {v:.4g} ended at {lo if edge == 'low' else hi:g}, the physical limit of {key[1]} "
-                f"({_meaning(key[1])}): the range cannot be widened there; the video shows as little of it as the model allows."
+                f"({_meaning(key[1])}): the range cannot be widened there; the video shows as "
+                f"{'much' if (key[1], edge) in _LIMIT_IS_MOST else 'little'} of it as the model allows."
             ]
         elif edge is not None:
             notes = notes + [

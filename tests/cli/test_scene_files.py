@@ -134,15 +134,21 @@ def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
     assert flags == {"young_modulus": "high", "damping": None}
     assert any("young_modulus = 399 ended at the top of its range [20, 400]" in n and "widen" in n for n in doc["notes"])
     # damping 1 (no damping) and drag 0 (no drag) are physical limits: flagged, but nothing to widen
-    drag = drape_text().replace("[object.fit]", "[object.fit]\ndamping = [0.05, 1.0]\ndrag_coefficient = [0.0, 3.0]")
+    drag = drape_text().replace("[object.fit]", "[object.fit]\ndamping = [0.05, 1.0]\ndrag_coefficient = [0.0, 3.0]\n"
+                                                 "drag_tangential = true")
     scene = load_scene(write_drape(tmp_path, "limits.toml", text=drag))
     space = ParamSpace(scene)
-    values = {key: {"young_modulus": 100.0, "damping": 0.999, "drag_coefficient": 0.01}[key[1]] for key in space.keys}
+    values = {key: {"young_modulus": 100.0, "damping": 0.999, "drag_coefficient": 0.01, "drag_tangential": 0.999}[key[1]]
+              for key in space.keys}
     result = types.SimpleNamespace(values=values, initial=values, loss=0.1, history=[], state=types.SimpleNamespace(events=[]))
     doc = write_params_json(tmp_path / "limits.json", scene, space, result, None, [], {})
     flags = {p["name"]: (p["at_range_edge"], p.get("at_physical_limit", False)) for p in doc["parameters"]}
-    assert flags == {"young_modulus": (None, False), "damping": ("high", True), "drag_coefficient": ("low", True)}
-    assert any("damping = 0.999 ended at 1, the physical limit of damping (1 keeps all the velocity: no damping)" in n for n in doc["notes"])
+    assert flags == {"young_modulus": (None, False), "damping": ("high", True), "drag_coefficient": ("low", True),
+                     "drag_tangential": ("high", True)}
+    assert any("damping = 0.999 ended at 1, the physical limit of damping (1 keeps all the velocity: no damping)" in n
+               and "as little of it" in n for n in doc["notes"])
+    # drag along the velocity is the most of drag_tangential there is
+    assert any(n.startswith("drag_tangential = 0.999 ended at 1") and "as much of it" in n for n in doc["notes"])
     assert not any("fit again" in n for n in doc["notes"])
     assert not any("starting values" in n for n in doc["notes"])  # no iterations: nothing to say
     # a fit whose iterations never beat its start says so (the cross-simulator sphere_se fit, 2026-12-05)
