@@ -121,6 +121,14 @@ class Case:
     substeps: int = 0
     #: the scene file's ``[scene] cloth_solver`` (empty: not written, the scene default "mpm")
     cloth_solver: str = ""
+    #: Newton's contact damping as a share of critical damping of a vertex on the contact spring
+    #: (2 sqrt(ke m), m the mean vertex mass); 0: ``NEWTON_CONTACT_KD`` (the VBD set's 0.01 N s/m,
+    #: 1.2-1.9% of critical: vertices bounced off the colliders almost elastically)
+    contact_damping_ratio: float = 0.0
+    #: the scene file's colliders grown by Newton's ``particle_radius``: Newton keeps each vertex a
+    #: particle radius off a collider, so its cloth's mid-surface rests that far above the ground
+    #: and outside the sphere (dreamcloth's vertex contact keeps it on the surface)
+    collider_offset: bool = False
 
 
 #: Case.solver -> the Newton solver class that makes the case
@@ -164,9 +172,15 @@ CASES.update({f"{n}_sc": dataclasses.replace(CASES[n], name=f"{n}_sc", self_cont
 # ``tri_kd`` damps dF/dt, which a rigid rotation of a triangle also has: at 0.05 N s/m it slowed the
 # flap's fall so much that every fit ran dreamcloth's damping to its strongest value); the
 # sphere's cloth bends 10x stiffer than the soft one above.  dreamcloth fits them with its grid-free
-# mesh solver (implicit membrane), so young_modulus may reach Newton's 2,667 N/m without a smaller dt.
+# mesh solver (implicit membrane), so young_modulus may reach Newton's 2,667 N/m without a smaller dt,
+# and fits drag_tangential too (Newton's drag acts along the velocity).  Made again 2026-12-05
+# (seventeenth session) with the contact spring critically damped (``Case.contact_damping_ratio``;
+# 0.01 N s/m is 1.5% of critical for tilted_se's vertices, an almost elastic contact that no cloth has)
+# and the scene files' colliders grown by the particle radius that Newton keeps the vertices off
+# them (``Case.collider_offset``).
 _SE_CLOTH = NewtonCloth(tri_kd=0.0, edge_kd=0.0, tri_drag=0.2)
-_SE = dict(solver="semi_implicit", substeps=800, cloth_solver="mesh", fit_overrides=(("young_modulus", (100.0, 1e4)),))
+_SE = dict(solver="semi_implicit", substeps=800, cloth_solver="mesh", fit_overrides=(("young_modulus", (100.0, 1e4)),),
+           contact_damping_ratio=1.0, collider_offset=True)
 CASES.update({
     "hammock_se": Case(
         "hammock_se", "a cloth pinned at two opposite corners, released horizontal, sagging into a hammock", 0.4, (0.5, 0.8, 0.5),
@@ -217,6 +231,8 @@ def scene_toml(case: Case) -> str:
     """The dreamcloth scene: the Newton scene's initial cloth, camera, colliders and pins; density
     given, the other material values fitted (dreamcloth's default ranges unless overridden)."""
     fit = {"young_modulus": True, "damping": True, "bending_stiffness": True, "drag_coefficient": True}
+    if case.solver == "semi_implicit":  # the references with air drag: its direction is fitted too
+        fit["drag_tangential"] = True
     if case.fit_friction:
         fit["friction"] = True
     fit.update(dict(case.fit_overrides))
@@ -236,12 +252,14 @@ def scene_toml(case: Case) -> str:
         lines.append(f'pinned = "corners:{case.pinned_corners}"')
     lines += ["", "[object.material]", f"density = {AREAL_DENSITY:g}", f"friction = {case.newton.mu:g}", "", "[object.fit]"]
     lines += [f"{k} = " + ("true" if v is True else _vec(v)) for k, v in fit.items()]
+    grow = case.newton.particle_radius if case.collider_offset else 0.0
     for c in case.colliders:
         lines += ["", "[[collider]]", f'kind = "{c["kind"]}"']
         if c["kind"] == "sphere":
-            lines += [f"center = {_vec(c['center'])}", f"radius = {c['radius']:g}"]
+            lines += [f"center = {_vec(c['center'])}", f"radius = {c['radius'] + grow:g}"]
         else:
-            lines += [f"point = {_vec(c['point'])}", f"normal = {_vec(c['normal'])}"]
+            point = np.asarray(c["point"], float) + grow * np.asarray(c["normal"], float)
+            lines += [f"point = {_vec(point)}", f"normal = {_vec(c['normal'])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -295,9 +313,18 @@ def bending_rigidity_of_edge_ke(edge_ke: float, verts: np.ndarray, faces: np.nda
     return float(np.mean(rig))
 
 
-def membrane_young_modulus(nc: NewtonCloth) -> tuple[float, float]:
-    """2-D Young's modulus (N/m) and Poisson ratio of VBD's membrane Lamé pair (mu, lambda)."""
+def membrane_young_modulus(nc: NewtonCloth, solver: str = "vbd") -> tuple[float, float]:
+    """2-D Young's modulus (N/m) and Poisson ratio of the membrane of Newton's ``solver``.
+
+    Newton 1.8's two solvers read ``tri_ka`` differently.  Both use the stable neo-Hookean energy
+    mu/2 |F|^2 + lambda_NH/2 (J - 1 - mu/lambda_NH)^2 (Smith et al. 2018); VBD takes (tri_ke, tri_ka)
+    as Lamé's pair and sets lambda_NH = tri_ka + tri_ke (their section 3.4), SolverSemiImplicit
+    (``eval_triangles``) uses lambda_NH = tri_ka itself, so its Lamé lambda is tri_ka - tri_ke
+    (linearising the energy at rest: mu |eps|^2 + (lambda_NH - mu)/2 tr(eps)^2): with tri_ke =
+    tri_ka, 2,000 N/m and Poisson ratio 0 where VBD has 2,667 N/m and 1/3."""
     mu, lam = nc.tri_ke, nc.tri_ka
+    if solver == "semi_implicit":
+        lam = nc.tri_ka - nc.tri_ke
     return 4 * mu * (mu + lam) / (lam + 2 * mu), lam / (lam + 2 * mu)
 
 
@@ -310,6 +337,15 @@ NEWTON_ITERATIONS = 10
 NEWTON_CONTACT_KE = 1.0e3
 NEWTON_CONTACT_KD = 1.0e-2
 NEWTON_CONTACT_GAP = 0.01
+
+
+def contact_kd(case: Case) -> float:
+    """Newton's contact damping (N s/m) for ``case`` (``Case.contact_damping_ratio``); Newton averages
+    the particle's and the shape's, and both get this value."""
+    if not case.contact_damping_ratio:
+        return NEWTON_CONTACT_KD
+    mass = AREAL_DENSITY * case.size**2 / GRID_N**2
+    return case.contact_damping_ratio * 2.0 * math.sqrt(NEWTON_CONTACT_KE * mass)
 
 
 def simulate_newton(case: Case, substeps: int | None = None, iterations: int = NEWTON_ITERATIONS) -> tuple[np.ndarray, dict]:
@@ -327,10 +363,11 @@ def simulate_newton(case: Case, substeps: int | None = None, iterations: int = N
     verts, faces, pinned = initial_mesh(case)
     nc = case.newton
     b = newton.ModelBuilder(up_axis=newton.Axis.Y)  # gravity: -9.81 m/s^2 along y
+    kd = contact_kd(case)
     shape = b.default_shape_cfg.copy()
     shape.mu = nc.mu
     shape.ke = NEWTON_CONTACT_KE
-    shape.kd = NEWTON_CONTACT_KD
+    shape.kd = kd
     for c in case.colliders:
         if c["kind"] == "sphere":
             b.add_shape_sphere(body=-1, xform=wp.transform(wp.vec3(*c["center"]), wp.quat_identity()), radius=c["radius"], cfg=shape)
@@ -348,7 +385,7 @@ def simulate_newton(case: Case, substeps: int | None = None, iterations: int = N
     b.color(include_bending=True)
     model = b.finalize(device="cpu")
     model.soft_contact_ke = NEWTON_CONTACT_KE
-    model.soft_contact_kd = NEWTON_CONTACT_KD
+    model.soft_contact_kd = kd
     model.soft_contact_mu = nc.mu
     pipeline = newton.CollisionPipeline(model, soft_contact_gap=NEWTON_CONTACT_GAP)
     if semi:
@@ -376,7 +413,7 @@ def simulate_newton(case: Case, substeps: int | None = None, iterations: int = N
     x = np.stack(xs).astype(np.float64)
     if not np.isfinite(x).all():
         raise RuntimeError(f"{case.name}: Newton produced non-finite positions")
-    e2d, nu = membrane_young_modulus(nc)
+    e2d, nu = membrane_young_modulus(nc, case.solver)
     info = {
         "simulator": f"newton {newton.__version__} (warp-lang {wp.__version__}), {solver_class} on the CPU",
         "solver": {"name": solver_class, "substeps_per_frame": substeps, "dt": dt,
@@ -386,7 +423,7 @@ def simulate_newton(case: Case, substeps: int | None = None, iterations: int = N
                                     "bending_rigidity_N_m": bending_rigidity_of_edge_ke(nc.edge_ke, verts, faces),
                                     "air_drag": (f"tri_drag {nc.tri_drag:g}" if semi else
                                                  "none (VBD has no aerodynamic force; Newton's tri_drag acts in SolverSemiImplicit only)")}},
-        "contact": {"soft_contact_ke": NEWTON_CONTACT_KE, "soft_contact_kd": NEWTON_CONTACT_KD, "soft_contact_gap": NEWTON_CONTACT_GAP,
+        "contact": {"soft_contact_ke": NEWTON_CONTACT_KE, "soft_contact_kd": kd, "soft_contact_gap": NEWTON_CONTACT_GAP,
                     "friction": nc.mu},
         "colliders": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()} for c in case.colliders],
         "pinned": pinned, "fps": FPS, "frames": FRAMES, "grid": f"{GRID_N}x{GRID_N}", "size_m": case.size,
