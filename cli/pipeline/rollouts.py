@@ -133,7 +133,11 @@ def _serve(fd: int) -> None:
             task = pickle.loads(conn.recv_bytes())
         except EOFError:
             return
-        conn.send_bytes(pickle.dumps(_run(problem, *task)))
+        result = pickle.dumps(_run(problem, *task))
+        try:
+            conn.send_bytes(result)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the main process closed the pool during this rollout (a report it no longer needs)
 
 
 # -- the main process's side -----------------------------------------------------------------------------

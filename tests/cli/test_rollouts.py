@@ -32,6 +32,42 @@ def test_the_number_of_workers(monkeypatch):
         rollouts.resolve_workers(0, "cpu")
 
 
+def test_a_worker_whose_pool_closed_during_its_rollout_ends_quietly(monkeypatch):
+    """``LossPool.close`` while a worker still rolls out (the fit's speculative report render at its
+    end): the worker's answer finds the connection closed, and it ends without a traceback."""
+    import pickle
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    closed = threading.Event()
+
+    def slow_rollout(problem, *task):
+        closed.wait(5)
+        return ("ok", 1.0)
+
+    monkeypatch.setattr(rollouts, "_problem", lambda data: None)
+    monkeypatch.setattr(rollouts, "_run", slow_rollout)
+    ours, theirs = socket.socketpair()
+    errors = []
+
+    def worker():
+        try:
+            rollouts._serve(theirs.detach())
+        except BaseException as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    conn = Connection(ours.detach())
+    conn.send_bytes(b"problem")
+    conn.send_bytes(pickle.dumps(("loss",)))
+    conn.close()
+    closed.set()
+    t.join(10)
+    assert not t.is_alive() and errors == []
+
+
 def test_workers_give_this_process_values_and_a_dead_one_leaves_them_here(tmp_path):
     truth = write_drape(tmp_path, "truth.toml", E=60.0, frames=5)
     run_simulation(truth, tmp_path / "sim")
