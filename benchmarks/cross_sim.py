@@ -177,21 +177,35 @@ CASES.update({f"{n}_sc": dataclasses.replace(CASES[n], name=f"{n}_sc", self_cont
 # (seventeenth session) with the contact spring critically damped (``Case.contact_damping_ratio``;
 # 0.01 N s/m is 1.5% of critical for tilted_se's vertices, an almost elastic contact that no cloth has)
 # and the scene files' colliders grown by the particle radius that Newton keeps the vertices off
-# them (``Case.collider_offset``).
+# them (``Case.collider_offset``); and with their VBD twins' bending (``_se_edge_ke``: Newton's two
+# solvers turn one edge_ke into bendings h^2 apart, and the first sets had B ~ 1e-8 N m).
 _SE_CLOTH = NewtonCloth(tri_kd=0.0, edge_kd=0.0, tri_drag=0.2)
+
+
+def _se_edge_ke(vbd_edge_ke: float, size: float) -> float:
+    """SolverSemiImplicit's edge_ke for the bending VBD's ``vbd_edge_ke`` gives a grid cloth of side
+    ``size``: its energy is VBD's times twice a triangle's area, h^2 on the grid's right triangles
+    of leg h (``bending_rigidity_of_edge_ke``).  The first two sets used VBD's values, i.e. bending
+    h^2 ~ 4e-4 times weaker: B ~ 1e-8 N m, below any fabric (issue 12's list: 1e-6 - 1e-4)."""
+    return vbd_edge_ke / (size / (GRID_N - 1)) ** 2
+
+
 _SE = dict(solver="semi_implicit", substeps=800, cloth_solver="mesh", fit_overrides=(("young_modulus", (100.0, 1e4)),),
            contact_damping_ratio=1.0, collider_offset=True)
 CASES.update({
     "hammock_se": Case(
         "hammock_se", "a cloth pinned at two opposite corners, released horizontal, sagging into a hammock", 0.4, (0.5, 0.8, 0.5),
-        (0.0, 0.0, 0.0), camera_eye=(1.35, 1.1, 1.2), camera_look_at=(0.5, 0.6, 0.45), newton=_SE_CLOTH,
+        (0.0, 0.0, 0.0), camera_eye=(1.35, 1.1, 1.2), camera_look_at=(0.5, 0.6, 0.45),
+        newton=dataclasses.replace(_SE_CLOTH, edge_ke=_se_edge_ke(1e-3, 0.4)),
         pinned_ids=(0, GRID_N * GRID_N - 1), color=(0.75, 0.3, 0.55), fit_friction=False, **_SE),
-    "swing_se": dataclasses.replace(CASES["swing"], name="swing_se", newton=_SE_CLOTH, **_SE),
+    "swing_se": dataclasses.replace(CASES["swing"], name="swing_se", newton=dataclasses.replace(_SE_CLOTH, edge_ke=_se_edge_ke(1e-3, 0.4)),
+                                    **_SE),
     "sphere_se": dataclasses.replace(
         CASES["sphere_stiff"], name="sphere_se", description="a cloth of medium bending stiffness dropped onto a sphere",
-        newton=dataclasses.replace(_SE_CLOTH, edge_ke=1.0e-2, mu=0.5), color=(0.55, 0.5, 0.2),
+        newton=dataclasses.replace(_SE_CLOTH, edge_ke=_se_edge_ke(1.0e-2, 0.6), mu=0.5), color=(0.55, 0.5, 0.2),
         **dict(_SE, fit_overrides=_SE["fit_overrides"] + (("bending_stiffness", (1e-6, 1e-2)),))),
-    "tilted_se": dataclasses.replace(CASES["tilted_ground"], name="tilted_se", newton=dataclasses.replace(_SE_CLOTH, mu=0.5), **_SE),
+    "tilted_se": dataclasses.replace(CASES["tilted_ground"], name="tilted_se",
+                                     newton=dataclasses.replace(_SE_CLOTH, edge_ke=_se_edge_ke(1e-3, 0.5), mu=0.5), **_SE),
 })
 
 
@@ -277,10 +291,17 @@ def initial_mesh(case: Case) -> tuple[np.ndarray, np.ndarray, list[int]]:
     return verts, faces, pinned
 
 
-def bending_rigidity_of_edge_ke(edge_ke: float, verts: np.ndarray, faces: np.ndarray, curvature: float = 1.0) -> float:
-    """The continuum bending rigidity B (N m) that VBD's dihedral energy 0.5 k L theta^2 amounts to
+def bending_rigidity_of_edge_ke(edge_ke: float, verts: np.ndarray, faces: np.ndarray, curvature: float = 1.0,
+                                solver: str = "vbd") -> float:
+    """The continuum bending rigidity B (N m) that Newton's dihedral bending of ``solver`` amounts to
     on this mesh: the mesh is rolled onto cylinders of ``curvature`` about either in-plane axis and
-    B = 2 E / (kappa^2 A), averaged over the two directions (continuum: E = B/2 kappa^2 A)."""
+    B = 2 E / (kappa^2 A), averaged over the two directions (continuum: E = B/2 kappa^2 A).
+
+    VBD's energy is 0.5 k L theta^2 per interior edge of length L.  Newton 1.8's SolverSemiImplicit
+    (``eval_bending``) pushes a wing vertex by k theta L^2 n (n its face's unit normal), where
+    -dE/dx = k' theta L n / (2 A) for E = 0.5 k' theta^2 (A the face's area): k' = k L 2A, the
+    energy 0.5 k L (2A) theta^2, a factor of twice the triangle's area (m^2) below VBD's for one
+    edge_ke (the mean of the two faces' areas here; the force is that energy's where they are equal)."""
     centre = verts.mean(0)
     local = verts - centre
     # the mesh's own in-plane axes
@@ -290,10 +311,12 @@ def bending_rigidity_of_edge_ke(edge_ke: float, verts: np.ndarray, faces: np.nda
     d1, d2 = p[faces[:, 1]] - p[faces[:, 0]], p[faces[:, 2]] - p[faces[:, 0]]
     area = 0.5 * np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]).sum()
     edges: dict[tuple[int, int], list[int]] = {}
+    face_area = {}
     for f in faces:
         for k in range(3):
             i, j, o = f[k], f[(k + 1) % 3], f[(k + 2) % 3]
             edges.setdefault((min(i, j), max(i, j)), []).append(o)
+            face_area[(min(i, j), max(i, j), o)] = 0.5 * np.linalg.norm(np.cross(verts[j] - verts[i], verts[o] - verts[i]))
     rig = []
     for axis in (0, 1):
         s, t = p[:, axis], p[:, 1 - axis]
@@ -308,7 +331,10 @@ def bending_rigidity_of_edge_ke(edge_ke: float, verts: np.ndarray, faces: np.nda
             n2 = np.cross(rolled[opp[1]] - rolled[i], e)
             cos = np.clip(np.dot(n1, n2) / (np.linalg.norm(n1) * np.linalg.norm(n2)), -1.0, 1.0)
             theta = math.acos(cos)
-            energy += 0.5 * edge_ke * np.linalg.norm(verts[j] - verts[i]) * theta**2
+            k = edge_ke * np.linalg.norm(verts[j] - verts[i])
+            if solver == "semi_implicit":
+                k *= face_area[(i, j, opp[0])] + face_area[(i, j, opp[1])]  # 2 x their mean area
+            energy += 0.5 * k * theta**2
         rig.append(2 * energy / (curvature**2 * area))
     return float(np.mean(rig))
 
@@ -420,7 +446,8 @@ def simulate_newton(case: Case, substeps: int | None = None, iterations: int = N
                    **({} if semi else {"iterations": iterations, "self_contact": case.self_contact})},
         "material": {**dataclasses.asdict(nc), "areal_density": AREAL_DENSITY,
                      "equivalent": {"membrane_young_modulus_N_per_m": e2d, "membrane_poisson_ratio": nu,
-                                    "bending_rigidity_N_m": bending_rigidity_of_edge_ke(nc.edge_ke, verts, faces),
+                                    "bending_rigidity_N_m": bending_rigidity_of_edge_ke(nc.edge_ke, verts, faces,
+                                                                                        solver=case.solver),
                                     "air_drag": (f"tri_drag {nc.tri_drag:g}" if semi else
                                                  "none (VBD has no aerodynamic force; Newton's tri_drag acts in SolverSemiImplicit only)")}},
         "contact": {"soft_contact_ke": NEWTON_CONTACT_KE, "soft_contact_kd": kd, "soft_contact_gap": NEWTON_CONTACT_GAP,

@@ -74,6 +74,50 @@ def test_se_references_damp_their_contacts_critically_and_rest_where_newton_keep
     assert "drag_tangential" in load_scene(C.DATA / "swing_se.toml").objects[0].fit  # the _se cases carry air drag
 
 
+def test_semi_implicit_bending_is_vbd_times_twice_a_triangle_area():
+    """SolverSemiImplicit's dihedral force (k theta L^2 n on a wing) is the gradient of
+    0.5 k L (2A) theta^2: on the grid cloth, VBD's rigidity times h^2 (h the grid spacing); the _se
+    cases' edge_ke gives their VBD twins' rigidity."""
+    x, faces, _ = C.load_case("swing")
+    h = C.CASES["swing"].size / (C.GRID_N - 1)
+    vbd = C.bending_rigidity_of_edge_ke(1e-3, x[0], faces)
+    assert C.bending_rigidity_of_edge_ke(1e-3, x[0], faces, solver="semi_implicit") == pytest.approx(vbd * h * h, rel=1e-9)
+    twins = {"swing_se": "swing", "tilted_se": "tilted_ground", "hammock_se": "swing", "sphere_se": "sphere_stiff"}
+    for name, twin in twins.items():
+        b = C.load_case(name)[2]["material"]["equivalent"]["bending_rigidity_N_m"]
+        ref = C.bending_rigidity_of_edge_ke(1e-2 if name == "sphere_se" else 1e-3, *C.initial_mesh(C.CASES[name])[:2])
+        assert b == pytest.approx(ref, rel=1e-6), (name, twin)
+
+
+def test_semi_implicit_bending_force_is_that_energys_gradient():
+    """Newton's own kernel (skipped without the crosssim extra): a hinge of two right triangles
+    (legs h) bent by theta, the wing vertex's force against -d/dx [0.5 k h (2A) theta^2]."""
+    wp = pytest.importorskip("warp")
+    pytest.importorskip("newton")
+    from newton._src.solvers.semi_implicit.kernels_particle import eval_bending
+
+    wp.config.quiet = True
+    h, a, ke = 0.03, 0.2, 7.0
+    x3, x4 = np.zeros(3), np.array([0.0, 0.0, h])  # the shared edge
+    x1, x2 = np.array([-h, 0.0, 0.0]), np.array([h * np.cos(a), h * np.sin(a), 0.0])
+    pts = np.stack([x1, x2, x3, x4])
+    f = wp.zeros(4, dtype=wp.vec3, device="cpu")
+    wp.launch(eval_bending, dim=1, device="cpu",
+              inputs=[wp.array(pts, dtype=wp.vec3, device="cpu"), wp.zeros(4, dtype=wp.vec3, device="cpu"),
+                      wp.array([[0, 1, 2, 3]], dtype=int, device="cpu"), wp.zeros(1, dtype=float, device="cpu"),
+                      wp.array([[ke, 0.0]], dtype=float, device="cpu"), f])
+    force = f.numpy()[0]
+
+    def theta(p1):
+        n1, n2 = np.cross(x3 - p1, x4 - p1), np.cross(x4 - x2, x3 - x2)
+        n1, n2 = n1 / np.linalg.norm(n1), n2 / np.linalg.norm(n2)
+        return np.arctan2(np.dot(np.cross(n1, n2), (x4 - x3) / h), np.dot(n1, n2))
+
+    k = ke * h * (h * h)  # k L 2A, A = h^2 / 2
+    grad = np.array([(0.5 * k * theta(x1 + e) ** 2 - 0.5 * k * theta(x1 - e) ** 2) / 2e-7 for e in 1e-7 * np.eye(3)])
+    np.testing.assert_allclose(force, -grad, rtol=1e-4, atol=1e-12)
+
+
 @pytest.mark.parametrize("ke, ka", [(1e3, 1e3), (1e3, 3e3), (500.0, 2e3)])
 def test_semi_implicit_membrane_conversion_is_the_energy_linearised(ke, ka):
     """SolverSemiImplicit's energy mu/2 |F|^2 + ka/2 (J - 1 - mu/ka)^2 (mu = ke) under uniaxial stress
