@@ -80,32 +80,29 @@ def test_bending_and_drag_are_fittable_with_fabric_default_ranges(tmp_path):
         load_scene(write_drape(tmp_path, "bad.toml", text=bad))
 
 
-def test_max_stretch_is_off_by_default_fittable_and_validated(tmp_path):
+@pytest.mark.parametrize("name, default, value, fit_range, bad, message", [
+    # no limit: older scenes behave as before
+    ("max_stretch", 0.0, 1.03, (1.0, 1.2), 0.97, r"max_stretch = 0.97 is out of range \[1, inf\) \(or 0: no limit\)"),
+    # older scenes keep their drag normal to the sheet
+    ("drag_tangential", 0.0, 1.0, (0.0, 1.0), 1.5, r"drag_tangential = 1.5 is out of range \[0, 1\]"),
+])
+def test_newer_cloth_parameters_default_to_off_are_fittable_and_validated(tmp_path, name, default, value, fit_range, bad, message):
     scene = load_scene(write_drape(tmp_path, "plain.toml"))
-    assert scene.objects[0].values["max_stretch"] == 0.0  # no limit: older scenes behave as before
-    text = drape_text().replace("[object.material]", "[object.material]\nmax_stretch = 1.03")
-    scene = load_scene(write_drape(tmp_path, "limited.toml", text=text.replace("[object.fit]", "[object.fit]\nmax_stretch = true")))
-    assert scene.objects[0].values["max_stretch"] == 1.03
-    assert scene.objects[0].fit["max_stretch"] == (1.0, 1.2)
-    bad = drape_text().replace("[object.material]", "[object.material]\nmax_stretch = 0.97")
-    with pytest.raises(SceneError, match=r"max_stretch = 0.97 is out of range \[1, inf\) \(or 0: no limit\)"):
-        load_scene(write_drape(tmp_path, "bad.toml", text=bad))
+    assert scene.objects[0].values[name] == default
+    text = drape_text().replace("[object.material]", f"[object.material]\n{name} = {value}")
+    scene = load_scene(write_drape(tmp_path, "set.toml", text=text.replace("[object.fit]", f"[object.fit]\n{name} = true")))
+    assert scene.objects[0].values[name] == value
+    assert scene.objects[0].fit[name] == fit_range
+    text = drape_text().replace("[object.material]", f"[object.material]\n{name} = {bad}")
+    with pytest.raises(SceneError, match=message):
+        load_scene(write_drape(tmp_path, "bad.toml", text=text))
+
+
+def test_a_max_stretch_fit_range_cannot_reach_its_off_value(tmp_path):
     # a fit range moves through its inside: from the off value it would cross inadmissible values
     bad = drape_text().replace("[object.fit]", "[object.fit]\nmax_stretch = [0.0, 1.1]")
     with pytest.raises(SceneError, match=r"max_stretch = 0 is out of range \[1, inf\) \(a fit range cannot reach 0: no limit\)"):
         load_scene(write_drape(tmp_path, "bad_range.toml", text=bad))
-
-
-def test_drag_tangential_defaults_to_normal_drag_and_is_validated(tmp_path):
-    scene = load_scene(write_drape(tmp_path, "plain.toml"))
-    assert scene.objects[0].values["drag_tangential"] == 0.0  # older scenes keep their drag normal to the sheet
-    text = drape_text().replace("[object.material]", "[object.material]\ndrag_tangential = 1")
-    scene = load_scene(write_drape(tmp_path, "along_v.toml", text=text.replace("[object.fit]", "[object.fit]\ndrag_tangential = true")))
-    assert scene.objects[0].values["drag_tangential"] == 1.0
-    assert scene.objects[0].fit["drag_tangential"] == (0.0, 1.0)
-    bad = drape_text().replace("[object.material]", "[object.material]\ndrag_tangential = 1.5")
-    with pytest.raises(SceneError, match=r"drag_tangential = 1.5 is out of range \[0, 1\]"):
-        load_scene(write_drape(tmp_path, "bad.toml", text=bad))
 
 
 def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
