@@ -105,22 +105,31 @@ def hanging_stretch(grid_res: int, membrane=10.0, density=0.2, length=0.4, width
     return y0 - traj.x[:, bottom, 1].mean(1).numpy(), elongation
 
 
-def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0, solver: str = "mpm"):
-    """(simulated speed at the end, analytic terminal speed) of a horizontal sheet falling flat from rest."""
-    verts, faces = grid_mesh(n, n, (size, size), (0.5, 0.9, 0.5))
+def _end_velocity(verts, faces, domain, grid_res: int, density: float, drag: float, tangential, spacing: float,
+                  seconds: float, fps: float, solver: str) -> np.ndarray:
+    """A free sheet (membrane 100 N/m, no bending) falling from rest through still air: the mean
+    velocity of its vertices over the last frame."""
     b = ModelBuilder(F64)
     b.add_cloth("sheet", verts, faces)
     model, state = b.build([])
-    grid = GridSpec.from_domain((0, 0, 0), (1, 1, 1), grid_res)
+    grid = GridSpec.from_domain(*domain, grid_res)
     E = 100.0
-    params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag, dtype=F64)
+    params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag,
+                           drag_tangential=tangential, dtype=F64)
     bounds = Bounds((E, E), (0.3, 0.3), (density, density), max_speed=3.0, shear_stiffness=(E, E), normal_stiffness=(E, E),
-                    min_length=size / (n - 1))
+                    min_length=spacing)
     cfg = stable_config(grid, fps, bounds, **solver_config(solver))
     with torch.no_grad():
         traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
-    y = traj.x[:, : n * n, 1].mean(1).numpy()
-    return -(y[-1] - y[-2]) * fps, math.sqrt(2 * density * G / (AIR_DENSITY * drag))
+    c = traj.x[:, : len(verts)].mean(1).numpy()
+    return (c[-1] - c[-2]) * fps
+
+
+def falling_sheet(grid_res: int, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0, solver: str = "mpm"):
+    """(simulated speed at the end, analytic terminal speed) of a horizontal sheet falling flat from rest."""
+    verts, faces = grid_mesh(n, n, (size, size), (0.5, 0.9, 0.5))
+    v = _end_velocity(verts, faces, ((0, 0, 0), (1, 1, 1)), grid_res, density, drag, None, size / (n - 1), seconds, fps, solver)
+    return -v[1], math.sqrt(2 * density * G / (AIR_DENSITY * drag))
 
 
 def inclined_sheet(tilt_deg: float, tangential: float, density=0.1, drag=1.0, n=17, size=0.3, seconds=0.6, fps=50.0,
@@ -129,25 +138,13 @@ def inclined_sheet(tilt_deg: float, tangential: float, density=0.1, drag=1.0, n=
     ``tangential``: (vertical speed at the end, horizontal speed at the end, the terminal speed of a
     force along -v, sqrt(2 w g / (rho_air C_d cos theta))).  Drag is uniform over a flat sheet, so it
     does not turn it: with the share 1 the force stays along -v and the sheet falls straight down;
-    with 0 it is normal to the sheet, which glides sideways."""
+    with 0 it is normal to the sheet, which glides sideways (a domain wide enough for that)."""
     verts, faces = grid_mesh(n, n, (size, size), (0.0, 0.0, 0.0))
     t = math.radians(tilt_deg)
     rot = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(t), -math.sin(t)], [0.0, math.sin(t), math.cos(t)]])
     verts = verts @ rot.T + np.array([0.5, 0.85, 0.5])
-    b = ModelBuilder(F64)
-    b.add_cloth("sheet", verts, faces)
-    model, state = b.build([])
-    grid = GridSpec.from_domain((-0.5, -1.5, -0.5), (1.5, 1.0, 1.5), 32)
-    E = 100.0
-    params = Params.create(E, 0.3, density, 1.0, 0.0, E, E, bending_stiffness=0.0, drag_coefficient=drag,
-                           drag_tangential=tangential, dtype=F64)
-    bounds = Bounds((E, E), (0.3, 0.3), (density, density), max_speed=3.0, shear_stiffness=(E, E), normal_stiffness=(E, E),
-                    min_length=size / (n - 1))
-    cfg = stable_config(grid, fps, bounds, **solver_config(solver))
-    with torch.no_grad():
-        traj = simulate(model, state, params, cfg, int(seconds * fps) + 1, bounds=bounds)
-    c = traj.x[:, : n * n].mean(1).numpy()
-    v = (c[-1] - c[-2]) * fps
+    v = _end_velocity(verts, faces, ((-0.5, -1.5, -0.5), (1.5, 1.0, 1.5)), 32, density, drag, tangential, size / (n - 1),
+                      seconds, fps, solver)
     return -v[1], float(math.hypot(v[0], v[2])), math.sqrt(2 * density * G / (AIR_DENSITY * drag * math.cos(t)))
 
 
