@@ -22,7 +22,8 @@ the CPU, :func:`energy_hessian` in torch elsewhere) in LAPACK's banded Cholesky 
 definite, else shifted by the first multiple of M / dt^2 in ``SHIFTS`` that makes it so, else with
 each triangle's negative eigenvalues clamped to 0.  The factor (float32: ``FACTOR_DTYPE``) is kept across
 iterations and substeps and renewed when the steps' contraction would need more than
-``RENEW_AFTER`` further iterations (the converged y does not depend on which factor led there), and
+``NewtonMembrane.renew_after`` further iterations (8 on a large cloth, down to 2 on a small one; the
+converged y does not depend on which factor led there), and
 each solve starts from the previous substep's membrane displacement (y - yhat).  A line search
 halves steps that raise Phi (above ``LINE_SEARCH_BELOW``) and, when the factor is shifted or
 clamped, lengthens them by secants on Phi's slope along the step (where the cloth buckles, such a
@@ -91,6 +92,15 @@ STAGNATION = 1e-10
 #: 6.5 -> 73, 8 -> 70-72, 10 -> 71, 12 -> 79; the rule it replaced, renew unless a step shrinks 4x
 #: from the one before, 79)
 RENEW_AFTER = 8.0
+#: ... on a large cloth.  A small one renews sooner: the factor costs n u^2 (n unknowns, band u)
+#: against n u for an iteration, so on few unknowns a renewal costs little more than the launches
+#: of an iteration.  The threshold is ``RENEW_AFTER_SMALL`` + (``RENEW_AFTER`` - it) * min(1, n u^2 /
+#: ``RENEW_COST_LARGE``) (deterministic: the path of the iterates does not depend on the machine).
+#: Measured 2026-12-05, one thread, forward, whole rollouts: the demo's 12x12 cloth (n 432, u 41)
+#: 2.57 s at 8, 2.10 s at 4, 1.82 s at 2, 1.83 s at 1; the 41x41 drop (n 5,043, u 128), 14 frames:
+#: 20.2 s at 8, 20.6 s at 5, 21.6 s at 3, 22.8 s at 2.
+RENEW_AFTER_SMALL = 2.0
+RENEW_COST_LARGE = 5043 * 128**2
 #: iterations per substep before the solve is given up (a SimulationError)
 MAX_ITERATIONS = 60
 #: conjugate-gradient iterations of the adjoint solve before it is given up
@@ -192,6 +202,7 @@ class NewtonMembrane:
         self.index = torch.from_numpy(((self.u + r - c) * self.n + c).reshape(-1)[keep.reshape(-1)])
         self.diag = self.u * self.n + np.arange(self.n)  # the band's diagonal row, flattened
         self.pinned_dof = pinned_dof
+        self.renew_after = RENEW_AFTER_SMALL + (RENEW_AFTER - RENEW_AFTER_SMALL) * min(1.0, self.n * self.u**2 / RENEW_COST_LARGE)
         self.factor: np.ndarray | None = None
         self.exact = True  # the factor is the exact M / dt^2 + H's (not shifted or clamped)
         self.solutions: dict[int, torch.Tensor] = {}
@@ -300,7 +311,7 @@ class NewtonMembrane:
             g = free * (mass[:, None] * (y - yhat) / (dt * dt) - f)
             dy = -self.solve_with(self.factor, g)
             size = float(dy.abs().max())
-            if last is not None and not fresh and _iterations_left(size, last) > RENEW_AFTER:
+            if last is not None and not fresh and _iterations_left(size, last) > self.renew_after:
                 self._refactor(y, mass, mu, lam, dt)
                 dy = -self.solve_with(self.factor, g)
                 size = float(dy.abs().max())

@@ -133,7 +133,8 @@ def simulate(
         bounds = _bounds_of(model, state, params, config, num_frames)
     _check_cfl(config, bounds)
     if config.cloth_solver == "mesh":
-        x, F, final, total = simulate_mesh(model, state, params, config, num_frames, _mesh_params(model, params), progress)
+        x, F, final, total = simulate_mesh(model, state, params, config, num_frames, _mesh_params(model, params), progress,
+                                        keep_bytes=KEEP_TAPE_BYTES)
         return Trajectory(x=x, F=F, final=final, dt=config.dt, substeps=total)
     material, friction, damping = _packed_params(model, params)
 
