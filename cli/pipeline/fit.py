@@ -30,7 +30,7 @@ from dreamcloth import taichi_mpm as M
 
 from .errors import InputError, RunFailedError
 from .losses import image_loss, soft_foreground
-from .polish import REL_STEP, ModelPolish, NonFiniteLoss, QuadraticModel, build_model
+from .polish import COARSE_FACTOR, REL_STEP, ModelPolish, NonFiniteLoss, QuadraticModel, build_model
 from .scene import Scene
 from .simulation import SceneRenderer, Simulation, build
 
@@ -629,10 +629,14 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             # the result: the iterate with the lowest full-horizon loss (with a video prior, whose
             # term is drawn afresh at every call, the last one)
             st.best = {"loss": lv, "u": start}
-        if polish and (step.converged or step.gain < POLISH_RTOL * abs(step.loss) or step.length <= REL_STEP):
+        stalled = polish and (step.converged or step.gain < POLISH_RTOL * abs(step.loss) or step.length <= REL_STEP)
+        if stalled:
             # the model's minimum is where the step began (to its resolution), or the step lowers the
             # loss by less than the rollout's round-off, or it stays inside the model's stencil (the
-            # model there is as good as a new one: its Hessian serves the identifiability analysis)
+            # model there is as good as a new one: its Hessian serves the identifiability analysis).
+            # Before stopping, a model at a coarser scale checks that this is not a wiggle of the loss.
+            stalled = not _coarse_progress(problem, space, opt, u, st, rec, log)
+        if stalled:
             st.converged = True
             msg = f"iteration {st.iteration}: the polish made no further progress; the fit has converged"
             st.events.append(msg)
@@ -664,6 +668,33 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
         raise RunFailedError("the fit produced a non-finite parameter; nothing written")
     final_loss = st.best["loss"] if st.best is not None else (st.history[-1]["loss"] if st.history else math.nan)
     return FitResult(values, initial, final_loss, st.history, st, problem)
+
+
+def _coarse_progress(problem: FitProblem, space, opt: ModelPolish, u: torch.Tensor, st, rec: dict, log) -> bool:
+    """Where the polish stalls: one step on a model ``polish.COARSE_FACTOR`` times wider
+    (``ModelPolish.coarse_check``).  True (and ``u``, the result and this iteration's record moved
+    there) when it lowers the loss by more than round-off, beyond the fine stencil."""
+    before = opt.f
+    try:
+        with without_prior(problem):
+            step, taken = opt.coarse_check(space.natural(u.detach()), lambda z: natural_losses(problem, [z])[0],
+                                           lambda zs: natural_losses(problem, zs), POLISH_RTOL)
+    except (M.SimulationError, NonFiniteLoss) as exc:
+        log(f"iteration {st.iteration}: the coarse check failed ({exc}); keeping the polish's point")
+        return False
+    rec["evaluations"] += step.evaluations
+    if not taken:
+        return False
+    with torch.no_grad():
+        u.copy_(space.from_natural(step.z))
+    st.best = {"loss": step.loss, "u": u.detach().clone()}
+    rec["loss"] = step.loss
+    rec["values"] = {f"{i}:{p}": float(v) for (i, p), v in space.values(u.detach()).items()}
+    msg = (f"iteration {st.iteration}: the polish stalled at loss {before:.5g}; a model at {COARSE_FACTOR:g}x its "
+           f"scale lowered it to {step.loss:.5g}; going on")
+    st.events.append(msg)
+    log(msg)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------

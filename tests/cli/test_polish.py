@@ -125,3 +125,33 @@ def test_a_kink_at_the_start_ends_the_polish_there():
     pol = P.ModelPolish(LO, HI)
     st = pol.step(z0, lambda z: float(0.1 + (z - z0).abs().sum()))
     assert not st.accepted and st.converged and torch.equal(st.z, z0) and st.loss == 0.1
+
+
+def _well(z):
+    """A slope towards z = 0.6 with a narrow, shallow well at 0.2: the fine model sees the well's
+    curvature and stalls in it; at four times the scale the slope shows."""
+    z = float(z[0])
+    return (z - 0.6) ** 2 - 0.01 * math.exp(-(((z - 0.2) / 0.015) ** 2))
+
+
+def test_the_coarse_check_leaves_a_wiggle_the_fine_model_stalls_in():
+    lo, hi = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    opt = P.ModelPolish(lo, hi)
+    z0 = torch.tensor([0.2], dtype=torch.float64)
+    fine = opt.step(z0, _well)
+    assert fine.length <= P.REL_STEP  # the fit's stall: a step inside the stencil
+    step, taken = opt.coarse_check(fine.z, _well, rtol=1e-4)
+    assert taken and step.loss < fine.loss - 0.05 and float(step.z[0]) > 0.3, (step, fine)
+    assert opt.h == P.REL_STEP and opt.f == step.loss  # the fine scale again, from the new point
+
+
+def test_the_coarse_check_keeps_the_fine_model_at_a_true_minimum():
+    zstar = torch.tensor([0.4, 0.55], dtype=torch.float64)
+    f = _bowl(zstar)
+    opt = P.ModelPolish(LO, HI)
+    fine = opt.step(zstar.clone(), f)
+    assert fine.converged
+    model, radius, f0 = opt.model, opt.radius, opt.f
+    step, taken = opt.coarse_check(zstar.clone(), f, rtol=1e-4)
+    assert not taken and step.evaluations == 2 * 2 + 2  # the coarse stencil, centre known
+    assert opt.model is model and opt.radius == radius and opt.f == f0 and opt.model.step == P.REL_STEP
