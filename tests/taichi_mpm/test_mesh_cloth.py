@@ -167,9 +167,10 @@ def test_scene_key(tmp_path):
     assert scene.settings.cloth_thickness == 0.004 and build(scene).config.cloth_thickness == 0.004
     # no grid to resolve: the grid-resolution rule of thumb stays silent even on a coarse grid
     coarse = tmp_path / "coarse.toml"
-    coarse.write_text(demo_scene_text({"frames": 3, "grid": 8, "bending_stiffness": 1e-6}))
+    text_coarse = demo_scene_text({"frames": 3, "grid": 8, "bending_stiffness": 1e-6})
+    coarse.write_text(text_coarse.replace("[scene]\n", '[scene]\ncloth_solver = "mpm"\n', 1))
     assert resolution_notes(build(load_scene(coarse)))
-    coarse.write_text(coarse.read_text().replace("[scene]\n", '[scene]\ncloth_solver = "mesh"\n', 1))
+    coarse.write_text(text_coarse.replace("[scene]\n", '[scene]\ncloth_solver = "mesh"\n', 1))
     assert resolution_notes(build(load_scene(coarse))) == []
     assert 'cloth_solver = "mesh"' in to_toml(scene)
     p.write_text(text.replace("[scene]\n", '[scene]\ncloth_solver = "lagrange"\n', 1))
@@ -466,6 +467,41 @@ def test_implicit_membrane_gradients_match_central_differences():
     assert explicit.substeps_per_frame > 10 * cfg.substeps_per_frame
     base = dict(E=2000.0, damping=0.6, friction=0.3, rho=1.0, bending=2e-4, drag=0.8, drag_t=0.5)
     assert_gradients_match(_drape_gradients(model, state, cfg, bounds, base, seed=6))
+
+
+def test_kept_and_recomputed_tapes_give_the_same_gradients(monkeypatch):
+    """A frame whose tape fits ``simulate.KEEP_TAPE_BYTES`` keeps it; beyond the budget a frame is
+    checkpointed and re-simulated in the backward pass.  All kept, none kept and a budget that runs
+    out part-way give the same gradients to round-off."""
+    import importlib
+
+    sim_mod = importlib.import_module("dreamcloth.taichi_mpm.simulate")  # the package exports the function
+    grid, model, state = _drape()
+    bounds = cloth_bounds(E=(100.0, 800.0))
+    cfg = config_for(grid, 30.0, bounds, cloth_solver="mesh", membrane="implicit")
+    frames = 3
+    wx = torch.randn(frames, model.num_particles, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+    def grads(budget):
+        monkeypatch.setattr(sim_mod, "KEEP_TAPE_BYTES", budget)
+        leaves = [torch.tensor(v, dtype=F64, requires_grad=True) for v in (800.0, 0.6, 2e-4, 0.8)]
+        p = cloth_params(E=leaves[0], damping=leaves[1], friction=0.3, rho=1.0, bending_stiffness=leaves[2], drag_coefficient=leaves[3])
+        (simulate(model, state, p, cfg, frames, bounds=bounds).x * wx).sum().backward()
+        return torch.stack([t.grad for t in leaves])
+
+    kept, recomputed = grads(2**40), grads(0)
+    torch.testing.assert_close(kept, recomputed, rtol=1e-10, atol=0.0)
+    meter = {}
+    real = sim_mod.simulate_mesh
+
+    def spy(*a, **k):
+        meter["keep"] = k["keep_bytes"]
+        return real(*a, **k)
+
+    monkeypatch.setattr(sim_mod, "simulate_mesh", spy)
+    one_frame = grads(1)  # the first frame is measured and kept, the rest checkpointed
+    assert meter["keep"] == 1
+    torch.testing.assert_close(one_frame, recomputed, rtol=1e-10, atol=0.0)
 
 
 def _swing(E):
