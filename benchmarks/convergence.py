@@ -23,5 +23,5 @@ def grid_convergence(coarse: int = 32, fine: int = 64, bending: float = 2e-5, n:
     path = Path(tempfile.mkdtemp(prefix="convergence_")) / f"grid{coarse}.toml"
     text = demo_scene_text({"grid": coarse, "frames": frames, "mesh": f"grid:{n}x{n}", "bending_stiffness": bending})
     path.write_text(with_cloth_solver(text, cloth_solver))
-    c = measured_convergence(load_scene(path), fine)
+    c = measured_convergence(load_scene(path), fine, knob="grid")
     return {k: c[k] for k in ("iou", "worst", "worst_frame", "mean")}

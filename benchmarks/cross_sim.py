@@ -119,7 +119,8 @@ class Case:
     solver: str = "vbd"
     #: substeps per frame of the stored video (``NEWTON_SUBSTEPS`` for VBD)
     substeps: int = 0
-    #: the scene file's ``[scene] cloth_solver`` (empty: not written, the scene default "mpm")
+    #: the scene file's ``[scene] cloth_solver`` (empty: not written, the scene default "auto": the mesh
+    #: solver for these cloth-only scenes since 2026-12-05; the VBD set's README figures were MPM, grid 24)
     cloth_solver: str = ""
     #: Newton's contact damping as a share of critical damping of a vertex on the contact spring
     #: (2 sqrt(ke m), m the mean vertex mass); 0: ``NEWTON_CONTACT_KD`` (the VBD set's 0.01 N s/m,

@@ -18,7 +18,7 @@ scene_app = typer.Typer(help="Scene files.", no_args_is_help=True)
 def check(
     file: Annotated[Path, typer.Argument(help="Scene file (TOML).")],
     convergence: Annotated[bool, typer.Option("--convergence", help="Also simulate the scene on a finer grid and compare the silhouettes frame by frame (minutes).")] = False,
-    fine: Annotated[int | None, typer.Option(help="The finer grid for --convergence (default: twice the scene's).", min=2)] = None,
+    fine: Annotated[int | None, typer.Option(help="The finer grid for --convergence (default: twice the scene's); for the mesh cloth solver, which has no grid, the finer substeps per frame.", min=2)] = None,
     frames: Annotated[int | None, typer.Option(help="Frames simulated for --convergence (default: all).", min=2)] = None,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -66,7 +66,9 @@ def check(
         with progress_bar() as bar:
             c = measured_convergence(scene, fine, frames, device, progress=bar_progress(bar))
         verdict = "[green]converged[/]" if c["converged"] else "[red]not converged[/]"
-        console.print(f"measured: grid {c['coarse']} against grid {c['fine']}, the scene's values, {c['frames']} frames: "
+        what = (f"grid {c['coarse']} against grid {c['fine']}" if c["knob"] == "grid"
+                else f"{c['coarse']} against {c['fine']} substeps per frame (the mesh solver has no grid)")
+        console.print(f"measured: {what}, the scene's values, {c['frames']} frames: "
                       f"worst per-frame silhouette IoU {c['worst']:.3f} (frame {c['worst_frame']}), mean {c['mean']:.3f}: "
                       f"{verdict} (worst >= {CONVERGED_IOU:g})")
 

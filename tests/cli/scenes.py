@@ -16,7 +16,12 @@ def drape_text(E: float = 60.0, damping: float = 0.3, frames: int = 10) -> str:
 
 
 def write_drape(folder: Path, name: str = "drape.toml", E: float = 60.0, damping: float = 0.3, frames: int = 10,
-                text: str | None = None) -> Path:
+                text: str | None = None, solver: str | None = None) -> Path:
+    """The drape as a scene file; ``solver`` writes ``[scene] cloth_solver`` (default: the file's
+    own default, "auto", which picks the mesh solver for this cloth-only scene)."""
+    from dreamcloth.benchmarks.demo_variants import with_cloth_solver
+
     p = Path(folder) / name
-    p.write_text(text if text is not None else drape_text(E, damping, frames))
+    text = text if text is not None else drape_text(E, damping, frames)
+    p.write_text(with_cloth_solver(text, solver) if solver else text)
     return p

@@ -158,12 +158,15 @@ def test_fitted_values_at_a_range_edge_are_flagged(tmp_path):
 
 
 def test_scene_check_says_when_the_grid_sets_the_folds(tmp_path):
-    """A cell coarser than half the bending length (B / (rho g))^(1/3): the grid, not the fabric, bends the cloth."""
-    soft = write_drape(tmp_path, "soft.toml", text=drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 1e-5"))
+    """A cell coarser than half the bending length (B / (rho g))^(1/3): on the MPM solver the grid,
+    not the fabric, bends the cloth."""
+    soft = write_drape(tmp_path, "soft.toml", text=drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 1e-5"),
+                       solver="mpm")
     out = CliRunner().invoke(app, ["scene", "check", str(soft)], terminal_width=400)
     assert out.exit_code == 0, out.output
     assert "not converged" in out.output and "bending length" in out.output
-    stiff = write_drape(tmp_path, "stiff.toml", text=drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 0.05"))
+    stiff = write_drape(tmp_path, "stiff.toml", text=drape_text().replace("[object.material]", "[object.material]\nbending_stiffness = 0.05"),
+                        solver="mpm")
     out = CliRunner().invoke(app, ["scene", "check", str(stiff)], terminal_width=400)
     assert out.exit_code == 0, out.output
     assert "not converged" not in out.output
@@ -189,7 +192,7 @@ def test_scene_check_measures_convergence_on_a_finer_grid(tmp_path):
     frames are not (the 8x8 drape on grid 16 against 32 folds differently over the sphere)."""
     from dreamcloth.cli.pipeline.simulate import CONVERGED_IOU, measured_convergence
 
-    path = write_drape(tmp_path, "drape.toml", frames=8)
+    path = write_drape(tmp_path, "drape.toml", frames=8, solver="mpm")
     c = measured_convergence(load_scene(path), frames=8)
     print(c)
     assert (c["coarse"], c["fine"], c["frames"], len(c["iou"])) == (16, 32, 8, 8)
@@ -221,3 +224,42 @@ def test_color_back_defaults_to_color_and_is_validated_like_it(tmp_path):
         with pytest.raises(SceneError, match=message) as info:
             load_scene(path)
         assert str(path) in str(info.value)
+
+
+def test_the_default_cloth_solver_is_the_mesh_where_it_applies(tmp_path):
+    """``cloth_solver = "auto"`` (the default): the grid-free solver for a scene made only of cloth
+    with analytic colliders and no strain limit; MPM otherwise.  The file records the choice."""
+    from types import SimpleNamespace as NS
+
+    from dreamcloth.cli.pipeline.demo import DEMO_SCENE
+    from dreamcloth.cli.pipeline.scene import resolve_cloth_solver
+
+    assert load_scene(DEMO_SCENE).settings.cloth_solver == "mesh"
+    assert 'cloth_solver = "mesh"' in to_toml(load_scene(DEMO_SCENE))
+    pinned = write_drape(tmp_path, "mpm.toml", solver="mpm")
+    assert load_scene(pinned).settings.cloth_solver == "mpm"
+    cloth = NS(kind="cloth", values={"max_stretch": 0.0}, fit={"young_modulus": (20.0, 400.0)})
+    sphere = NS(kind="sphere")
+    assert resolve_cloth_solver([cloth], [sphere, NS(kind="plane"), NS(kind="box")]) == "mesh"
+    assert resolve_cloth_solver([cloth, NS(kind="solid", values={}, fit={})], [sphere]) == "mpm"
+    assert resolve_cloth_solver([cloth], [NS(kind="mesh")]) == "mpm"
+    assert resolve_cloth_solver([NS(kind="cloth", values={"max_stretch": 1.02}, fit={})], [sphere]) == "mpm"
+    assert resolve_cloth_solver([NS(kind="cloth", values={}, fit={"max_stretch": (1.0, 1.1)})], [sphere]) == "mpm"
+
+
+def test_scene_check_measures_the_mesh_solvers_time_step(tmp_path):
+    """The mesh solver has no grid: ``--convergence`` compares the scene's substeps per frame with
+    twice as many (``--fine``: the finer count)."""
+    from dreamcloth.cli.pipeline.simulate import measured_convergence
+
+    path = write_drape(tmp_path, "drape.toml", frames=4)
+    c = measured_convergence(load_scene(path), frames=4)
+    assert c["knob"] == "substeps per frame" and c["fine"] == 2 * c["coarse"] and len(c["iou"]) == 4
+    assert c["iou"][0] == 1.0 and 0.5 < c["worst"] <= 1.0
+    out = CliRunner().invoke(app, ["scene", "check", str(path), "--convergence", "--frames", "3", "--fine", str(c["fine"] + 1)],
+                             terminal_width=400)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert f"measured: {c['coarse']} against {c['fine'] + 1} substeps per frame" in text
+    out = CliRunner().invoke(app, ["scene", "check", str(path), "--convergence", "--fine", str(c["coarse"])], terminal_width=400)
+    assert out.exit_code != 0 and "must be above the scene's substeps per frame" in " ".join(out.output.split())
