@@ -142,11 +142,16 @@ def measured_convergence(scene, fine: int | None = None, frames: int | None = No
             settings = dataclasses.replace(settings, substeps=max(settings.substeps, need))
         s = dataclasses.replace(scene, settings=settings)
         masks[grid] = simulate_and_render(s, device, progress=lambda stage, i, total, msg, g=grid: progress(f"{stage} (grid {g})", i, total, msg)).masks > 0.5
-    a, b = masks[coarse], masks[fine]
+    return _compared(masks[coarse], masks[fine], coarse, fine, "grid")
+
+
+def _compared(a: np.ndarray, b: np.ndarray, coarse: int, fine: int, knob: str) -> dict:
+    """Per-frame silhouette IoU of masks ``a`` (the coarse run's) against ``b`` (the fine run's),
+    as :func:`measured_convergence` reports it."""
     iou = (a & b).sum((1, 2)) / np.maximum((a | b).sum((1, 2)), 1)
     worst = int(iou.argmin())
-    return {"coarse": coarse, "fine": fine, "frames": n, "iou": iou.tolist(), "worst": float(iou[worst]), "worst_frame": worst,
-            "mean": float(iou.mean()), "converged": bool(iou.min() >= CONVERGED_IOU), "knob": "grid"}
+    return {"coarse": coarse, "fine": fine, "frames": len(iou), "iou": iou.tolist(), "worst": float(iou[worst]), "worst_frame": worst,
+            "mean": float(iou.mean()), "converged": bool(iou.min() >= CONVERGED_IOU), "knob": knob}
 
 
 def _time_step_convergence(scene, fine: int | None, n: int, device: str, progress: Progress) -> dict:
@@ -163,8 +168,4 @@ def _time_step_convergence(scene, fine: int | None, n: int, device: str, progres
     for k in (coarse, fine):
         s = dataclasses.replace(scene, settings=dataclasses.replace(settings, substeps=k))
         masks[k] = simulate_and_render(s, device, progress=lambda stage, i, total, msg, k=k: progress(f"{stage} ({k} substeps)", i, total, msg)).masks > 0.5
-    a, b = masks[coarse], masks[fine]
-    iou = (a & b).sum((1, 2)) / np.maximum((a | b).sum((1, 2)), 1)
-    worst = int(iou.argmin())
-    return {"coarse": coarse, "fine": fine, "frames": n, "iou": iou.tolist(), "worst": float(iou[worst]), "worst_frame": worst,
-            "mean": float(iou.mean()), "converged": bool(iou.min() >= CONVERGED_IOU), "knob": "substeps per frame"}
+    return _compared(masks[coarse], masks[fine], coarse, fine, "substeps per frame")
