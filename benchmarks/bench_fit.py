@@ -93,11 +93,12 @@ def _real_fabric(variant: dict = REAL_FABRIC, name: str = "41x41 cloth, real-fab
     from dreamcloth.cli.pipeline.scene import load_scene
     from dreamcloth.cli.pipeline.simulate import run_simulation
 
-    from .demo_variants import demo_scene_text
+    from .demo_variants import demo_scene_text, with_cloth_solver
 
     folder = Path(tempfile.mkdtemp(prefix="bench_fit_"))
     scene = folder / "scene.toml"
-    scene.write_text(demo_scene_text({**variant["values"], "frames": REAL_FABRIC_FRAMES}, variant["fit"], truth=False))
+    text = demo_scene_text({**variant["values"], "frames": REAL_FABRIC_FRAMES}, variant["fit"], truth=False)
+    scene.write_text(with_cloth_solver(text, "mpm"))  # the MPM cloth's rows (the file default picks the mesh)
     run_simulation(scene, folder / "sim")
     m = _iteration(load_scene(scene), folder / "sim" / "video.mp4", name, False, repeats=1)
     per_frame = m.value / (REAL_FABRIC_FRAMES - 1)
