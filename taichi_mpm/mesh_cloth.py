@@ -206,8 +206,8 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
 
 
 class _TapeMeter(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the bytes of the tensors autograd saves inside it (shared storages counted once
-    each time they are saved: an upper bound)."""
+    """Counts the bytes of the tensors autograd saves inside it (a tensor saved twice, or sharing
+    storage with another, is counted each time: an upper bound)."""
 
     def __init__(self):
         self.bytes = 0
