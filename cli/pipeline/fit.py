@@ -629,15 +629,16 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
             # the result: the iterate with the lowest full-horizon loss (with a video prior, whose
             # term is drawn afresh at every call, the last one)
             st.best = {"loss": lv, "u": start}
-        stalled = polish and (step.converged or step.gain < POLISH_RTOL * abs(step.loss) or step.length <= REL_STEP)
-        if stalled and not step.converged and step.gain >= POLISH_RTOL * abs(step.loss):
-            # the model's minimum is where the step began (to its resolution), or the step lowers the
-            # loss by less than the rollout's round-off, or it stays inside the model's stencil (the
-            # model there is as good as a new one: its Hessian serves the identifiability analysis).
-            # The last case, a step that still gains but stays inside the stencil, is how a wiggle of
-            # the loss holds the model: a model at a coarser scale checks it before the fit stops.
-            # (Not where the model sees no descent at all: on the 41x41 real-fabric predict that check
-            # cost 13 rollouts for a 0.2% gain, and each further polish iteration ~2-5 min.)
+        # the fit stops where the model's minimum is where the step began (to its resolution), or the
+        # step lowers the loss by less than the rollout's round-off, or it stays inside the model's
+        # stencil (the model there is as good as a new one: its Hessian serves the identifiability
+        # analysis).  The last case, a step that still gains but stays inside the stencil, is how a
+        # wiggle of the loss holds the model: a model at a coarser scale checks it first.  (Not where
+        # the model sees no descent at all: on the 41x41 real-fabric predict that check cost 13
+        # rollouts for a 0.2% gain, and each further polish iteration ~2-5 min.)
+        gained = polish and not step.converged and step.gain >= POLISH_RTOL * abs(step.loss)
+        stalled = polish and (not gained or step.length <= REL_STEP)
+        if gained and stalled:
             stalled = not _coarse_progress(problem, space, opt, u, st, rec, log)
         if stalled:
             st.converged = True

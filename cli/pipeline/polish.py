@@ -34,7 +34,7 @@ MIN_STEP = 0.25
 #: not fall further at a coarser scale (``ModelPolish.coarse_check``).  Measured 2026-12-05 on the
 #: bundled demo with the mesh solver: a fit stalled at damping 0.41 (truth 0.3; mean silhouette IoU
 #: against the truth's 0.954 there and 0.971 at damping 0.3 with the same young_modulus), on a wiggle
-#: of the loss at the 2% scale, while the loss fell steadily at the 10% scale.
+#: of the loss at the 2% scale, while a model at the 8% scale found the way on.
 COARSE_FACTOR = 4.0
 #: eigenvalues of the model's Hessian are floored at this fraction of the largest (a flat or
 #: negatively curved direction gets a step bounded by the trust region, not an infinite one)

@@ -422,7 +422,9 @@ def resolve_cloth_solver(objects, colliders) -> str:
     spacing decides the motion.  The demo's drop (31x31 cloth, one second) scored 0.65-0.68 worst
     per-frame silhouette IoU between grid 32 and grid 64 on MPM whatever the transfer, and 1.000 on
     the mesh, which has no grid (README, "Cloth physics"); the cross-simulator references are
-    predicted with it.  MPM stays for solids, mixed scenes, mesh colliders and the strain limit."""
+    predicted with it.  MPM stays for solids, mixed scenes, mesh colliders and the strain limit: the
+    conditions of ``taichi_mpm.mesh_cloth.check_supported``, read here from the file before a model
+    is built (a change there belongs here too)."""
     if not all(o.kind == "cloth" for o in objects):
         return "mpm"
     if not all(c.kind in ANALYTIC for c in colliders):

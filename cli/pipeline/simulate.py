@@ -125,7 +125,8 @@ def measured_convergence(scene, fine: int | None = None, frames: int | None = No
     n = min(frames or scene.settings.frames, scene.settings.frames)
     if n < 2:
         raise InputError(f"--frames {n}: need at least 2 frames")
-    if (knob or ("substeps" if scene.settings.cloth_solver == "mesh" else "grid")) != "grid":
+    knob = knob or ("substeps" if scene.settings.cloth_solver == "mesh" else "grid")
+    if knob != "grid":
         return _time_step_convergence(scene, fine, n, device, progress)
     coarse = scene.settings.grid
     fine = fine or 2 * coarse
