@@ -41,10 +41,12 @@ pass (README "Cloth physics").
 Gradient.  At the solution the residual  R = M (y - yhat) / dt^2 - f(y; mu, lam)  is zero on the
 free vertices, so for any input p, dy/dp = -J^-1 dR/dp with J = M / dt^2 + H the exact Hessian.
 The backward pass solves J lambda = dL/dy by conjugate gradients preconditioned with the factor
-renewed at the step's solution (J's own where it is positive definite, so that one iteration or two
-confirm the direct solve; J's products exact, by autograd of the written-out force) and gives
-dL/dp = -lambda^T dR/dp
-by autograd of R at the fixed solution.  The solutions are kept per substep (like the contact
+renewed at the step's solution (J's own where it is positive definite, so that the first residual
+confirms the direct solve; J's products exact, from the element Hessians that renewal assembles) and
+gives dL/dp = -lambda^T dR/dp written out: M lambda / dt^2 for yhat, -lambda . (y - yhat) / dt^2 for
+the masses, and for mu and lam the force's products with lambda (the force is linear in each).
+Before (2026-12-06) the products and dR/dp came from autograd of the force, ~4 ms of the demo's
+~6 ms backward substep.  The solutions are kept per substep (like the contact
 pairs of ``self_contact``), so the frame's recomputation in the backward pass reuses them.
 """
 
@@ -60,7 +62,7 @@ from scipy import sparse
 from . import membrane_hessian as MH
 from .cloth_forces import banded_order
 from .errors import SimulationError
-from .membrane import _DET_FLOOR, membrane_stencil, stencil_membrane_energy_forces, stencil_membrane_forces
+from .membrane import _DET_FLOOR, membrane_stencil, stencil_membrane_energy_forces
 
 #: a Newton step that moves no vertex more than this (m) ends the solve.  The gradient is that of
 #: the exact solution; the last steps shrink fast (the factor is renewed when they would not), so
@@ -224,10 +226,6 @@ class NewtonMembrane:
         inertia = 0.5 * (mass[:, None] * (y - yhat) ** 2)[self.free].sum() / (dt * dt)
         return float(inertia + energy), force
 
-    def force(self, y: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """-dE/dy ``[V, 3]``, written out (``membrane.stencil_membrane_forces``; autograd-differentiable)."""
-        return stencil_membrane_forces(y, self.stencil, self.area, mu, lam)
-
     def element_hessians(self, H: torch.Tensor) -> torch.Tensor:
         """``[E, 81]``: each triangle's Hessian in its 9 unknowns (vertex, axis) from its energy's
         Hessian in F, ``H [E, 6, 6]`` (:func:`energy_hessian`)."""
@@ -245,12 +243,13 @@ class NewtonMembrane:
         """M / dt^2's diagonal in the banded unknowns' order, 0 on pinned ones."""
         return np.where(self.pinned_dof, 0.0, np.repeat(mass.numpy(), 3)[self.vertex_of_dof.numpy()] / (dt * dt))
 
-    def _refactor(self, y, mass, mu, lam, dt, dtype=None) -> None:
+    def _refactor(self, y, mass, mu, lam, dt, dtype=None) -> torch.Tensor:
         """Factor M / dt^2 + H at y: H exact where that is positive definite (Newton's own step),
         else M / dt^2 + H shifted by the smallest of ``SHIFTS`` times M / dt^2 that makes it so, else
         with each triangle's negative curvature clamped.  The exact element Hessians come from
         ``membrane_hessian``'s kernel for a model on the CPU, else from torch.  The factor is in
-        ``dtype`` (default ``FACTOR_DTYPE``)."""
+        ``dtype`` (default ``FACTOR_DTYPE``).  Returns the exact element Hessians ``[E, 81]`` (for
+        :meth:`hessian_product`), whatever the factor's."""
         dtype = dtype or FACTOR_DTYPE
         H = None
         if self.kernel_dtype is not None and MH.available(self.kernel_dtype):
@@ -268,7 +267,7 @@ class NewtonMembrane:
             try:
                 self.factor = self._cholesky(shifted, dtype)
                 self.exact = not shift
-                return
+                return He
             except np.linalg.LinAlgError:
                 pass
         if H is None:
@@ -277,6 +276,7 @@ class NewtonMembrane:
         H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
         self.exact = False
         self.factor = self._cholesky(self._banded(self.element_hessians(H), inertia), dtype)
+        return He
 
     @staticmethod
     def _cholesky(ab: np.ndarray, dtype) -> np.ndarray:
@@ -367,35 +367,57 @@ class NewtonMembrane:
             t, phi_t, f_t = t_new, phi_n, f_n
         return t, phi_t, f_t
 
-    def jacobian_product(self, y, v, mass, mu, lam, dt) -> torch.Tensor:
-        """``J v`` with J = M / dt^2 + H, H the exact Hessian (autograd of the force: a vector-Jacobian
-        product, which is the Jacobian-vector product, H being symmetric)."""
-        with torch.enable_grad(), _own_graph():
-            z = y.detach().requires_grad_(True)
-            (hv,) = torch.autograd.grad(self.force(z, mu, lam), z, grad_outputs=-v)
-        return self.free[:, None] * (mass[:, None] * v / (dt * dt) + hv)
+    def hessian_product(self, He: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``H v [V, 3]`` (every vertex, pinned ones included) with H assembled from the element
+        Hessians ``He [E, 81]`` (:meth:`_refactor`'s): one batched product and one scatter, where
+        autograd's Hessian product through the force took ~25 operations each way (1.4 ms on the
+        demo's cloth against ~0.1 ms)."""
+        he = torch.bmm(He.view(-1, 9, 9), v[self.faces].reshape(-1, 9, 1)).reshape(-1, 3)
+        return torch.zeros_like(v).index_add_(0, self.faces.reshape(-1), he)
 
-    def adjoint(self, step: int, g: torch.Tensor, mass, mu, lam, dt) -> torch.Tensor:
+    def jacobian_product(self, He: torch.Tensor, v: torch.Tensor, mass: torch.Tensor, dt: float) -> torch.Tensor:
+        """``J v`` on the free vertices, J = M / dt^2 + H with H exact (``He`` from :meth:`_refactor`,
+        whose kernel and torch twin the tests compare with autograd of the energy)."""
+        return self.free[:, None] * (mass[:, None] * v / (dt * dt) + self.hessian_product(He, v))
+
+    def force_parameter_products(self, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``w . df/dmu_e`` and ``w . df/dlam_e`` ``[E]`` for the force at ``y`` and a direction ``w
+        [V, 3]``: the force is linear in each triangle's mu and lam, ``f = -A_e L^T (F S)`` with F S
+        = mu (2 F - 2 (F + G) / (s1 + s2)) + lam (J - 1) G, ``G = F adj(C) / J`` (``mesh_cloth``'s
+        docstring; the same clamped J as ``membrane._energy_forces``), so each product is ``-A_e``
+        times a contraction with ``dF(w) = L w``."""
+        F, dF = self._F(y), self._F(w)
+        f0, f1, d0, d1 = F[:, :, 0], F[:, :, 1], dF[:, :, 0], dF[:, :, 1]
+        a, b, d = (f0 * f0).sum(1), (f0 * f1).sum(1), (f1 * f1).sum(1)
+        J = (a * d - b * b).clamp_min(_DET_FLOOR).sqrt()
+        root = (a + d + 2 * J).sqrt()
+        f0d0, f1d1, f0d1, f1d0 = (f0 * d0).sum(1), (f1 * d1).sum(1), (f0 * d1).sum(1), (f1 * d0).sum(1)
+        gd = (d * f0d0 - b * f1d0 + a * f1d1 - b * f0d1) / J  # G : dF
+        fd = f0d0 + f1d1  # F : dF
+        return -self.area * (2 * fd - 2 * (fd + gd) / root), -self.area * (J - 1) * gd
+
+    def adjoint(self, step: int, g: torch.Tensor, mass, mu, lam, dt) -> tuple[torch.Tensor, torch.Tensor]:
         """``J^-1 g`` on the free vertices by conjugate gradients preconditioned with a factor renewed
-        at this step's solution: J's own where J is positive definite (then one or two iterations
-        confirm the direct solve), else the clamped one; a SimulationError if they do not converge.
+        at this step's solution: J's own where J is positive definite (then the first residual
+        confirms the direct solve), else the clamped one; a SimulationError if they do not converge.
+        Also returns the solution's exact element Hessians (for the backward pass's products).
         (The factor the forward solve kept is not used: measured 2026-12-05 on the 41x41 drop, its
         conjugate gradients took 53 ms an adjoint, mostly to reach 25 iterations and renew it
         anyway, against 15 ms with the renewal first.)"""
         y = self.solutions[step]
         b = g * self.free[:, None]
+        He = self._refactor(y, mass, mu, lam, dt, np.float64)
         scale = float(b.abs().max())
         if scale == 0.0:
-            return torch.zeros_like(b)
-        self._refactor(y, mass, mu, lam, dt, np.float64)
+            return torch.zeros_like(b), He
         x = self.solve_with(self.factor, b)
-        r = b - self.jacobian_product(y, x, mass, mu, lam, dt)
+        r = b - self.jacobian_product(He, x, mass, dt)
         z = self.solve_with(self.factor, r)
         p, rz = z, float((r * z).sum())
         for _ in range(MAX_CG):
             if float(r.abs().max()) <= CG_TOLERANCE * scale:
-                return x
-            Ap = self.jacobian_product(y, p, mass, mu, lam, dt)
+                return x, He
+            Ap = self.jacobian_product(He, p, mass, dt)
             pAp = float((p * Ap).sum())
             if pAp <= 0:  # J is not positive definite along p: conjugate gradients cannot go on
                 break
@@ -407,7 +429,7 @@ class NewtonMembrane:
             p = z + (rz_new / rz) * p
             rz = rz_new
         if float(r.abs().max()) <= CG_TOLERANCE * scale:
-            return x
+            return x, He
         raise SimulationError(f"the implicit membrane step's adjoint did not converge at substep {step} "
                               f"(residual {float(r.abs().max()) / scale:.2g} of the gradient)", substep=step)
 
@@ -429,19 +451,17 @@ class _Step(torch.autograd.Function):
         yhat, mass, mu, lam = ctx.saved_tensors
         solver, dt, step = ctx.solver, ctx.dt, ctx.step
         g = gy.detach().to("cpu", torch.float64)
-        m64, mu64, lam64 = (t.detach().to("cpu", torch.float64) for t in (mass, mu, lam))
-        with _own_graph():
-            lam_adj = solver.adjoint(step, g, m64, mu64, lam64, dt)
-            y = solver.solutions[step]
-            free = solver.free[:, None]
-            inputs = [t.detach().to("cpu", torch.float64).requires_grad_(True) for t in (yhat, mass, mu, lam)]
-            with torch.enable_grad():
-                yh, m, u, l = inputs
-                z = torch.where(free, y, yh)  # pinned vertices follow yhat
-                R = free * (m[:, None] * (z - yh) / (dt * dt) - solver.force(z, u, l))
-                grads = torch.autograd.grad(R, inputs, grad_outputs=-lam_adj)
-        g_yhat = grads[0] + torch.where(free, torch.zeros_like(g), g)  # a pinned vertex's y is its yhat
-        out = [t.to(gy.device, gy.dtype) for t in (g_yhat, *grads[1:])]
+        m64, mu64, lam64, yh = (t.detach().to("cpu", torch.float64) for t in (mass, mu, lam, yhat))
+        lam_adj, He = solver.adjoint(step, g, m64, mu64, lam64, dt)  # zero on pinned vertices
+        y = solver.solutions[step]
+        free = solver.free[:, None]
+        # dL/dp = -lam_adj^T dR/dp for R = free (M (y - yhat) / dt^2 - f(y; mu, lam)), where y's pinned
+        # rows are yhat's: a free yhat enters through the inertia, a pinned one through the force on
+        # its neighbours (-H) and as its own y
+        g_yhat = torch.where(free, m64[:, None] * lam_adj / (dt * dt), g - solver.hessian_product(He, lam_adj))
+        g_mass = -(lam_adj * (y - yh)).sum(1) / (dt * dt)
+        g_mu, g_lam = solver.force_parameter_products(y, lam_adj)
+        out = [t.to(gy.device, gy.dtype) for t in (g_yhat, g_mass, g_mu, g_lam)]
         return out[0], out[1], out[2], out[3], None, None, None
 
 
