@@ -59,6 +59,7 @@ from . import cloth_contact as CC
 from . import cloth_forces as CF
 from . import membrane_newton as MN
 from .membrane import membrane_stencil, stencil_membrane_forces
+from . import runtime
 from . import self_contact as SC
 from .colliders import pack
 from .config import SimConfig
@@ -138,6 +139,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     kinds, rows, _ = pack(model.colliders)
     rows = torch.as_tensor(rows, dtype=dtype, device=dev)
     box = tuple(torch.tensor(corner, dtype=dtype, device=dev) for corner in config.grid.stencil_box)
+    contact = _contact_function(kinds, rows, box, dtype, dev)
     gravity = torch.tensor(config.gravity, dtype=dtype, device=dev)
     keep = damping.reshape(()) ** dt
 
@@ -161,7 +163,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         v = torch.where(c.free_bool[:, None], v, c.pin_velocity)
         x = x + dt * v
         if kinds:
-            x, v = CC.contact(x, v, kinds, rows, friction, t_end, dt, c.free_bool, box)
+            x, v = contact(x, v, friction, t_end, dt, c)
         return x, v
 
     def frame(k: int, c: _Cloth, x, v):
@@ -203,6 +205,21 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
         V = V.index_copy(0, _rows(c.v_rows, dev), v).index_copy(0, _rows(c.e_rows, dev), v[c.faces].mean(1))
     final = State(X, V, torch.zeros_like(state.C), F)
     return torch.cat(xs), torch.cat(Fs), final, total
+
+
+def _contact_function(kinds, rows, box, dtype, dev):
+    """The vertex contact as ``(x, v, friction, time, dt, cloth) -> (x, v)``: ``cloth_contact``'s
+    kernels where Taichi can run on these tensors' device and precision (one launch each way), else
+    its torch functions (``contact``, differentiated by autograd)."""
+    try:
+        runtime.ensure(dev, dtype)
+    except ValueError:  # e.g. float64 on CUDA
+        return lambda x, v, friction, time, dt, c: CC.contact(x, v, kinds, rows, friction, time, dt, c.free_bool, box)
+    corners = tuple(float(a) for corner in box for a in corner.tolist())
+    rows = rows.contiguous()
+    serial = dev.type == "cpu"  # per-vertex work: the thread pool's start costs more on a cloth this size
+    return lambda x, v, friction, time, dt, c: CC.vertex_contact(x, v, kinds, rows, friction, time, dt, c.free, corners,
+                                                                 serial)
 
 
 class _TapeMeter(torch.autograd.graph.saved_tensors_hooks):

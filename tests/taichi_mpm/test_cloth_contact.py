@@ -292,3 +292,44 @@ def test_the_kernels_match_the_reference_inside_the_rounded_corners():
     # entries reach 1 / dt = 1000; central differences straddling a band's edge (states sit on each
     # edge) are off by curvature x step, ~0.01: atol 0.05 still catches a wrong slope inside a band
     assert torch.autograd.gradcheck(f, (x.requires_grad_(), v.requires_grad_(), mu.clone().requires_grad_()), eps=1e-8, atol=0.05)
+
+
+def test_the_mesh_solvers_kernel_contact_matches_the_torch_reference_and_gradchecks():
+    """``vertex_contact`` (the kernels as an autograd function, what the grid-free solver runs)
+    against ``contact`` under autograd, float64: values and the VJP in x, v and every friction, a
+    vertex outside the box that no collider touches included (both clamp it); and gradcheck."""
+    from dreamcloth.taichi_mpm import runtime
+
+    runtime.ensure("cpu", F64)
+    kinds, rows = _rows([Sphere((0.5, 0.4, 0.5), 0.1, friction=0.4, velocity=(0.0, 0.3, 0.1)),
+                         Plane((0, 0.1, 0), (0.1, 1, 0), friction=0.6)])
+    gen = torch.Generator().manual_seed(3)
+    time, dt = 0.01, 1e-3
+    centre = torch.tensor([0.5, 0.4 + 0.3 * time, 0.5 + 0.1 * time], dtype=F64)
+    x = torch.cat([centre + 0.095 * torch.nn.functional.normalize(torch.randn(8, 3, generator=gen, dtype=F64), dim=1),
+                   torch.tensor([[0.6, 0.098, 0.7], [0.8, 0.3, 0.3], [0.5, 0.5, 1.02]], dtype=F64)])
+    v = torch.randn(x.shape, generator=gen, dtype=F64)
+    v[:, 1] -= 1.0
+    free = torch.ones(len(x), dtype=torch.bool)
+    free[1] = False
+    box = (torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
+    corners = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+    mu = torch.tensor([0.4, 0.6], dtype=F64)
+    gx, gv = torch.randn(x.shape, generator=gen, dtype=F64), torch.randn(x.shape, generator=gen, dtype=F64)
+
+    xr, vr, mr = (t.clone().requires_grad_(True) for t in (x, v, mu))
+    y, w = CC.contact(xr, vr, kinds, rows, mr, time, dt, free, box)
+    ref = torch.autograd.grad((y, w), (xr, vr, mr), (gx, gv))
+    xk, vk, mk = (t.clone().requires_grad_(True) for t in (x, v, mu))
+    yk, wk = CC.vertex_contact(xk, vk, kinds, rows, mk, time, dt, free.to(F64), corners)
+    got = torch.autograd.grad((yk, wk), (xk, vk, mk), (gx, gv))
+    assert float(yk[-1, 2].detach()) == 1.0 and int(((y.detach() - x).abs().sum(1) > 0).sum()) >= 5
+    torch.testing.assert_close(yk, y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(wk, w, rtol=0, atol=1e-12)
+    for name, a, b in zip(("x", "v", "friction"), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"dL/d{name}")
+
+    def f(x, v, mu):
+        return CC.vertex_contact(x, v, kinds, rows, mu, time, dt, free.to(F64), corners)
+
+    assert torch.autograd.gradcheck(f, (xk, vk, mk), eps=1e-7, atol=1e-6)
