@@ -29,6 +29,13 @@ import torch
 from . import runtime
 from .membrane import _DET_FLOOR
 
+#: up to this many triangles a kernel's loops run on the calling thread: Taichi's CPU thread pool
+#: costs ~60 us a parallel loop to start.  Measured 2026-12-06 (2 cores, us a launch, serial /
+#: parallel): energy and forces 50 / 191 (242 triangles, the demo), 96 / 218 (1,458), 155 / 299
+#: (3,200, a 41x41 cloth); element Hessians 80 / 156, 376 / 395, 763 / 642
+SERIAL_ENERGY_MAX = 8000
+SERIAL_HESSIAN_MAX = 2000
+
 F64_1 = ti.types.ndarray(dtype=ti.f64, ndim=1)
 F64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
 I32_1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -54,13 +61,14 @@ def _columns(y: ti.template(), faces: ti.template(), coef: ti.template(), e):
 
 
 @ti.kernel
-def _element_hessians(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, out: F64_2):
+def _element_hessians(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, out: F64_2, serial: ti.template()):
     """``out [E, 81]``: triangle e's Hessian of ``area psi(F)`` in its unknowns (vertex v, axis i)
     x (vertex w, axis k), row-major ``27 v + 9 i + 3 w + k``, at positions ``y [V, 3]``; ``coef
     [E, 6]``: ``c[j, v]`` at ``3 j + v`` (F's column j is sum_v c[j, v] y_v); ``mat [E, 3]``: rest
     area, mu, lam."""
     floor = ti.sqrt(ti.cast(_DET_FLOOR, ti.f64))
     eye = ti.Matrix.identity(ti.f64, 3)
+    ti.loop_config(serialize=serial)
     for e in range(faces.shape[0]):
         f0, f1 = _columns(y, faces, coef, e)
         area, mu, lam = mat[e, 0], mat[e, 1], mat[e, 2]
@@ -100,11 +108,12 @@ def _element_hessians(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, out: F64_
 
 @ti.kernel
 def _energy_forces(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, start: I32_1, incident: I32_2, stress: F64_2,
-                   energy: F64_1, force: F64_2):
+                   energy: F64_1, force: F64_2, serial: ti.template()):
     """``energy [E]``: each triangle's ``area psi(F)``; ``force [V, 3]``: -dE/dy, each vertex's sum over
     ``incident[start[v]:start[v + 1]]`` (triangle, corner) in that order; ``stress [E, 6]``: scratch
     (area dpsi/dF's columns).  Layouts as :func:`_element_hessians`."""
     floor = ti.cast(_DET_FLOOR, ti.f64)
+    ti.loop_config(serialize=serial)
     for e in range(faces.shape[0]):
         f0, f1 = _columns(y, faces, coef, e)
         area, mu, lam = mat[e, 0], mat[e, 1], mat[e, 2]
@@ -123,6 +132,7 @@ def _energy_forces(y: F64_2, faces: I32_2, coef: F64_2, mat: F64_2, start: I32_1
         for i in ti.static(range(3)):
             stress[e, i] = p0[i]
             stress[e, 3 + i] = p1[i]
+    ti.loop_config(serialize=serial)
     for v in range(force.shape[0]):
         acc = ti.Vector.zero(ti.f64, 3)
         for k in range(start[v], start[v + 1]):
@@ -160,7 +170,8 @@ def element_hessians(y: torch.Tensor, faces: torch.Tensor, coef: torch.Tensor, m
     the CPU (``runtime.ensure``)."""
     out = torch.empty(int(faces.shape[0]), 81, dtype=torch.float64)
     # without Taichi's per-call analysis; detached (a kept solution is also the step's autograd output)
-    runtime.launch(_element_hessians, [y.detach().contiguous(), faces, coef, mat.detach().contiguous(), out])
+    runtime.launch(_element_hessians, [y.detach().contiguous(), faces, coef, mat.detach().contiguous(), out,
+                                       out.shape[0] <= SERIAL_HESSIAN_MAX])
     return out
 
 
@@ -173,5 +184,5 @@ def energy_forces(y: torch.Tensor, faces: torch.Tensor, coef: torch.Tensor, mat:
     energy = torch.empty(ne, dtype=torch.float64)
     force = torch.empty(nv, 3, dtype=torch.float64)
     runtime.launch(_energy_forces, [y.detach().contiguous(), faces, coef, mat.detach().contiguous(), start, incident, stress,
-                                    energy, force])
+                                    energy, force, ne <= SERIAL_ENERGY_MAX])
     return energy.sum(), force
