@@ -40,6 +40,15 @@ and after them (velocity v*) a backward-Euler step solved to convergence by Newt
 the new positions (``membrane_newton``).  dt is then bounded by the motion, not the stiffness
 (``cfl.CFL_NUMBER_MOTION``).
 
+Precision: on the CPU the rollout runs in float64 whatever the model's dtype (its inputs are cast at
+the start, its outputs back; autograd sees both casts).  A cloth folding onto a collider amplifies
+round-off: on the bundled demo's drop a change of float32 round-off alone (the vertex contact by
+kernels instead of torch, the same map) moved the vertices up to 2.1 mm by the last frame, and
+the demo's fit then ended 7.5% off in damping with a quadratic model of negative curvature; in
+float64 the same two paths stay within 3e-12 m.  On a cloth this small the arithmetic is not what
+costs (forward and backward 3.1 s in float32, 3.4 s in float64, one thread; measured 2026-12-06).
+Elsewhere (CUDA) the model's dtype.
+
 Memory: a frame's autograd tape is kept while the tapes kept so far stay within ``keep_bytes``
 (``simulate.KEEP_TAPE_BYTES``, measured per frame from the tensors autograd saves); frames beyond it
 run under ``torch.utils.checkpoint`` (one frame's substeps at a time, re-simulated in the backward
@@ -50,6 +59,7 @@ substep cost more than the re-simulation.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -85,12 +95,12 @@ class _Cloth:
 
     def __init__(self, c, model: Model, mass: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, bending, drag,
                  thickness: float, dt: float, implicit: bool = False, drag_tangential=None):
-        dtype, dev = model.volume.dtype, model.volume.device
+        dtype, dev = mass.dtype, model.volume.device  # the rollout's precision (``work_dtype``)
         self.v_rows = slice(c.vertex_start, c.vertex_start + c.num_vertices)
         self.e_rows = slice(c.element_start, c.element_start + c.num_elements)
         self.faces = c.faces_local.to(dev)
         self.dm_inv = c.rest_inverse.reshape(-1, 2, 2).to(dtype)
-        self.area = model.volume[self.e_rows]
+        self.area = model.volume[self.e_rows].to(dtype)
         self.mu, self.lam = mu[self.e_rows], lam[self.e_rows]
         # lumped mass: the vertices' own plus a third of each incident element particle's
         m = mass[self.v_rows].clone()
@@ -99,11 +109,12 @@ class _Cloth:
         pinned = model.pinned[self.v_rows] != 0
         self.free = (~pinned).to(dtype)
         self.free_bool = ~pinned
-        self.pin_velocity = model.pin_velocity[self.v_rows]
+        self.pin_velocity = model.pin_velocity[self.v_rows].to(dtype)
         self.bending = None if bending is None else bending[self.e_rows]
         self.drag = None if drag is None else drag[self.e_rows]
         self.drag_t = None if drag is None or drag_tangential is None else drag_tangential[self.e_rows]
-        self.system = CF.ImplicitBending(c.bending, self.free) if self.bending is not None and c.bending.num_rows else None
+        operator = _with_dtype(c.bending, dtype)
+        self.system = CF.ImplicitBending(operator, self.free) if self.bending is not None and operator.num_rows else None
         self.search = SC.Search(c.local_faces, c.num_vertices, thickness) if thickness > 0 else None
         # the explicit membrane's stencil, or the implicit step's solver (which keeps its own, in float64)
         self.newton = MN.NewtonMembrane(self.faces, self.dm_inv, self.area, self.free) if implicit else None
@@ -131,16 +142,17 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
     ``packed`` is ``simulate``'s per-particle (mu, lam, mass, bending, drag, drag's tangential share,
     friction [C], damping [1]), for a model that :func:`check_supported` accepted.  ``keep_bytes``:
     autograd tape kept without re-simulation (module docstring, "Memory")."""
-    mu, lam, mass, bending, drag, drag_t, friction, damping = packed
     dtype, dev = model.volume.dtype, model.volume.device
+    work = work_dtype(dev, dtype)
+    mu, lam, mass, bending, drag, drag_t, friction, damping = (None if t is None else t.to(work) for t in packed)
     dt, spf = config.dt, config.substeps_per_frame
     implicit = config.membrane == "implicit"
     cloths = [_Cloth(c, model, mass, mu, lam, bending, drag, config.cloth_thickness, dt, implicit, drag_t) for c in model.cloth]
     kinds, rows, _ = pack(model.colliders)
-    rows = torch.as_tensor(rows, dtype=dtype, device=dev)
-    box = tuple(torch.tensor(corner, dtype=dtype, device=dev) for corner in config.grid.stencil_box)
-    contact = _contact_function(kinds, rows, box, dtype, dev)
-    gravity = torch.tensor(config.gravity, dtype=dtype, device=dev)
+    rows = torch.as_tensor(rows, dtype=work, device=dev)
+    box = tuple(torch.tensor(corner, dtype=work, device=dev) for corner in config.grid.stencil_box)
+    contact = _contact_function(kinds, rows, box, work, dev)
+    gravity = torch.tensor(config.gravity, dtype=work, device=dev)
     keep = damping.reshape(()) ** dt
 
     def substep(c: _Cloth, x, v, step: int):
@@ -171,7 +183,7 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
             x, v = substep(c, x, v, k * spf + j)
         return x, v
 
-    xv = [(state.x[c.v_rows], state.v[c.v_rows]) for c in cloths]
+    xv = [(state.x[c.v_rows].to(work), state.v[c.v_rows].to(work)) for c in cloths]
     X, F = state.x, state.F
     xs, Fs = [X.unsqueeze(0)], [F.unsqueeze(0)]
     grad = torch.is_grad_enabled()
@@ -202,9 +214,22 @@ def simulate_mesh(model: Model, state: State, params: Params, config: SimConfig,
             progress((k + 1) * spf, total)
     V = state.v
     for c, (_, v) in zip(cloths, xv):
-        V = V.index_copy(0, _rows(c.v_rows, dev), v).index_copy(0, _rows(c.e_rows, dev), v[c.faces].mean(1))
+        V = V.index_copy(0, _rows(c.v_rows, dev), v.to(dtype)).index_copy(0, _rows(c.e_rows, dev), v[c.faces].mean(1).to(dtype))
     final = State(X, V, torch.zeros_like(state.C), F)
     return torch.cat(xs), torch.cat(Fs), final, total
+
+
+def work_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The precision of the grid-free rollout for a model of ``dtype`` on ``device``: float64 on the
+    CPU (module docstring, "Precision"), the model's own elsewhere (Taichi's float64 on CUDA faulted,
+    ``runtime.config_for``)."""
+    return torch.float64 if torch.device(device).type == "cpu" else dtype
+
+
+def _with_dtype(op: CF.BendingOperator, dtype: torch.dtype) -> CF.BendingOperator:
+    """The bending stencil with its floating-point tensors in ``dtype``."""
+    return dataclasses.replace(op, **{f.name: getattr(op, f.name).to(dtype) for f in dataclasses.fields(op)
+                                      if getattr(op, f.name).is_floating_point()})
 
 
 def _contact_function(kinds, rows, box, dtype, dev):
@@ -242,8 +267,8 @@ def _particles(state: State, cloths: list[_Cloth], xv) -> tuple[torch.Tensor, to
     X, F = state.x, state.F
     for c, (x, _) in zip(cloths, xv):
         xe, Fe = c.element_state(x)
-        X = X.index_copy(0, _rows(c.v_rows, x.device), x).index_copy(0, _rows(c.e_rows, x.device), xe)
-        F = F.index_copy(0, _rows(c.e_rows, x.device), Fe)
+        X = X.index_copy(0, _rows(c.v_rows, x.device), x.to(X.dtype)).index_copy(0, _rows(c.e_rows, x.device), xe.to(X.dtype))
+        F = F.index_copy(0, _rows(c.e_rows, x.device), Fe.to(F.dtype))
     return X, F
 
 
