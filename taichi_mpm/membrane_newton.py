@@ -119,16 +119,6 @@ def _iterations_left(size: float, last: float) -> float:
     return math.inf if rate >= 1.0 else math.log(TOLERANCE / size) / math.log(rate)
 
 
-def _identity(t):
-    return t
-
-
-def _own_graph():
-    """Autograd inside the step keeps its own tensors: the frame's checkpoint (``mesh_cloth``)
-    must not store or recompute them."""
-    return torch.autograd.graph.saved_tensors_hooks(_identity, _identity)
-
-
 def _cross_matrix(a: torch.Tensor) -> torch.Tensor:
     """``[E, 3, 3]``: [a]x, the matrix of a x (.) for ``a [E, 3]``."""
     z = torch.zeros_like(a[:, 0])
@@ -385,7 +375,9 @@ class NewtonMembrane:
         [V, 3]``: the force is linear in each triangle's mu and lam, ``f = -A_e L^T (F S)`` with F S
         = mu (2 F - 2 (F + G) / (s1 + s2)) + lam (J - 1) G, ``G = F adj(C) / J`` (``mesh_cloth``'s
         docstring; the same clamped J as ``membrane._energy_forces``), so each product is ``-A_e``
-        times a contraction with ``dF(w) = L w``."""
+        times a contraction with ``dF(w) = L w``.  Written as these contractions rather than by
+        ``_energy_forces``' stress at (mu, lam) = (1, 0) and (0, 1): that took the demo's backward
+        from 1.6 to 1.8 s (2026-12-06, one thread)."""
         F, dF = self._F(y), self._F(w)
         f0, f1, d0, d1 = F[:, :, 0], F[:, :, 1], dF[:, :, 0], dF[:, :, 1]
         a, b, d = (f0 * f0).sum(1), (f0 * f1).sum(1), (f1 * f1).sum(1)
@@ -400,16 +392,17 @@ class NewtonMembrane:
         """``J^-1 g`` on the free vertices by conjugate gradients preconditioned with a factor renewed
         at this step's solution: J's own where J is positive definite (then the first residual
         confirms the direct solve), else the clamped one; a SimulationError if they do not converge.
-        Also returns the solution's exact element Hessians (for the backward pass's products).
+        Also returns the solution's exact element Hessians (for the backward pass's products; None
+        where ``g`` is zero and nothing was factored).
         (The factor the forward solve kept is not used: measured 2026-12-05 on the 41x41 drop, its
         conjugate gradients took 53 ms an adjoint, mostly to reach 25 iterations and renew it
         anyway, against 15 ms with the renewal first.)"""
         y = self.solutions[step]
         b = g * self.free[:, None]
-        He = self._refactor(y, mass, mu, lam, dt, np.float64)
         scale = float(b.abs().max())
         if scale == 0.0:
-            return torch.zeros_like(b), He
+            return torch.zeros_like(b), None
+        He = self._refactor(y, mass, mu, lam, dt, np.float64)
         x = self.solve_with(self.factor, b)
         r = b - self.jacobian_product(He, x, mass, dt)
         z = self.solve_with(self.factor, r)
@@ -440,8 +433,7 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, yhat, mass, mu, lam, solver: NewtonMembrane, dt: float, step: int):
         args = [t.detach().to("cpu", torch.float64) for t in (yhat, mass, mu, lam)]
-        with _own_graph():
-            y = solver.solve(*args, dt, step)
+        y = solver.solve(*args, dt, step)
         ctx.solver, ctx.dt, ctx.step = solver, dt, step
         ctx.save_for_backward(yhat, mass, mu, lam)
         return y.to(yhat.device, yhat.dtype)
@@ -458,7 +450,8 @@ class _Step(torch.autograd.Function):
         # dL/dp = -lam_adj^T dR/dp for R = free (M (y - yhat) / dt^2 - f(y; mu, lam)), where y's pinned
         # rows are yhat's: a free yhat enters through the inertia, a pinned one through the force on
         # its neighbours (-H) and as its own y
-        g_yhat = torch.where(free, m64[:, None] * lam_adj / (dt * dt), g - solver.hessian_product(He, lam_adj))
+        pinned = g if He is None else g - solver.hessian_product(He, lam_adj)
+        g_yhat = torch.where(free, m64[:, None] * lam_adj / (dt * dt), pinned)
         g_mass = -(lam_adj * (y - yh)).sum(1) / (dt * dt)
         g_mu, g_lam = solver.force_parameter_products(y, lam_adj)
         out = [t.to(gy.device, gy.dtype) for t in (g_yhat, g_mass, g_mu, g_lam)]

@@ -232,6 +232,11 @@ def _with_dtype(op: CF.BendingOperator, dtype: torch.dtype) -> CF.BendingOperato
                                       if getattr(op, f.name).is_floating_point()})
 
 
+def _torch_contact(kinds, rows, box):
+    """:func:`_contact_function`'s map by ``cloth_contact.contact`` (torch, autograd)."""
+    return lambda x, v, friction, time, dt, c: CC.contact(x, v, kinds, rows, friction, time, dt, c.free_bool, box)
+
+
 def _contact_function(kinds, rows, box, dtype, dev):
     """The vertex contact as ``(x, v, friction, time, dt, cloth) -> (x, v)``: ``cloth_contact``'s
     kernels where Taichi can run on these tensors' device and precision (one launch each way), else
@@ -239,7 +244,7 @@ def _contact_function(kinds, rows, box, dtype, dev):
     try:
         runtime.ensure(dev, dtype)
     except ValueError:  # e.g. float64 on CUDA
-        return lambda x, v, friction, time, dt, c: CC.contact(x, v, kinds, rows, friction, time, dt, c.free_bool, box)
+        return _torch_contact(kinds, rows, box)
     corners = tuple(float(a) for corner in box for a in corner.tolist())
     rows = rows.contiguous()
     serial = dev.type == "cpu"  # per-vertex work: the thread pool's start costs more on a cloth this size

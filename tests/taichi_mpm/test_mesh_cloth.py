@@ -580,7 +580,6 @@ def test_a_float32_model_rolls_out_in_float64(monkeypatch):
     "Precision"): a float32 drape onto a sphere with the vertex contact by kernels and by torch (the
     same map, different round-off) ends within one float32 rounding of each other.  In float32
     arithmetic the two part by far more (checked when this test was written: 5.8e-6 m)."""
-    from dreamcloth.taichi_mpm import cloth_contact as CC
     from dreamcloth.taichi_mpm import mesh_cloth as MC
 
     grid, model, state, _ = drape_scene(n=4, res=12, height=0.53, dtype=torch.float32)
@@ -591,10 +590,7 @@ def test_a_float32_model_rolls_out_in_float64(monkeypatch):
     kernels = simulate(model, state, p, cfg, 6, bounds=bounds).x
     assert kernels.dtype == torch.float32
 
-    def torch_contact(kinds, rows, box, dtype, dev):
-        return lambda x, v, friction, time, dt, c: CC.contact(x, v, kinds, rows, friction, time, dt, c.free_bool, box)
-
-    monkeypatch.setattr(MC, "_contact_function", torch_contact)
+    monkeypatch.setattr(MC, "_contact_function", lambda kinds, rows, box, dtype, dev: MC._torch_contact(kinds, rows, box))
     reference = simulate(model, state, p, cfg, 6, bounds=bounds).x
     assert float((kernels[-1] - state.x).abs().max()) > 0.05  # it fell onto the sphere
     assert float((kernels - reference).abs().max()) <= 1e-7
