@@ -683,7 +683,9 @@ def _coarse_progress(problem: FitProblem, space, opt: ModelPolish, u: torch.Tens
     """Where the polish stalls: one step on a model ``polish.COARSE_FACTOR`` times wider
     (``ModelPolish.coarse_check``).  True (and ``u``, the result and this iteration's record moved
     there) when it lowers the loss by more than round-off, beyond the fine stencil."""
-    before = opt.f
+    # the loss this iteration ended at (not ``opt.f``: None when the step's point was clamped to the
+    # box of sigmoid's range, which crashed the cross-simulator swing's resumed fit with a TypeError)
+    before = rec["loss"]
     try:
         with without_prior(problem):
             step, taken = opt.coarse_check(space.natural(u.detach()), lambda z: natural_losses(problem, [z])[0],

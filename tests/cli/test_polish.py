@@ -155,3 +155,27 @@ def test_the_coarse_check_keeps_the_fine_model_at_a_true_minimum():
     step, taken = opt.coarse_check(zstar.clone(), f, rtol=1e-4)
     assert not taken and step.evaluations == 2 * 2 + 2  # the coarse stencil, centre known
     assert opt.model is model and opt.radius == radius and opt.f == f0 and opt.model.step == P.REL_STEP
+
+
+def test_the_fits_coarse_check_reports_a_step_from_a_clamped_point():
+    """The fit forgets the polish's loss (``opt.f = None``) when it clamps the step's point to the
+    box where sigmoid saturates (a value at its range's edge); the coarse check that follows must
+    still report what it gained (it raised a TypeError formatting None, 2026-12-06)."""
+    import types
+
+    from dreamcloth.cli.pipeline import fit as Fm
+
+    class Polish:
+        f = None  # as after the clamp
+
+        def coarse_check(self, z0, f, many, rtol):
+            return P.PolishStep(z0 + 0.5, 0.05, 3, True, 0.1, [], False, 0.5), True
+
+    space = types.SimpleNamespace(natural=lambda u: u, from_natural=lambda z: z, values=lambda u: {(0, "x"): u[0]})
+    st = types.SimpleNamespace(iteration=7, best=None, events=[])
+    rec = {"evaluations": 2, "loss": 0.15}
+    u = torch.zeros(1, dtype=torch.float64)
+    logged = []
+    assert Fm._coarse_progress(types.SimpleNamespace(prior=None), space, Polish(), u, st, rec, logged.append)
+    assert float(u[0]) == 0.5 and st.best["loss"] == 0.05 and rec == {"evaluations": 5, "loss": 0.05, "values": {"0:x": 0.5}}
+    assert "stalled at loss 0.15" in logged[0] and "lowered it to 0.05" in logged[0] and st.events == logged
