@@ -124,6 +124,14 @@ def _print_prediction(report: dict, out: Path) -> None:
         console.print(t)
     else:
         console.print("the video has no frames after the context: nothing to score (predicted frames written)")
+    check = report.get("time_step_check")
+    if check:
+        agree = f"mean IoU {check['mean_mask_iou']:.3f}, worst {check['worst_mask_iou']:.3f} at frame {check['worst_frame']}"
+        if check["sensitive"]:
+            console.print(f"[yellow]sensitive motion[/]: the prediction at half the time step agrees with it only to {agree} "
+                          f"(below {check['threshold']}); folds and buckling make any frame-by-frame prediction unreliable")
+        else:
+            console.print(f"time step check: the prediction at half the time step agrees with it to {agree}")
     console.print(f"wrote {out}/predicted.mp4, predicted_frames/, predicted_masks/, prediction.json")
 
 
@@ -140,6 +148,8 @@ def predict(
     seed: int = 0,
     device: DeviceOption = "cpu",
     workers: WorkersOption = None,
+    time_step_check: Annotated[bool, typer.Option(help="Simulate the prediction again at half the time step and say how "
+                                                       "well the two agree (a motion that folds is sensitive).")] = True,
 ) -> None:
     """Fit on the first --context frames, simulate --horizon more; mask IoU and PSNR on the frames the fit did not see."""
     if not video.is_file():
@@ -149,5 +159,5 @@ def predict(
     cfg = _fit_config(iterations, lr, False, 0.0, seed, min(6, context))
     with progress_bar() as bar:
         prediction = predict_video(video, scene, out, context, horizon, cfg, masks, device, progress=bar_progress(bar),
-                                   log=bar.console.print, workers=workers)
+                                   log=bar.console.print, workers=workers, time_step_check=time_step_check)
     _print_prediction(prediction.report, out)

@@ -12,6 +12,47 @@ from .fit_video import FitOutcome, fit_video
 from .progress import Progress, silent
 
 
+#: the predicted frames' mean silhouette IoU against the same prediction at half the time step below
+#: which ``predict`` calls the predicted motion sensitive (:func:`check_time_step`).  Measured 2026-12-06
+#: on the cross-simulator ``_se`` cases (benchmarks/cross_sim.py), dreamcloth at its fitted or
+#: Newton's values, 42 against 84 substeps a frame: 0.986 (``tilted_se``) and 0.992 (``swing_se``),
+#: whose predictions score 0.95-0.97 against Newton; 0.845 (``sphere_se``) and 0.848 (``hammock_se``),
+#: which fold or buckle, and which Newton itself reproduces at half its time step only to 0.84 and
+#: 0.79 (README, "Cross-simulator check").
+STEP_AGREEMENT = 0.95
+
+
+def check_time_step(problem, u, alpha, context: int, total: int) -> dict:
+    """The prediction simulated again at half the time step, its silhouettes compared with the
+    prediction's own (``alpha [T, 1, H, W]``, the rendered frames of ``problem``'s rollout at ``u``)
+    on the predicted frames ``context .. total - 1``.
+
+    A motion that folds, buckles or slides on a contact is sensitive in any simulator: a change as
+    small as halving dt moves it as much as a different fabric would, and a frame-by-frame prediction
+    of it cannot be trusted however good the fit.  A smooth motion agrees with itself to ~0.99."""
+    import torch
+
+    from dreamcloth.render import SILHOUETTE_ALPHA
+
+    k = problem.sim.config.substeps_per_frame
+    try:
+        problem.with_substeps(2 * k)
+        with torch.no_grad():
+            _, fine = problem.render(problem.rollout(u, total), range(context, total))
+    finally:
+        problem.with_substeps(k)
+    a = alpha[context:total, 0].cpu() >= SILHOUETTE_ALPHA
+    b = fine[:, 0].cpu() >= SILHOUETTE_ALPHA
+    union = (a | b).sum((1, 2))
+    iou = torch.where(union > 0, (a & b).sum((1, 2)) / union.clamp_min(1), torch.ones(union.shape, dtype=torch.float64))
+    worst = int(iou.argmin())
+    mean = float(iou.mean())
+    return {"substeps_per_frame": k, "against_substeps_per_frame": 2 * k,
+            "per_frame": [{"frame": context + i, "mask_iou": float(v)} for i, v in enumerate(iou)],
+            "mean_mask_iou": mean, "worst_mask_iou": float(iou[worst]), "worst_frame": context + worst,
+            "threshold": STEP_AGREEMENT, "sensitive": mean < STEP_AGREEMENT}
+
+
 @dataclasses.dataclass
 class Prediction:
     """A prediction: ``report`` is prediction.json's document, ``fit`` the fit on the context frames."""
@@ -22,14 +63,19 @@ class Prediction:
 
 def predict_video(video: Path, scene_path: Path, out: Path, context: int, horizon: int, cfg, masks: Path | None = None,
                   device: str = "cpu", resume: bool = False, progress: Progress = silent,
-                  log: Callable[[str], None] = lambda message: None, workers: int | None = None) -> Prediction:
+                  log: Callable[[str], None] = lambda message: None, workers: int | None = None,
+                  time_step_check: bool = True) -> Prediction:
     """Fit on the first ``context`` frames, simulate ``horizon`` more, and score them against the video.
 
     Writes predicted.mp4, predicted_frames/, predicted_masks/, prediction_vs_video.mp4 and
     prediction.json (besides the fit's own reports) into ``out``; the Prediction's report is
-    prediction.json's document (``per_frame`` scores, ``last_frame``, ``mean_mask_iou``, ``fit``).  ``resume``: continue the fit
+    prediction.json's document (``per_frame`` scores, ``last_frame``, ``mean_mask_iou``, ``fit``, and
+    ``time_step_check``: the prediction against itself at half the time step, :func:`check_time_step`;
+    None when not asked for).  ``resume``: continue the fit
     from ``out``'s checkpoint (what ``dreamcloth fit-batch`` does with an interrupted job);
-    ``workers``: the fit's rollout processes (``fit_video``).
+    ``workers``: the fit's rollout processes (``fit_video``); ``time_step_check``: simulate the
+    prediction again at half the time step and report how well the two agree (:func:`check_time_step`;
+    one more rollout at twice the substeps, ~50 s of the 41x41 real-fabric predict's ~9 min).
     """
     import numpy as np
 
@@ -70,9 +116,18 @@ def predict_video(video: Path, scene_path: Path, out: Path, context: int, horizo
         n = len(scores)
         write_video(side_by_side([frames[context : context + n], color[context : context + n]]), out / "prediction_vs_video.mp4",
                     fps=scene.settings.fps)
+    check = None
+    if time_step_check:
+        progress("check", 0, 1, "the prediction at half the time step")
+        check = check_time_step(outcome.result.problem, outcome.fitted_u, alpha, context, total)
+        progress("check", 1, 1, None)
+    if check is not None and check["sensitive"]:
+        log(f"the prediction is sensitive: at half the time step its silhouettes agree with it only to mean IoU "
+            f"{check['mean_mask_iou']:.3f} (worst {check['worst_mask_iou']:.3f} at frame {check['worst_frame']}); a motion "
+            "that folds or buckles changes this much with any small change, so trust its frames less than its fitted values")
     report = {"context": context, "horizon": horizon, "frames_scored": len(scores), "per_frame": scores,
               "last_frame": scores[-1] if scores else None,
               "mean_mask_iou": float(np.mean([s["mask_iou"] for s in scores])) if scores else None,
-              "fit": {p["name"]: p["value"] for p in outcome.doc["parameters"]}}
+              "fit": {p["name"]: p["value"] for p in outcome.doc["parameters"]}, "time_step_check": check}
     (out / "prediction.json").write_text(json.dumps(report, indent=2))
     return Prediction(report, outcome)

@@ -18,3 +18,5 @@ def test_fit_section_quick_run_times_the_mesh_solver_iteration_and_a_whole_predi
     assert re.search(r"\d+ substeps/frame", predict.note)
     iou = float(re.search(r"mask IoU ([0-9.]+)", predict.note).group(1))
     assert 0.5 < iou <= 1.0  # one unseen frame of its own video, after one iteration
+    # predict's sensitivity check ran: a smooth drop agrees with itself at half the time step
+    assert float(re.search(r"half the time step ([0-9.]+)", predict.note).group(1)) > 0.9

@@ -259,12 +259,12 @@ def test_with_solver_sets_the_scene_cloth_solver():
 def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
     """The VBD videos (unconverged in Newton's own settings) and the symplectic-Euler ones
     get a mean each; a case counts as beating copy-last only when its IoU is higher."""
-    fake = {"swing": (0.5, 0.2), "tilted_ground": (0.7, 0.8), "swing_se": (0.9, 0.6), "sphere_se": (0.8, 0.85)}
+    fake = {"swing": (0.5, 0.2, None), "tilted_ground": (0.7, 0.8, None), "swing_se": (0.9, 0.6, 0.99), "sphere_se": (0.8, 0.85, 0.88)}
 
     def score(name, iterations):
-        p, c = fake[name]
+        p, c, agree = fake[name]
         return {"case": name, "predict_mean_iou": p, "copy_last_mean_iou": c, "context": C.CONTEXT, "horizon": C.HORIZON,
-                "iterations": iterations, "seconds": 1.0, "at_range_edge": {}}
+                "iterations": iterations, "seconds": 1.0, "at_range_edge": {}, "time_step_agreement": agree}
 
     monkeypatch.setattr(C, "score_case", score)
     rows = {m.name: m for m in C.run_cross_sim(quick=True, names=list(fake))}
@@ -274,3 +274,45 @@ def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
     assert se.value == pytest.approx(0.85) and "beats it on 1/2" in se.note
     assert "DOES NOT beat" in rows["cross-sim sphere_se: predict mask IoU (unseen frames)"].note
     assert "SolverSemiImplicit" in rows["cross-sim sphere_se: predict mask IoU (unseen frames)"].note
+    # predict's own time-step check splits the cases it calls sensitive off (they stay in the mean)
+    assert "half the time step 0.880 (sensitive)" in rows["cross-sim sphere_se: predict mask IoU (unseen frames)"].note
+    assert "(sensitive)" not in rows["cross-sim swing_se: predict mask IoU (unseen frames)"].note
+    assert "on the 1 whose prediction predict does not call sensitive: mean 0.900, beats copy-last on 1/1" in se.note
+    assert "sensitive" not in vbd.note
+
+
+@pytest.mark.slow
+def test_time_step_check_tells_a_folding_drop_from_a_smooth_swing():
+    """predict's sensitivity check (the prediction against itself at half the time step) at Newton's
+    values: the sphere drop folds and agrees with itself below ``STEP_AGREEMENT`` (0.845 measured with
+    exact masks; Newton's own video at half its dt: 0.84), the swing above it (0.992)."""
+    from dreamcloth.cli.pipeline.fit import Appearance, FitConfig, FitProblem, ParamSpace
+    from dreamcloth.cli.pipeline.predict import STEP_AGREEMENT, check_time_step
+    from dreamcloth.cli.pipeline.simulation import DEFAULT_OPACITY, SceneRenderer
+
+    def logit(p):
+        return torch.log(p / (1 - p))
+
+    for name, sensitive in (("swing_se", False), ("sphere_se", True)):
+        scene = load_scene(C.DATA / f"{name}.toml")
+        sim = build(scene, torch.float32, "cpu")
+        renderer = SceneRenderer(sim)
+        opacity = torch.full((renderer.num_gaussians,), float(logit(torch.tensor(DEFAULT_OPACITY))))
+        appearance = Appearance(logit(renderer.default_colors), opacity, logit(renderer.default_back_colors))
+        info = C.load_case(name)[2]["material"]
+        newton = {"young_modulus": info["equivalent"]["membrane_young_modulus_N_per_m"], "bending_stiffness":
+                  info["equivalent"]["bending_rigidity_N_m"], "drag_coefficient": 1.0, "drag_tangential": 1.0, "damping": 1.0,
+                  "friction": info["mu"]}
+        space = ParamSpace(scene)
+        u = space.to_u({key: newton[key[1]] for key in space.keys})
+        problem = FitProblem(sim, renderer, None, space, FitConfig(), appearance)
+        k = sim.config.substeps_per_frame
+        with torch.no_grad():
+            _, alpha = problem.render(problem.rollout(u, C.FRAMES), range(C.FRAMES))
+        check = check_time_step(problem, u, alpha, C.CONTEXT, C.FRAMES)
+        print(name, check["mean_mask_iou"], check["worst_mask_iou"])
+        assert check["sensitive"] is sensitive and (check["mean_mask_iou"] < STEP_AGREEMENT) is sensitive, name
+        assert (check["substeps_per_frame"], check["against_substeps_per_frame"]) == (k, 2 * k)
+        assert sim.config.substeps_per_frame == k  # the fit's time step is given back
+        assert [f["frame"] for f in check["per_frame"]] == list(range(C.CONTEXT, C.FRAMES))
+        assert 0.0 <= check["worst_mask_iou"] <= check["mean_mask_iou"] <= 1.0

@@ -118,3 +118,25 @@ def test_bad_inputs_are_one_line_errors(tiny_video, tmp_path):
         assert code != 0, (args, out)
         assert len(errors) == 1 and expected in errors[0], (args, out)
     assert not (tmp_path / "o" / "params.json").exists()
+
+
+@pytest.mark.slow
+def test_predict_reports_its_time_step_check(tiny_video, tmp_path):
+    """``dreamcloth predict`` simulates its prediction again at half the time step and says how well
+    the two agree (prediction.json and the terminal); the tiny drape is smooth, so it agrees."""
+    video, scene, _ = tiny_video
+    out = tmp_path / "predict"
+    res = CliRunner().invoke(app, ["predict", "--video", str(video), "--scene", str(scene), "--context", "6", "--horizon", "4",
+                                   "--iterations", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    check = json.loads((out / "prediction.json").read_text())["time_step_check"]
+    assert check["against_substeps_per_frame"] == 2 * check["substeps_per_frame"]
+    assert [f["frame"] for f in check["per_frame"]] == [6, 7, 8, 9]
+    assert check["mean_mask_iou"] > 0.95 and not check["sensitive"]
+    assert f"agrees with it to mean IoU {check['mean_mask_iou']:.3f}" in " ".join(res.output.split())
+    # and without it: no second rollout, nothing reported
+    res = CliRunner().invoke(app, ["predict", "--video", str(video), "--scene", str(scene), "--context", "6", "--horizon", "4",
+                                   "--iterations", "1", "--out", str(tmp_path / "unchecked"), "--no-time-step-check"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "unchecked" / "prediction.json").read_text())["time_step_check"] is None
+    assert "half the time step" not in res.output
