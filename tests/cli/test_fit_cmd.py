@@ -140,3 +140,28 @@ def test_predict_reports_its_time_step_check(tiny_video, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "unchecked" / "prediction.json").read_text())["time_step_check"] is None
     assert "half the time step" not in res.output
+
+
+def test_a_failed_time_step_check_leaves_the_prediction_standing():
+    """A rollout at half the time step that fails (NaN) gives the check no figure, says why, and
+    gives the fit's problem its own time step back."""
+    import types
+
+    import torch
+
+    from dreamcloth import taichi_mpm as M
+    from dreamcloth.cli.pipeline.predict import check_time_step
+
+    sim = types.SimpleNamespace(config=types.SimpleNamespace(substeps_per_frame=7))
+
+    def with_substeps(k):
+        sim.config.substeps_per_frame = k
+
+    def rollout(u, frames):
+        assert sim.config.substeps_per_frame == 14
+        raise M.SimulationError("NaN/inf at substep 3")
+
+    problem = types.SimpleNamespace(sim=sim, with_substeps=with_substeps, rollout=rollout, render=None)
+    check = check_time_step(problem, None, torch.ones(6, 1, 4, 4), 3, 6)
+    assert check == {"substeps_per_frame": 7, "against_substeps_per_frame": 14, "error": "NaN/inf at substep 3", "sensitive": None}
+    assert sim.config.substeps_per_frame == 7
