@@ -213,6 +213,7 @@ def run_scenario(name: str, size: str = "small", folder: Path | None = None, pre
         report["predict_mean_mask_iou"] = pred["mean_mask_iou"]
         report["predict_last_mask_iou"] = pred["last_frame"]["mask_iou"]
         report["predict_last_psnr"] = pred["last_frame"]["psnr"]
+        report["predict_time_step_agreement"] = pred["time_step_check"]["mean_mask_iou"]  # the prediction against itself at dt/2
     (folder / "accuracy.json").write_text(json.dumps(report, indent=2))
     return report
 

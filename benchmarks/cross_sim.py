@@ -631,9 +631,10 @@ def run_cross_sim(quick: bool = False, names: list[str] | None = None) -> list[M
             continue
         mean = float(np.mean([r["predict_mean_iou"] for r in group]))
         beats = sum(r["predict_mean_iou"] > r["copy_last_mean_iou"] for r in group)
-        stable = [r for r in group if r.get("time_step_agreement") is not None and not _sensitive(r)]
+        checked = [r for r in group if r.get("time_step_agreement") is not None]
+        stable = [r for r in checked if not _sensitive(r)]
         split = ""
-        if stable and len(stable) < len(group):
+        if stable and len(stable) < len(checked):
             split = (f"; on the {len(stable)} whose prediction predict does not call sensitive: mean "
                      f"{np.mean([r['predict_mean_iou'] for r in stable]):.3f}, beats copy-last on "
                      f"{sum(r['predict_mean_iou'] > r['copy_last_mean_iou'] for r in stable)}/{len(stable)}")

@@ -125,7 +125,7 @@ def _print_prediction(report: dict, out: Path) -> None:
     else:
         console.print("the video has no frames after the context: nothing to score (predicted frames written)")
     check = report.get("time_step_check")
-    if check and check.get("error"):
+    if check and "error" in check:
         console.print(f"time step check: no figure ({check['error']})")
     elif check:
         agree = f"mean IoU {check['mean_mask_iou']:.3f}, worst {check['worst_mask_iou']:.3f} at frame {check['worst_frame']}"

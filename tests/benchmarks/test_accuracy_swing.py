@@ -18,4 +18,6 @@ def test_swing_recovery_and_prediction(tmp_path):
     print(f"predict: mean mask IoU {report['predict_mean_mask_iou']:.3f}, last frame {report['predict_last_mask_iou']:.3f}")
     assert report["predict_mean_mask_iou"] >= 0.9
     assert report["predict_last_mask_iou"] >= 0.9
+    # a smooth swing: predict's own time-step check does not call it sensitive
+    assert report["predict_time_step_agreement"] >= 0.95
 

@@ -316,3 +316,20 @@ def test_time_step_check_tells_a_folding_drop_from_a_smooth_swing():
         assert sim.config.substeps_per_frame == k  # the fit's time step is given back
         assert [f["frame"] for f in check["per_frame"]] == list(range(C.CONTEXT, C.FRAMES))
         assert 0.0 <= check["worst_mask_iou"] <= check["mean_mask_iou"] <= 1.0
+
+
+def test_a_case_without_a_time_step_figure_is_not_counted_as_sensitive(monkeypatch):
+    """The mean row splits off only the cases the check measured and called sensitive: one whose
+    check has no figure (a failed fine rollout) is neither."""
+    fake = {"swing_se": (0.9, 0.6, 0.99), "tilted_se": (0.95, 0.58, None)}
+
+    def score(name, iterations):
+        p, c, agree = fake[name]
+        return {"case": name, "predict_mean_iou": p, "copy_last_mean_iou": c, "context": C.CONTEXT, "horizon": C.HORIZON,
+                "iterations": iterations, "seconds": 1.0, "at_range_edge": {}, "time_step_agreement": agree}
+
+    monkeypatch.setattr(C, "score_case", score)
+    rows = {m.name: m for m in C.run_cross_sim(quick=True, names=list(fake))}
+    se = rows["cross-sim, symplectic Euler references: mean predict mask IoU (unseen frames)"]
+    assert se.value == pytest.approx(0.925) and "sensitive" not in se.note
+    assert "half the time step" not in rows["cross-sim tilted_se: predict mask IoU (unseen frames)"].note
