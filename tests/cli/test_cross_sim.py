@@ -256,10 +256,9 @@ def test_with_solver_sets_the_scene_cloth_solver():
     assert build(scene, torch.float64, "cpu", substeps=1).config.cloth_solver == "mesh"
 
 
-def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
-    """The VBD videos (unconverged in Newton's own settings) and the symplectic-Euler ones
-    get a mean each; a case counts as beating copy-last only when its IoU is higher."""
-    fake = {"swing": (0.5, 0.2, None), "tilted_ground": (0.7, 0.8, None), "swing_se": (0.9, 0.6, 0.99), "sphere_se": (0.8, 0.85, 0.88)}
+def _rows_of_fake_scores(monkeypatch, fake: dict) -> dict:
+    """``run_cross_sim``'s rows, by name, with each case scored as ``fake[name]`` says: (predict IoU,
+    copy-last IoU, time-step agreement or None)."""
 
     def score(name, iterations):
         p, c, agree = fake[name]
@@ -267,7 +266,15 @@ def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
                 "iterations": iterations, "seconds": 1.0, "at_range_edge": {}, "time_step_agreement": agree}
 
     monkeypatch.setattr(C, "score_case", score)
-    rows = {m.name: m for m in C.run_cross_sim(quick=True, names=list(fake))}
+    return {m.name: m for m in C.run_cross_sim(quick=True, names=list(fake))}
+
+
+def test_bench_rows_report_each_reference_family_on_its_own(monkeypatch):
+    """The VBD videos (unconverged in Newton's own settings) and the symplectic-Euler ones
+    get a mean each; a case counts as beating copy-last only when its IoU is higher."""
+    fake = {"swing": (0.5, 0.2, None), "tilted_ground": (0.7, 0.8, None), "swing_se": (0.9, 0.6, 0.99), "sphere_se": (0.8, 0.85, 0.88)}
+
+    rows = _rows_of_fake_scores(monkeypatch, fake)
     vbd = rows["cross-sim, VBD references: mean predict mask IoU (unseen frames)"]
     se = rows["cross-sim, symplectic Euler references: mean predict mask IoU (unseen frames)"]
     assert vbd.value == pytest.approx(0.6) and "beats it on 1/2" in vbd.note
@@ -323,13 +330,7 @@ def test_a_case_without_a_time_step_figure_is_not_counted_as_sensitive(monkeypat
     check has no figure (a failed fine rollout) is neither."""
     fake = {"swing_se": (0.9, 0.6, 0.99), "tilted_se": (0.95, 0.58, None)}
 
-    def score(name, iterations):
-        p, c, agree = fake[name]
-        return {"case": name, "predict_mean_iou": p, "copy_last_mean_iou": c, "context": C.CONTEXT, "horizon": C.HORIZON,
-                "iterations": iterations, "seconds": 1.0, "at_range_edge": {}, "time_step_agreement": agree}
-
-    monkeypatch.setattr(C, "score_case", score)
-    rows = {m.name: m for m in C.run_cross_sim(quick=True, names=list(fake))}
+    rows = _rows_of_fake_scores(monkeypatch, fake)
     se = rows["cross-sim, symplectic Euler references: mean predict mask IoU (unseen frames)"]
     assert se.value == pytest.approx(0.925) and "sensitive" not in se.note
     assert "half the time step" not in rows["cross-sim tilted_se: predict mask IoU (unseen frames)"].note
