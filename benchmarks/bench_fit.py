@@ -77,7 +77,7 @@ def _mesh_real_fabric(frames: int = REAL_FABRIC_CLIP, iterations: int = 30) -> l
     pred = predict_video(video, scene, folder / "predict", context, frames - context, cfg)
     seconds = time.perf_counter() - t
     spf = pred.fit.result.problem.sim.config.substeps_per_frame
-    check = pred.report["time_step_check"] or {}
+    check = pred.report["time_step_check"]
     agree = f"{check['mean_mask_iou']:.3f}" if "mean_mask_iou" in check else f"not measured ({check.get('error')})"
     rows.append(Measurement(
         SECTION, f"predict --context {context} --horizon {frames - context} ({name})", seconds / 60, "min",

@@ -34,6 +34,8 @@ def check_time_step(problem, u, alpha, context: int, total: int) -> dict:
     from dreamcloth import taichi_mpm as M
     from dreamcloth.render import SILHOUETTE_ALPHA
 
+    from .losses import mask_iou
+
     k = problem.sim.config.substeps_per_frame
     try:
         problem.with_substeps(2 * k)
@@ -43,16 +45,14 @@ def check_time_step(problem, u, alpha, context: int, total: int) -> dict:
         return {"substeps_per_frame": k, "against_substeps_per_frame": 2 * k, "error": str(exc), "sensitive": None}
     finally:
         problem.with_substeps(k)
-    a = alpha[context:total, 0].cpu() >= SILHOUETTE_ALPHA
-    b = fine[:, 0].cpu() >= SILHOUETTE_ALPHA
-    union = (a | b).sum((1, 2)).double()
-    # a frame where neither run shows the cloth agrees
-    iou = torch.where(union > 0, (a & b).sum((1, 2)).double() / union.clamp_min(1.0), torch.ones_like(union))
-    worst = int(iou.argmin())
-    mean = float(iou.mean())
+    a = (alpha[context:total, 0].cpu() >= SILHOUETTE_ALPHA).float()
+    b = (fine[:, 0].cpu() >= SILHOUETTE_ALPHA).float()
+    iou = [mask_iou(x, y) for x, y in zip(a, b)]
+    worst = min(range(len(iou)), key=iou.__getitem__)
+    mean = sum(iou) / len(iou)
     return {"substeps_per_frame": k, "against_substeps_per_frame": 2 * k,
-            "per_frame": [{"frame": context + i, "mask_iou": float(v)} for i, v in enumerate(iou)],
-            "mean_mask_iou": mean, "worst_mask_iou": float(iou[worst]), "worst_frame": context + worst,
+            "per_frame": [{"frame": context + i, "mask_iou": v} for i, v in enumerate(iou)],
+            "mean_mask_iou": mean, "worst_mask_iou": iou[worst], "worst_frame": context + worst,
             "threshold": STEP_AGREEMENT, "sensitive": mean < STEP_AGREEMENT}
 
 
