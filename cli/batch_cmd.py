@@ -21,6 +21,9 @@ def fit_batch(
     context: Annotated[int, typer.Option(help="With --predict: frames the fit sees (a job's own context wins).")] = 11,
     horizon: Annotated[int, typer.Option(help="With --predict: frames predicted after the context (a job's own horizon wins).")] = 11,
     iterations: Annotated[Optional[int], typer.Option(help="Material-stage iterations of every job that does not set its own (default 30).")] = None,
+    time_step_check: Annotated[bool, typer.Option("--time-step-check/--no-time-step-check",
+                                                  help="With --predict: simulate each prediction again at half the time step and report "
+                                                       "whether it agrees (~13% of a job; a job's own time_step_check wins).")] = True,
 ) -> None:
     """Fit many videos: each job of JOBS is one fit (or predict) run as a Ray task; re-run to resume."""
     from rich.console import Console
@@ -29,7 +32,7 @@ def fit_batch(
     from .pipeline import batch as B
     from .common import progress_bar
 
-    defaults: dict = {"context": context, "horizon": horizon}
+    defaults: dict = {"context": context, "horizon": horizon, "time_step_check": time_step_check}
     if iterations is not None:
         defaults["iterations"] = iterations
     job_list = B.read_jobs(jobs, predict=predict, defaults=defaults)
@@ -69,15 +72,27 @@ def fit_batch(
         except KeyboardInterrupt:
             raise CliError(f"interrupted: run the same command again to resume ({out})", 130) from None
     table = Table(title=f"fit-batch: {len(job_list)} jobs")
-    for col in ("job", "status", "parameters", "loss", "mask IoU", "seconds"):
+    columns = ["job", "status", "parameters", "loss", "mask IoU", "seconds"]
+    if predict:
+        columns.insert(5, "at dt/2")  # the time-step check: the prediction against itself at half the time step
+    for col in columns:
         table.add_column(col)
     for r in batch.results:
         params = ", ".join(f"{p['name']}={p['value']:.4g}" + ("" if p["identifiable"] in (None, True) else " (not identifiable)")
                            for p in r.parameters)
-        table.add_row(r.name, r.status + (" (earlier run)" if r.skipped else ""), params if r.status != "failed" else r.error or "",
-                      f"{r.loss:.4f}" if r.loss is not None else "", f"{r.mask_iou:.3f}" if r.mask_iou is not None else "",
-                      f"{r.seconds:.0f}")
+        cells = [r.name, r.status + (" (earlier run)" if r.skipped else ""), params if r.status != "failed" else r.error or "",
+                 f"{r.loss:.4f}" if r.loss is not None else "", f"{r.mask_iou:.3f}" if r.mask_iou is not None else "", f"{r.seconds:.0f}"]
+        if predict:
+            agree = "" if r.time_step_agreement is None else f"{r.time_step_agreement:.3f}" + (" sensitive" if r.sensitive else "")
+            cells.insert(5, agree)
+        table.add_row(*cells)
     console.print(table)
+    sensitive = [r.name for r in batch.results if r.sensitive]
+    if sensitive:
+        from .pipeline.predict import STEP_AGREEMENT
+
+        console.print(f"[yellow]{len(sensitive)} prediction(s) change with the time step (mean IoU against dt/2 below "
+                      f"{STEP_AGREEMENT}): {', '.join(sensitive)}; their frame-by-frame motion cannot be trusted[/]")
     console.print(f"wrote {batch.csv_path}, {batch.json_path}")
     if batch.failed:
         raise CliError(f"{batch.failed} of {len(job_list)} jobs failed (see {batch.csv_path})", EXIT_JOBS_FAILED)

@@ -33,7 +33,7 @@ from .errors import PipelineError, one_line
 from .fit import FitConfig
 
 #: keys of a job besides the fit settings: paths are relative to the job file's folder
-JOB_KEYS = ("name", "video", "scene", "masks", "context", "horizon", "identify")
+JOB_KEYS = ("name", "video", "scene", "masks", "context", "horizon", "identify", "time_step_check")
 #: fit settings a job may override (every FitConfig field)
 FIT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig))
 #: the file each job folder gets when the job ends (done or failed); ``job.json`` holds its settings
@@ -62,7 +62,10 @@ class Job:
     """One fit (or predict) of a batch.
 
     ``overrides``: FitConfig fields set for this job (the rest keep FitConfig's defaults);
-    ``context``/``horizon``: frames fitted and predicted when ``predict`` is set.
+    ``context``/``horizon``: frames fitted and predicted when ``predict`` is set;
+    ``time_step_check``: a predict also simulates its prediction at half the time step
+    (``predict.check_time_step``, ~13% of a job).  It does not change the fit, so it is not part of
+    the job's settings (:meth:`spec`): a finished job is not run again to add or drop it.
     """
 
     name: str
@@ -74,6 +77,7 @@ class Job:
     horizon: int = 11
     identify: bool = True
     overrides: tuple[tuple[str, Any], ...] = ()
+    time_step_check: bool = True
 
     def fit_config(self) -> FitConfig:
         """The job's FitConfig (predict starts with a horizon no longer than its context, as ``dreamcloth predict``)."""
@@ -99,7 +103,9 @@ class JobResult:
     ``value``, ``range`` and ``identifiable`` (None when not analysed).  ``mask_iou``: the fit's last
     frame, or with ``predict`` the mean over the predicted frames.  ``seconds``: this run's wall
     time of the job.  ``resumed``: continued from a checkpoint; ``skipped``: finished by an earlier
-    run and not run again.
+    run and not run again.  ``time_step_agreement``: with ``predict``, the predicted frames' mean
+    silhouette IoU against the same prediction at half the time step, and ``sensitive`` whether it is
+    below ``predict.STEP_AGREEMENT`` (None: not checked, or the check's rollout failed).
     """
 
     name: str
@@ -112,6 +118,8 @@ class JobResult:
     error: str | None = None
     resumed: bool = False
     skipped: bool = False
+    time_step_agreement: float | None = None
+    sensitive: bool | None = None
 
 
 @dataclasses.dataclass
@@ -191,7 +199,7 @@ def _make_job(entry: dict[str, Any], where: str, base: Path, predict: bool) -> J
         raise JobFileError(f"{where}: name {name!r} cannot be a folder name")
     overrides = tuple((k, _coerce(entry[k], _fit_key_type(k), where, k)) for k in FIT_KEYS if entry.get(k) not in (None, ""))
     kw: dict[str, Any] = {}
-    for key, kind in (("context", int), ("horizon", int), ("identify", bool)):
+    for key, kind in (("context", int), ("horizon", int), ("identify", bool), ("time_step_check", bool)):
         if entry.get(key) not in (None, ""):
             kw[key] = _coerce(entry[key], kind, where, key)
     job = Job(name, video, scene, path("masks"), predict, overrides=overrides, **kw)
@@ -213,7 +221,7 @@ def read_jobs(path: Path, predict: bool = False, defaults: dict[str, Any] | None
     starting with ``#`` are comments.  TOML: ``[[job]]`` tables, and an optional ``[defaults]``
     table applied to every job.  Keys: ``video`` and ``scene`` (required), ``masks``, ``name``
     (the job's folder; default: the video's file name without suffix), ``context``/``horizon``
-    (predict), ``identify``, and any FitConfig field (``iterations``, ``lr``, ``seed``, ...).
+    (predict), ``time_step_check`` (predict), ``identify``, and any FitConfig field (``iterations``, ``lr``, ``seed``, ...).
     ``defaults`` (e.g. from the command line) are overridden by the file's.
     """
     path = Path(path)
@@ -349,12 +357,15 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
         if not job.video.is_file():
             raise FileNotFoundError(f"video {job.video} does not exist")
         cfg = job.fit_config()
+        checked: dict[str, Any] = {}  # a predict's time-step check (JobResult)
         if job.predict:
             # a batch runs its jobs side by side: each job's rollouts stay in its own process
             prediction = predict_video(job.video, job.scene, folder, job.context, job.horizon, cfg, job.masks, resume=resumed,
-                                       workers=1)
+                                       workers=1, time_step_check=job.time_step_check)
             doc = prediction.fit.doc
             mask_iou = prediction.report["mean_mask_iou"]
+            check = prediction.report.get("time_step_check") or {}
+            checked = {"time_step_agreement": check.get("mean_mask_iou"), "sensitive": check.get("sensitive")}
         else:
             outcome = fit_video(job.video, job.scene, folder, cfg, job.masks, identify=job.identify, resume=resumed,
                                 stop_after=stop_after, workers=1)
@@ -365,7 +376,7 @@ def run_job(job: Job, out: Path, threads: int | None = 1, stop_after: int | None
         params = [{"name": p["name"], "value": p["value"], "range": p["range"], "identifiable": p.get("identifiable")}
                   for p in doc["parameters"]]
         result = JobResult(job.name, "done", str(folder), params, doc["loss"], mask_iou, round(time.perf_counter() - t0, 2),
-                           resumed=resumed)
+                           resumed=resumed, **checked)
     except Exception as exc:  # noqa: BLE001 - a job's failure is data: it must not stop the batch
         result = JobResult(job.name, "failed", str(folder), seconds=round(time.perf_counter() - t0, 2), error=_error_line(exc),
                            resumed=resumed)
@@ -498,7 +509,7 @@ def write_summary(out: Path, results: list[JobResult]) -> tuple[Path, Path]:
     names: list[str] = []
     for r in results:
         names += [p["name"] for p in r.parameters if p["name"] not in names]
-    fixed = ["name", "status", "loss", "mask_iou", "seconds", "resumed", "skipped", "error", "out"]
+    fixed = ["name", "status", "loss", "mask_iou", "time_step_agreement", "sensitive", "seconds", "resumed", "skipped", "error", "out"]
     header = fixed + [f"{n}{suffix}" for n in names for suffix in ("", "_low", "_high", "_identifiable")]
     csv_path = out / "results.csv"
     with csv_path.open("w", newline="") as f:

@@ -2,6 +2,7 @@
 batch resumes to the uninterrupted result, job files with mistakes are one-line errors."""
 
 import csv
+import dataclasses
 import json
 import sys
 
@@ -9,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamcloth.cli.app import app
-from dreamcloth.cli.pipeline.batch import FIT_KEYS, JobFileError, read_jobs, run_batch
+from dreamcloth.cli.pipeline import batch as B
+from dreamcloth.cli.pipeline.batch import FIT_KEYS, JobFileError, JobResult, read_jobs, run_batch, run_job, write_summary
+from dreamcloth.cli.pipeline.predict import STEP_AGREEMENT
 from dreamcloth.cli.errors import EXIT_JOBS_FAILED
 from dreamcloth.cli.pipeline.simulate import run_simulation
 
@@ -138,6 +141,69 @@ def test_toml_jobs_with_defaults_and_overrides(batch_data, tmp_path):
     assert (two.fit_config().iterations, two.context, two.fit_config().horizon_start) == (3, 5, 5)
     assert one.spec() != two.spec() and one.spec()["config"]["iterations"] == 7
     assert "iterations" in FIT_KEYS
+
+
+@pytest.mark.slow
+def test_predict_jobs_report_the_time_step_check(batch_data, tmp_path, monkeypatch):
+    folder, _ = batch_data
+    path = tmp_path / "predict.csv"
+    path.write_text(f"name,video,scene,context,horizon,time_step_check,{SETTINGS}\n"
+                    f"checked,{folder}/sim/video.mp4,{folder}/fit.toml,4,2,,{TINY}\n"
+                    f"unchecked,{folder}/sim/video.mp4,{folder}/fit.toml,4,2,false,{TINY}\n")
+    checked, unchecked = read_jobs(path, predict=True)
+    assert checked.time_step_check and not unchecked.time_step_check
+    # the check does not change the fit: a finished job is not run again to add or drop it
+    assert dataclasses.replace(checked, time_step_check=False).spec() == checked.spec()
+    assert read_jobs(path, predict=True, defaults={"time_step_check": False})[0].time_step_check is False
+
+    result = run_job(checked, tmp_path / "out", threads=None)
+    assert result.status == "done", result.error
+    report = json.loads((tmp_path / "out" / "checked" / "prediction.json").read_text())
+    assert result.time_step_agreement == report["time_step_check"]["mean_mask_iou"]
+    assert 0.0 < result.time_step_agreement <= 1.0 and result.sensitive == (result.time_step_agreement < STEP_AGREEMENT)
+
+    # a job that turns it off: predict is told so, and its result has no figure
+    import dreamcloth.cli.pipeline.predict as P
+
+    seen = {}
+
+    def fake_predict(*args, **kwargs):
+        seen.update(kwargs)
+        return P.Prediction({"mean_mask_iou": 0.5, "time_step_check": None},
+                            type("Fit", (), {"doc": {"parameters": [], "loss": 0.25}})())
+
+    monkeypatch.setattr(P, "predict_video", fake_predict)
+    off = run_job(unchecked, tmp_path / "out", threads=None)
+    assert off.status == "done" and seen["time_step_check"] is False
+    assert (off.time_step_agreement, off.sensitive) == (None, None)
+    csv_path, _ = write_summary(tmp_path / "out", [result, off])
+    with csv_path.open() as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(rows["checked"]["time_step_agreement"]) == result.time_step_agreement
+    assert rows["unchecked"]["time_step_agreement"] == rows["unchecked"]["sensitive"] == ""
+
+
+def test_predict_batch_table_shows_the_time_step_check(batch_data, tmp_path, monkeypatch):
+    _, jobs = batch_data
+    told = {}
+
+    def fake_batch(job_list, out, **kwargs):
+        told["checks"] = [j.time_step_check for j in job_list]
+        results = [JobResult("soft", "done", str(out), mask_iou=0.91, time_step_agreement=0.987, sensitive=False),
+                   JobResult("fast", "done", str(out), mask_iou=0.62, time_step_agreement=0.812, sensitive=True)]
+        return B.BatchResult(results, *write_summary(out, results))
+
+    monkeypatch.setattr(B, "import_ray", lambda: None)
+    monkeypatch.setattr(B, "run_batch", fake_batch)
+    out = tmp_path / "o"
+    out.mkdir()
+    code, output = _run(["fit-batch", str(jobs), "--out", str(out), "--predict", "--no-time-step-check"])
+    assert code == 0 and told["checks"] == [False, False, False], output
+    code, output = _run(["fit-batch", str(jobs), "--out", str(out), "--predict"])
+    assert code == 0 and told["checks"] == [True, True, True], output
+    assert "at dt/2" in output and "0.987" in output and "0.812 sensitive" in output, output
+    (line,) = [l for l in output.splitlines() if "change with the time step" in l]
+    assert "1 prediction(s)" in line and "fast" in line and "soft" not in line
 
 
 def test_without_ray_the_command_says_how_to_install_it(batch_data, tmp_path, monkeypatch):
