@@ -32,6 +32,13 @@ def fit_batch(
     from .pipeline import batch as B
     from .common import progress_bar
 
+    # the command line's own values, named as options (the job file's rows are checked by read_jobs)
+    if iterations is not None and iterations < 1:
+        raise CliError(f"--iterations must be >= 1, got {iterations}")
+    if predict and context < 3:
+        raise CliError(f"--context must be at least 3 frames, got {context}")
+    if predict and horizon < 1:
+        raise CliError(f"--horizon must be at least 1 frame, got {horizon}")
     defaults: dict = {"context": context, "horizon": horizon, "time_step_check": time_step_check}
     if iterations is not None:
         defaults["iterations"] = iterations

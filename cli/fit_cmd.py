@@ -23,7 +23,7 @@ def _fit_config(iterations: int, lr: float, fit_velocity: bool, prior_weight: fl
 
 
 def _run_fit(video: Path, scene: Path, out: Path, cfg, masks: Path | None, device: str, resume: bool, prior: str | None,
-             identify: bool, truth: dict | None, workers: int | None = None) -> None:
+             identify: bool, truth: dict | None, workers: int | None = None, on_inputs_checked=None) -> None:
     """The fit with its progress bar, then the table of recovered values."""
     from rich.console import Console
 
@@ -32,7 +32,7 @@ def _run_fit(video: Path, scene: Path, out: Path, cfg, masks: Path | None, devic
     console = Console()
     with progress_bar() as bar:
         outcome = fit_video(video, scene, out, cfg, masks, device, resume=resume, prior=prior, identify=identify, truth=truth,
-                            progress=bar_progress(bar), log=bar.console.print, workers=workers)
+                            progress=bar_progress(bar), log=bar.console.print, workers=workers, on_inputs_checked=on_inputs_checked)
     doc = outcome.doc
     _print_table(console, doc, truth)
     for n in doc["notes"]:  # the physics notes and any value stopped by its range's edge
@@ -65,7 +65,7 @@ def _print_table(console, doc: dict, truth: dict | None) -> None:
 @report_errors
 def fit(
     video: Annotated[Optional[Path], typer.Option("--video", help="Video to fit (any ffmpeg format). Default: the bundled demo.")] = None,
-    scene: Annotated[Optional[Path], typer.Option("--scene", help="Scene file with [object.fit] ranges. Default: the demo's.")] = None,
+    scene: Annotated[Optional[Path], typer.Option("--scene", help="Scene file with \\[object.fit] ranges. Default: the demo's.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/fit"),
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Foreground mask video (default: from the background colour).")] = None,
     iterations: Annotated[int, typer.Option(help="Material-stage iterations.")] = 30,
@@ -86,11 +86,12 @@ def fit(
         ckpt = resume / "checkpoint.pt"
         if not ckpt.is_file():
             raise CliError(f"--resume {resume}: no checkpoint.pt there")
-        meta = json.loads((resume / "fit_args.json").read_text())
+        meta = _read_fit_args(resume / "fit_args.json")
         video, scene, masks, out = Path(meta["video"]), Path(meta["scene"]), (Path(meta["masks"]) if meta["masks"] else None), resume
         cfg_args = meta["config"]
         truth = meta.get("truth")
         prior, prior_weight = meta.get("prior"), cfg_args["prior_weight"]
+        record = None
     else:
         if video is None and scene is None:
             video, scene = DEMO_VIDEO, DEMO_SCENE
@@ -101,12 +102,31 @@ def fit(
             raise FileNotFoundError(f"video {video} does not exist")
         cfg_args = dict(iterations=iterations, lr=lr, fit_velocity=fit_velocity, prior_weight=prior_weight if prior else 0.0,
                         seed=seed, horizon_start=horizon_start)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fit_args.json").write_text(json.dumps({"video": str(video.resolve()), "scene": str(scene.resolve()),
-                                                       "masks": str(masks.resolve()) if masks else None, "config": cfg_args,
-                                                       "prior": prior, "truth": truth}, indent=2))
+        args = {"video": str(video.resolve()), "scene": str(scene.resolve()), "masks": str(masks.resolve()) if masks else None,
+                "config": cfg_args, "prior": prior, "truth": truth}
+
+        def record() -> None:  # once the inputs are known good: a failed start leaves an earlier fit's folder as it was
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "fit_args.json").write_text(json.dumps(args, indent=2))
     cfg = _fit_config(**cfg_args)
-    _run_fit(video, scene, out, cfg, masks, device, resume is not None, prior, identify, truth, workers)
+    _run_fit(video, scene, out, cfg, masks, device, resume is not None, prior, identify, truth, workers, on_inputs_checked=record)
+
+
+def _read_fit_args(path: Path) -> dict:
+    """``fit_args.json`` of a fit folder (what ``--resume`` re-runs), or a CliError naming what is wrong with it."""
+    if not path.is_file():
+        raise CliError(f"--resume: {path} is missing (the folder holds no fit started by `dreamcloth fit`)")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"--resume: {path} is not valid JSON ({exc})") from None
+    missing = [k for k in ("video", "scene", "masks", "config") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CliError(f"--resume: {path} lacks {', '.join(missing)}; it was not written by `dreamcloth fit`")
+    config_keys = ("iterations", "lr", "fit_velocity", "prior_weight", "seed", "horizon_start")
+    if not isinstance(meta["config"], dict) or any(k not in meta["config"] for k in config_keys):
+        raise CliError(f"--resume: {path}: config must hold {', '.join(config_keys)}")
+    return meta
 
 
 def _print_prediction(report: dict, out: Path) -> None:
@@ -140,7 +160,7 @@ def _print_prediction(report: dict, out: Path) -> None:
 @report_errors
 def predict(
     video: Annotated[Path, typer.Option("--video", help="Video whose first frames are fitted.")],
-    scene: Annotated[Path, typer.Option("--scene", help="Scene file with [object.fit] ranges.")],
+    scene: Annotated[Path, typer.Option("--scene", help="Scene file with \\[object.fit] ranges.")],
     context: Annotated[int, typer.Option(help="Frames the fit sees.")] = 11,
     horizon: Annotated[int, typer.Option(help="Frames predicted after the context.")] = 11,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/predict"),
@@ -158,6 +178,8 @@ def predict(
         raise FileNotFoundError(f"video {video} does not exist")
     from .pipeline.predict import predict_video
 
+    if context < 3:  # before the fit's settings, whose first horizon is taken from it
+        raise CliError(f"--context must be at least 3 frames, got {context}")
     cfg = _fit_config(iterations, lr, False, 0.0, seed, min(6, context))
     with progress_bar() as bar:
         prediction = predict_video(video, scene, out, context, horizon, cfg, masks, device, progress=bar_progress(bar),

@@ -239,7 +239,7 @@ def sample_cmd(
 @prior_app.command("make-data")
 @report_errors
 def make_data_cmd(
-    scene: Annotated[Path, typer.Option("--scene", help="Scene file; its [object.fit] ranges are sampled.")],
+    scene: Annotated[Path, typer.Option("--scene", help="Scene file; its \\[object.fit] ranges are sampled.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the videos (read by `prior train --data`).")] = Path("prior_data"),
     count: Annotated[int, typer.Option(help="Number of videos.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the parameter sampling.")] = 0,

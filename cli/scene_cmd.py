@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import DeviceOption
-from .errors import report_errors
+from .errors import CliError, report_errors
 
 scene_app = typer.Typer(help="Scene files.", no_args_is_help=True)
 
@@ -32,6 +32,14 @@ def check(
     scene = load_scene(file)
     sim = build(scene)
     s, g = scene.settings, sim.config.grid
+    if s.substeps:  # the scene's own count: what simulate and fit would refuse at their first step
+        from dreamcloth import taichi_mpm as M
+
+        mesh = s.cloth_solver == "mesh"
+        dt_max = M.max_dt(g.dx, sim.bounds, mesh=mesh, implicit_membrane=mesh and sim.config.membrane == "implicit")
+        if sim.config.dt > dt_max * (1 + 1e-9):
+            raise CliError(f"{file}: scene.substeps = {s.substeps} gives dt {sim.config.dt:.4g} s, above the CFL bound {dt_max:.4g} s "
+                           f"of its values and fit ranges; use at least {M.substeps_for(s.fps, dt_max)} (or leave substeps out)")
     console = Console()
     console.print(f"[bold]{file}[/]: valid")
     console.print(f"{s.frames} frames at {s.fps:g} fps, {sim.config.substeps_per_frame} substeps per frame "

@@ -80,6 +80,11 @@ def write_png_frames(frames, folder: str | Path, prefix: str = "frame") -> list[
         p = folder / f"{prefix}_{i:04d}.png"
         iio.imwrite(p, frame)
         paths.append(p)
+    # a longer earlier run into the same folder would leave its last frames behind
+    for old in folder.glob(f"{prefix}_*.png"):
+        index = old.stem[len(prefix) + 1 :]
+        if index.isdigit() and int(index) >= len(arr):
+            old.unlink()
     return paths
 
 

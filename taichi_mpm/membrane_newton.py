@@ -265,8 +265,18 @@ class NewtonMembrane:
         w, Q = torch.linalg.eigh(H)
         H = (Q * w.clamp_min(0)[:, None, :]) @ Q.transpose(1, 2)
         self.exact = False
-        self.factor = self._cholesky(self._banded(self.element_hessians(H), inertia), dtype)
-        return He
+        clamped = self._banded(self.element_hessians(H), inertia)
+        # positive definite in exact arithmetic (inertia + a sum of PSD terms), but where the membrane
+        # outweighs the vertex's inertia by ~1e7 (a 1e-6 kg/m^2 cloth, 1e12 N/m) float32 loses it
+        for factor_dtype in dict.fromkeys((dtype, np.float64)):
+            try:
+                self.factor = self._cholesky(clamped, factor_dtype)
+                return He
+            except np.linalg.LinAlgError:
+                pass
+        raise SimulationError(f"the implicit membrane's Newton system is not positive definite even in float64 (stiffness "
+                              f"{float(mu.max()) + float(lam.max()):.3g} N/m against a vertex mass of {float(mass.min()):.3g} kg at "
+                              f"dt {dt:.3g} s): the material is outside what the solver can integrate; check density and young_modulus")
 
     @staticmethod
     def _cholesky(ab: np.ndarray, dtype) -> np.ndarray:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from .errors import PipelineError, one_line
 from .fit import FitConfig
+from .scene import load_scene
 
 #: keys of a job besides the fit settings: paths are relative to the job file's folder
 JOB_KEYS = ("name", "video", "scene", "masks", "context", "horizon", "identify", "time_step_check")
@@ -211,6 +212,14 @@ def _make_job(entry: dict[str, Any], where: str, base: Path, predict: bool) -> J
         raise JobFileError(f"{where}: context must be at least 3 frames, got {job.context}")
     if predict and job.horizon < 1:
         raise JobFileError(f"{where}: horizon must be at least 1 frame, got {job.horizon}")
+    # what a job needs on disk, before any job runs (a cluster's workers see the same paths)
+    for key, p in (("video", video), ("scene", scene), ("masks", job.masks)):
+        if p is not None and not p.is_file():
+            raise JobFileError(f"{where}: {key} {p} {'is a directory' if p.is_dir() else 'does not exist'}")
+    try:
+        load_scene(scene)
+    except (ValueError, OSError) as exc:  # SceneError names the scene file and the key
+        raise JobFileError(f"{where}: {one_line(exc)}") from None
     return job
 
 
@@ -226,13 +235,14 @@ def read_jobs(path: Path, predict: bool = False, defaults: dict[str, Any] | None
     """
     path = Path(path)
     if not path.is_file():
-        raise JobFileError(f"job file {path} does not exist")
+        raise JobFileError(f"job file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     base = path.resolve().parent
     entries: list[tuple[str, dict[str, Any]]] = []
     file_defaults: dict[str, Any] = {}
     if path.suffix.lower() == ".csv":
         try:
-            lines = [l for l in path.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+            # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark
+            lines = [l for l in path.read_text(encoding="utf-8-sig").splitlines() if l.strip() and not l.lstrip().startswith("#")]
         except UnicodeDecodeError as exc:
             raise JobFileError(f"{path}: not a text file ({exc.reason})") from None
         rows = list(csv.reader(lines))

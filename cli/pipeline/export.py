@@ -28,8 +28,17 @@ def write_points(path: str | Path, points: np.ndarray) -> Path:
 def export_frames(out: Path, x: np.ndarray, ranges, faces: dict[int, np.ndarray], fmt: str = "obj", on_frame=None) -> list[Path]:
     """Per frame and object: ``out/meshes/<name>_0000.obj`` (cloth) or ``out/particles/<name>_0000.ply`` (solids).
 
-    ``x``: ``[T, N, 3]`` positions.
+    ``x``: ``[T, N, 3]`` positions.  Numbered files of an earlier export into these folders (other
+    frames, objects or formats) are removed first, so the folders hold this run's frames only.
     """
+    import re
+
+    numbered = re.compile(r"^.+_\d{4,}\.(obj|ply)$")
+    for sub in ("meshes", "particles"):
+        if (out / sub).is_dir():
+            for old in (out / sub).iterdir():
+                if old.is_file() and numbered.match(old.name):
+                    old.unlink()
     written = []
     for t in range(x.shape[0]):
         for i, r in enumerate(ranges):

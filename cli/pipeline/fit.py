@@ -84,6 +84,26 @@ class FitConfig:
             raise ValueError(f"starts must be >= 1, got {self.starts}")
         if self.w_sds < 0:
             raise ValueError(f"the prior weight must be >= 0, got {self.w_sds}")
+        # the rest (fit-batch's job files set any of them): each named as the job file names it
+        def check(name: str, ok: bool, want: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+        def finite(v) -> bool:
+            return isinstance(v, (int, float)) and math.isfinite(v)
+
+        check("lr_final", finite(self.lr_final) and 0 < self.lr_final <= 1, "in (0, 1] (the last step's fraction of lr)")
+        check("polish_iterations", self.polish_iterations is None or self.polish_iterations >= 0, ">= 0")
+        check("appearance_steps", self.appearance_steps >= 0, ">= 0")
+        for name in ("appearance_lr", "velocity_lr"):
+            check(name, finite(getattr(self, name)) and getattr(self, name) > 0, "positive")
+        check("velocity_frames", self.velocity_frames >= 2, ">= 2 frames")
+        check("velocity_steps", self.velocity_steps >= 0, ">= 0")
+        check("horizon_full_at", finite(self.horizon_full_at) and 0 <= self.horizon_full_at <= 1, "in [0, 1] (a fraction of the iterations)")
+        for name in ("w_dssim", "w_mask", "stall_improvement"):
+            check(name, finite(getattr(self, name)) and getattr(self, name) >= 0, ">= 0")
+        check("stall_iterations", self.stall_iterations >= 1, ">= 1")
+        check("max_dt_halvings", self.max_dt_halvings >= 0, ">= 0")
 
 
 class ParamSpace:
@@ -183,7 +203,7 @@ def load_footage(video: Path, scene: Scene, masks_video: Path | None = None, min
     need = min_frames or scene.settings.frames
     c = scene.camera
     size = (c.height, c.width)
-    fr = read_video(video, fps=scene.settings.fps, size=size, min_frames=need).as_tensor()
+    fr = read_video(video, fps=scene.settings.fps, size=size, min_frames=need, same_aspect=True).as_tensor()
     if masks_video is not None:
         masks = read_mask_video(masks_video, scene.settings.fps, size, min_frames=need)
     elif c.masks == "colour":  # no flat background: a cloth colour model from frame 0 (colour_masks.py)
@@ -443,7 +463,13 @@ def save_checkpoint(path: Path, st: FitState, meta: dict) -> None:
 def load_checkpoint(path: Path) -> tuple[FitState, dict]:
     if not path.is_file():
         raise InputError(f"--resume: no checkpoint at {path}")
-    data = torch.load(path, weights_only=False)
+    try:
+        data = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated, empty or foreign files fail in pickle, zipfile or torch
+        raise InputError(f"{path} cannot be read as a fit checkpoint ({type(exc).__name__}: {exc}); "
+                         "remove it to start the fit again") from None
+    if not isinstance(data, dict) or "state" not in data:
+        raise InputError(f"{path} is not a dreamcloth fit checkpoint; remove it to start the fit again")
     if data.get("version") != CHECKPOINT_VERSION:
         raise InputError(f"{path}: checkpoint version {data.get('version')} is not {CHECKPOINT_VERSION}")
     s = data.pop("state")
@@ -464,14 +490,17 @@ class FitResult:
 
 def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch.float32, device="cpu",
             resume: bool = False, prior=None, on_iteration: Callable[[dict], None] | None = None,
-            log: Callable[[str], None] = print, stop_after: int | None = None, pool=None) -> FitResult:
+            log: Callable[[str], None] = print, stop_after: int | None = None, pool=None,
+            on_inputs_checked: Callable[[], None] | None = None) -> FitResult:
     """The appearance, velocity and material stages, checkpointing every iteration into ``out``.
+
+    ``on_inputs_checked``: called once the scene has built, the camera sees the objects and the
+    scene has parameters to fit, before anything is written into ``out``.
 
     ``stop_after`` ends the material stage after that many iterations (as a crash would), leaving
     the checkpoint for ``resume``.  ``pool``: a ``rollouts.LossPool`` made for this scene, video
     and config, which runs the probes' and the polish's rollouts side by side (same values).
     """
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     sim = build(scene, dtype, device)
     # the video's frames and masks live where the simulator and the renderer do
@@ -479,6 +508,9 @@ def run_fit(scene: Scene, target: Target, out: Path, cfg: FitConfig, dtype=torch
     renderer = SceneRenderer(sim)
     _check_visible(sim, renderer)
     space = ParamSpace(scene)
+    if on_inputs_checked is not None:
+        on_inputs_checked()
+    out.mkdir(parents=True, exist_ok=True)
     frames = target.frames.shape[0]
     meta = {"scene": str(scene.path), "video_digest": target.digest, "config": dataclasses.asdict(cfg), "keys": space.keys}
     if resume:

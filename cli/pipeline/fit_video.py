@@ -74,7 +74,7 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
               resume: bool = False, prior: str | None = None, identify: bool = True, truth: dict | None = None,
               frames: int | None = None, stop_after: int | None = None, target=None, progress: Progress = silent,
               log: Callable[[str], None] = lambda message: None, workers: int | None = None,
-              report_frames: int | None = None) -> FitOutcome:
+              report_frames: int | None = None, on_inputs_checked: Callable[[], None] | None = None) -> FitOutcome:
     """The whole fit with its reports into ``out``.
 
     ``scene``: a scene file or an already parsed Scene; ``target``: the video's frames and masks
@@ -84,7 +84,9 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
     (iterations), ``log`` the fit's events.  ``workers``: rollout processes for the probes, the
     polish and the identifiability analysis (``rollouts.resolve_workers``; None: its default);
     ``report_frames``: the fit.mp4 rollout goes on to this many frames, and the outcome's
-    ``rendered`` holds them all (``predict``'s prediction).
+    ``rendered`` holds them all (``predict``'s prediction).  ``on_inputs_checked``: called once the
+    scene, the video and the camera are known good, before anything is written into ``out`` (``dreamcloth
+    fit`` records its arguments there then, so that bad input leaves an earlier fit's folder alone).
     """
     import torch
 
@@ -107,7 +109,8 @@ def fit_video(video: Path, scene: Path | Scene, out: Path, cfg, masks: Path | No
             progress("fit", rec["iteration"] + 1, cfg.iterations, f"loss {rec['loss']:.4f} h={rec['horizon']} {vals}")
 
         result = Fm.run_fit(scene, target, out, cfg, torch.float32, dev, resume=resume, prior=load_prior(prior, dev, cfg.seed),
-                            on_iteration=on_iteration, log=log, stop_after=stop_after, pool=pool)
+                            on_iteration=on_iteration, log=log, stop_after=stop_after, pool=pool,
+                            on_inputs_checked=on_inputs_checked)
         total = cfg.iterations
         if result.state.converged:  # the polish stopped early: the bar ends where the fit did
             total = result.state.iteration

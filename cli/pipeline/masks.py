@@ -22,6 +22,6 @@ def read_mask_video(path, fps: float, size: tuple[int, int], min_frames: int = 1
     much of them is foreground)."""
     from .video_io import read_video
 
-    mv = read_video(path, fps=fps, size=size, min_frames=min_frames)
+    mv = read_video(path, fps=fps, size=size, min_frames=min_frames, same_aspect=True)
     grey = mv.as_tensor().mean(1, keepdim=True)
     return grey.clamp(0, 1) if levels else (grey > 0.5).float()

@@ -37,6 +37,13 @@ from dreamcloth.taichi_mpm.cloth_contact import ANALYTIC
 #: (Newton's particle radius there); far above real fabric (0.2-1 mm), because only vertices are
 #: kept off triangles and a mesh's edges are 10-30 mm long
 DEFAULT_CLOTH_THICKNESS = 0.004
+#: bounds that keep a scene's arithmetic finite (1e300 overflowed in the mesh's placement): positions
+#: and sizes in metres, speeds in m/s (a thrown or moving object; CFL substeps grow with it), the
+#: gravity's magnitude in m/s^2, and a grid cloth's vertices per side (1000 x 1000 already needs GBs)
+MAX_COORDINATE = 1e6
+MAX_SPEED = 1e3
+MAX_GRAVITY = 1e3
+MAX_GRID_SIDE = 1000
 #: the mesh solver's membrane when a scene file does not set ``[scene] membrane``: backward Euler
 #: solved to convergence (taichi_mpm.membrane_newton), whose time step does not depend on the
 #: stiffness (README "Cloth physics")
@@ -97,12 +104,15 @@ class _Reader:
             raise self.err(k, f"= {_fmt(v)} is out of range {rng}")
         return int(v) if integer else float(v)
 
-    def vector(self, k: str, n: int = 3, default=dataclasses.MISSING) -> tuple[float, ...]:
+    def vector(self, k: str, n: int = 3, default=dataclasses.MISSING, limit: float = MAX_COORDINATE) -> tuple[float, ...]:
+        """``n`` finite numbers, each within +-``limit`` (positions in metres: ``MAX_COORDINATE``)."""
         v = self.get(k, default)
         if not isinstance(v, (list, tuple)) or len(v) != n or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
             raise self.err(k, f"must be a list of {n} numbers, got {_fmt(v)}")
         if not all(math.isfinite(a) for a in v):
             raise self.err(k, f"must be finite, got {_fmt(v)}")
+        if max(abs(a) for a in v) > limit:
+            raise self.err(k, f"components must lie within +-{limit:g}, got {_fmt(v)}")
         return tuple(float(a) for a in v)
 
     def string(self, k: str, default=dataclasses.MISSING, choices: tuple[str, ...] | None = None) -> str:
@@ -215,6 +225,9 @@ def _check_value(r: _Reader, name: str, v, allow_off: bool = True) -> float:
 def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
     r = _Reader(t, f"object[{idx}]", file)
     name = r.string("name", f"object{idx}")
+    # simulate writes files named after the object (meshes/<name>_0000.obj): a name is one file-name part
+    if not name.strip() or name in (".", "..") or any(c in name for c in '/\\:*?"<>|') or any(ord(c) < 32 for c in name):
+        raise r.err("name", f"= {name!r} cannot be part of a file name (no path separators or /\\:*?\"<>|)")
     kind = r.string("kind", choices=("cloth", "solid"))
     mesh = r.string("mesh")
     if kind == "cloth":
@@ -223,6 +236,8 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
         m = _GRID_MESH.match(mesh)
         if m and (int(m.group(1)) < 2 or int(m.group(2)) < 2):
             raise r.err("mesh", f"= {mesh!r}: a cloth grid needs at least 2x2 vertices")
+        if m and max(int(m.group(1)), int(m.group(2))) > MAX_GRID_SIDE:
+            raise r.err("mesh", f"= {mesh!r}: a cloth grid has at most {MAX_GRID_SIDE} vertices a side")
         default_size = (1.0, 1.0) if m else (1.0,)  # a mesh file's size is its own (times scale)
     else:
         if mesh not in ("box", "sphere") and Path(mesh).suffix.lower() not in (".obj", ".ply", ".stl", ".off", ".glb"):
@@ -234,9 +249,13 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
     want = {"box": 3, "sphere": 1}.get(mesh, 2 if _GRID_MESH.match(mesh) else 1)
     if not isinstance(raw_size, list) or len(raw_size) != want:
         raise r.err("size", f"must have {want} value(s) for mesh {mesh!r}, got {_fmt(raw_size)}")
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in raw_size):
+        raise r.err("size", f"must be a list of {want} number(s), got {_fmt(raw_size)}")
     size = tuple(float(a) for a in raw_size)
     if any(not (a > 0 and math.isfinite(a)) for a in size):
         raise r.err("size", f"must be positive, got {_fmt(raw_size)}")
+    if max(size) > MAX_COORDINATE:
+        raise r.err("size", f"must be at most {MAX_COORDINATE:g} m, got {_fmt(raw_size)}")
     center = r.vector("center", default=[0.0, 0.0, 0.0])
     rotation = r.vector("rotation_deg", default=[0.0, 0.0, 0.0])
     color = r.vector("color", default=[0.8, 0.3, 0.2])
@@ -261,8 +280,8 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
         raise r.err("pinned", f"must be a list of vertex ids or 'corners:N', got {_fmt(pinned_raw)}")
     if pinned and kind != "cloth":
         raise r.err("pinned", "is only supported for cloth")
-    pin_velocity = r.vector("pin_velocity", default=[0.0, 0.0, 0.0])
-    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0])
+    pin_velocity = r.vector("pin_velocity", default=[0.0, 0.0, 0.0], limit=MAX_SPEED)
+    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0], limit=MAX_SPEED)
     spacing = r.number("particle_spacing", 0.5, low=0.1, high=2.0)
     scale = r.number("scale", 1.0, low=0.0, low_open=True)
     texture = r.string("texture", "checker", choices=("checker", "plain"))
@@ -291,6 +310,9 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
                 raise fr.err(p, f"range must be finite, got {_fmt(v)}")
             if lo > hi:
                 raise fr.err(p, f"range [{lo:g}, {hi:g}] has low > high")
+            if lo == hi:
+                raise fr.err(p, f"range [{lo:g}, {hi:g}] is a single value: set {p} = {lo:g} under [object.material] "
+                                "and leave it out of [object.fit]")
             _check_value(fr, p, lo, allow_off=False)
             _check_value(fr, p, hi, allow_off=False)
             if MATERIAL[p].log_space and lo <= 0:
@@ -310,7 +332,7 @@ def _collider(t: dict, idx: int, file: Path) -> ColliderSpec:
     friction = r.get("friction", None)
     if friction is not None:
         friction = _check_value(r, "friction", friction)
-    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0])
+    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0], limit=MAX_SPEED)
     p: dict[str, Any] = {"velocity": velocity}
     if kind == "plane":
         p["point"] = r.vector("point")
@@ -333,9 +355,16 @@ def _collider(t: dict, idx: int, file: Path) -> ColliderSpec:
             raise r.err("path", "give exactly one of 'path' (a static mesh) or 'motion' (a glob of per-frame OBJ files)")
         base = file.parent
         if path is not None:
-            files = [base / str(path)]
+            if not isinstance(path, str) or not path.strip():
+                raise r.err("path", f"must be a mesh file name, got {_fmt(path)}")
+            files = [base / path]
         else:
-            files = sorted(base.glob(str(motion)))
+            if not isinstance(motion, str) or not motion.strip():
+                raise r.err("motion", f"must be a glob of OBJ files such as 'motion/frame_*.obj', got {_fmt(motion)}")
+            try:  # pathlib's glob takes patterns relative to the scene's folder only
+                files = sorted(base.glob(motion))
+            except (NotImplementedError, ValueError) as exc:
+                raise r.err("motion", f"= {motion!r} is not a pattern relative to the scene's folder ({exc})") from None
             if not files:
                 raise r.err("motion", f"= {motion!r} matches no files next to the scene")
         for f in files:
@@ -371,7 +400,7 @@ def load_scene(path: str | Path) -> Scene:
         fps=sr.number("fps", 24.0, low=0.0, high=1000.0, low_open=True),
         frames=sr.number("frames", 24, low=2, high=100000, integer=True),
         substeps=sr.number("substeps", 0, low=0, high=100000, integer=True),
-        gravity=sr.vector("gravity", default=[0.0, -9.81, 0.0]),
+        gravity=sr.vector("gravity", default=[0.0, -9.81, 0.0], limit=MAX_GRAVITY),
         domain=(lo, hi),
         grid=sr.number("grid", 32, low=8, high=512, integer=True),
         flip=sr.number("flip", DEFAULT_FLIP, low=0.0, high=0.999),
@@ -405,7 +434,10 @@ def load_scene(path: str | Path) -> Scene:
     names = [o.name for o in objects]
     if len(set(names)) != len(names):
         raise SceneError(f"{path}: object names must be unique, got {names}")
-    colliders = tuple(_collider(t, i, path) for i, t in enumerate(root.get("collider", [])))
+    colliders_raw = root.get("collider", [])
+    if not isinstance(colliders_raw, list):
+        raise SceneError(f"{path}: collider must be an array of tables ([[collider]]), got {_fmt(colliders_raw)}")
+    colliders = tuple(_collider(t, i, path) for i, t in enumerate(colliders_raw))
     if sum(c.kind == "mesh" for c in colliders) > 1:
         raise SceneError(f"{path}: at most one mesh collider is supported")
     root.finish()

@@ -38,8 +38,13 @@ def read_video(
     size: tuple[int, int] | None = None,
     max_frames: int | None = None,
     min_frames: int = 1,
+    same_aspect: bool = False,
 ) -> Video:
     """Decode ``path``; optionally resample to ``fps`` (nearest frame in time) and resize to ``size=(H, W)``.
+
+    ``same_aspect``: a video whose width/height differs from ``size``'s by more than 1% is a
+    ValueError instead of being stretched (a scene's camera: a stretched video moves every
+    silhouette the fit compares).
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that cannot be
     decoded, is truncated, or has fewer than ``min_frames`` frames after resampling.
@@ -78,9 +83,19 @@ def read_video(
         arr = arr[:max_frames]
     if arr.shape[0] < min_frames:
         raise ValueError(f"{path} has {arr.shape[0]} frames at {out_fps:g} fps, but {min_frames} are needed")
+    if size is not None and same_aspect:
+        (h, w), (sh, sw) = arr.shape[1:3], size
+        if abs((w / h) / (sw / sh) - 1.0) > ASPECT_TOLERANCE:
+            raise ValueError(f"{path} is {w}x{h} (aspect {w / h:.3f}) but the scene's camera is {sw}x{sh} ({sw / sh:.3f}): "
+                             "resizing would stretch it; set [camera] width and height to the video's aspect")
     if size is not None and tuple(arr.shape[1:3]) != tuple(size):
         arr = resize_frames(arr, size)
     return Video(frames=arr, fps=out_fps, path=path)
+
+
+#: relative difference of width/height between a video and the camera it is fitted with, beyond
+#: which ``same_aspect`` refuses it (even sizes for H.264 round 16:9 at 854x480 by 0.06%)
+ASPECT_TOLERANCE = 0.01
 
 
 def _resample(frames: np.ndarray, times: np.ndarray, fps: float) -> np.ndarray:

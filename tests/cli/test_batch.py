@@ -103,7 +103,7 @@ def test_batch_records_failure_and_resumes_to_the_same_results(batch_data, tmp_p
 
 
 def test_job_file_errors_are_one_line(batch_data, tmp_path):
-    folder, _ = batch_data
+    folder, jobs = batch_data
     cases = {
         "missing.csv": (None, "missing.csv does not exist"),
         "unknown.csv": ("video,scene,iters\nsim/video.mp4,fit.toml,3\n", "row 2: unknown key 'iters'"),
@@ -115,9 +115,17 @@ def test_job_file_errors_are_one_line(batch_data, tmp_path):
         "toplevel.toml": ("[[jobs]]\nvideo = 'a.mp4'\n", "unknown key 'jobs'"),
         "broken.toml": ("[[job]\n", "not valid TOML"),
         "jobs.txt": ("video,scene\n", "must end in .csv or .toml"),
+        # what a job needs is checked before anything runs (these files sit next to the data)
+        "novid.csv": ("video,scene\nsim/nope.mp4,fit.toml\n", "row 2: video"),
+        "noscene.csv": ("video,scene\nsim/video.mp4,nope.toml\n", "row 2: scene"),
+        "badscene.csv": ("video,scene\nsim/video.mp4,bad_scene.toml\n", "row 2: " + str(folder / "bad_scene.toml")),
+        "negweight.csv": ("video,scene,w_mask\nsim/video.mp4,fit.toml,-1\n", "row 2: w_mask must be >= 0, got -1.0"),
+        "badlr.toml": ("[[job]]\nvideo = 'sim/video.mp4'\nscene = 'fit.toml'\nappearance_lr = -1.0\n", "appearance_lr must be positive"),
     }
+    next_to_data = {"twice.csv", "novid.csv", "noscene.csv", "badscene.csv", "negweight.csv", "badlr.toml"}
+    (folder / "bad_scene.toml").write_text((folder / "fit.toml").read_text().replace("size = [0.6, 0.6]", "size = [[0.6], [0.6]]"))
     for name, (text, expected) in cases.items():
-        path = tmp_path / name
+        path = (folder if name in next_to_data else tmp_path) / name
         if text is not None:
             path.write_text(text)
         with pytest.raises(JobFileError, match=expected.replace("(", r"\(")):
@@ -127,6 +135,17 @@ def test_job_file_errors_are_one_line(batch_data, tmp_path):
         assert code == 2 and len(errors) == 1 and expected in errors[0], (name, output)
         assert len(output.strip().splitlines()) == 1, output
     assert not (tmp_path / "o").exists()
+    # the command line's own mistakes are named as options, not blamed on the job file's rows
+    for args, expected in ((["--iterations", "0"], "--iterations must be >= 1, got 0"),
+                           (["--predict", "--context", "2"], "--context must be at least 3 frames, got 2"),
+                           (["--predict", "--horizon", "0"], "--horizon must be at least 1 frame, got 0")):
+        code, output = _run(["fit-batch", str(jobs), "--out", str(tmp_path / "o"), *args])
+        assert code == 2 and output.strip() == f"error: {expected}", output
+    # a CSV saved by a spreadsheet starts with a byte-order mark
+    bom = folder / "bom.csv"
+    bom.write_bytes("video,scene\nsim/video.mp4,fit.toml\n".encode("utf-8-sig"))
+    (job,) = read_jobs(bom)
+    assert job.name == "video"
 
 
 def test_toml_jobs_with_defaults_and_overrides(batch_data, tmp_path):

@@ -102,6 +102,7 @@ def test_bad_inputs_are_one_line_errors(tiny_video, tmp_path):
         "[object.fit]", "[object.fit]\nstiffness = [1.0, 2.0]"))
     inverted = write_drape(tmp_path, "inverted.toml", text=drape_text().replace(
         "young_modulus = [20.0, 400.0]", "young_modulus = [400.0, 20.0]"))
+    wide = write_drape(tmp_path, "wide.toml", text=drape_text().replace("height = 48", "height = 16"))  # a 64x48 video
     cases = [
         (["--video", str(junk), "--scene", str(scene)], "junk.mp4"),
         (["--video", str(truncated), "--scene", str(scene)], "cut.mp4"),
@@ -111,6 +112,7 @@ def test_bad_inputs_are_one_line_errors(tiny_video, tmp_path):
         (["--video", str(video), "--scene", str(inverted)], "low > high"),
         (["--video", str(tmp_path / "missing.mp4"), "--scene", str(scene)], "missing.mp4 does not exist"),
         (["--video", str(video)], "give both --video and --scene"),
+        (["--video", str(video), "--scene", str(wide)], "resizing would stretch it"),
     ]
     for args, expected in cases:
         code, out = _run(["fit", "--out", str(tmp_path / "o"), "--iterations", "1", *args])
@@ -118,6 +120,39 @@ def test_bad_inputs_are_one_line_errors(tiny_video, tmp_path):
         assert code != 0, (args, out)
         assert len(errors) == 1 and expected in errors[0], (args, out)
     assert not (tmp_path / "o" / "params.json").exists()
+    assert not (tmp_path / "o" / "fit_args.json").exists()  # nothing is written before the inputs are known good
+    code, out = _run(["predict", "--video", str(video), "--scene", str(scene), "--context", "0", "--out", str(tmp_path / "p")])
+    assert code == 2 and "error: --context must be at least 3 frames, got 0" in out, out
+
+
+def test_resume_from_a_damaged_folder_names_the_file(tmp_path):
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    ckpt, args = folder / "checkpoint.pt", folder / "fit_args.json"
+    ckpt.write_bytes(b"")
+    good = {"video": "v.mp4", "scene": "s.toml", "masks": None, "prior": None, "truth": None,
+            "config": {"iterations": 2, "lr": 0.2, "fit_velocity": False, "prior_weight": 0.0, "seed": 0, "horizon_start": 6}}
+    cases = [
+        ("garbage", "fit_args.json is not valid JSON"),
+        (json.dumps({"video": "x"}), "fit_args.json lacks scene, masks, config"),
+        (json.dumps({**good, "config": {"lr": 0.2}}), "config must hold iterations"),
+    ]
+    for text, expected in cases:
+        args.write_text(text)
+        code, out = _run(["fit", "--resume", str(folder)])
+        errors = [l for l in out.splitlines() if l.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and expected in errors[0], (text, out)
+    args.unlink()
+    code, out = _run(["fit", "--resume", str(folder)])
+    assert code == 2 and "fit_args.json is missing" in out, out
+
+    from dreamcloth.cli.pipeline.errors import InputError
+    from dreamcloth.cli.pipeline.fit import load_checkpoint
+
+    for data in (b"", b"\x80\x03not a pickle" * 20):
+        ckpt.write_bytes(data)
+        with pytest.raises(InputError, match="checkpoint.pt cannot be read as a fit checkpoint"):
+            load_checkpoint(ckpt)
 
 
 @pytest.mark.slow

@@ -25,6 +25,20 @@ def _text(**kw):
         (('kind = "sphere"', 'kind = "cylinder"'), r"collider\[0\]\.kind = 'cylinder' is not one of"),
         (('mesh = "grid:8x8"', 'mesh = "grid:1x8"'), r"at least 2x2"),
         (("damping = 0.3", "damping = nan"), r"damping must be a finite number"),
+        # found by a new user's pass (2026-12-06): these were tracebacks, or passed
+        (("size = [0.6, 0.6]", "size = [[0.6], [0.6]]"), r"object\[0\]\.size must be a list of 2 number\(s\)"),
+        (("size = [0.6, 0.6]", 'size = ["a", 0.6]'), r"object\[0\]\.size must be a list of 2 number\(s\)"),
+        (("size = [0.6, 0.6]", "size = [true, 0.6]"), r"object\[0\]\.size must be a list of 2 number\(s\)"),
+        (("center = [0.57, 0.72, 0.55]", "center = [0.57, 0.72, 1e300]"), r"object\[0\]\.center components must lie within"),
+        (('mesh = "grid:8x8"', 'mesh = "grid:100000x100000"'), r"at most 1000 vertices a side"),
+        (('name = "sheet"', 'name = "../../escaped"'), r"object\[0\]\.name = '\.\./\.\./escaped' cannot be part of a file name"),
+        (("young_modulus = [20.0, 400.0]", "young_modulus = [100.0, 100.0]"), r"young_modulus range \[100, 100\] is a single value"),
+        (("color = [0.85, 0.35, 0.2]", "color = [0.85, 0.35, 0.2]\nvelocity = [0, 1e200, 0]"),
+         r"object\[0\]\.velocity components must lie within \+-1000"),
+        (('kind = "sphere"\ncenter = [0.5, 0.45, 0.5]\nradius = 0.15', 'kind = "mesh"\nmotion = "/tmp/*.obj"'),
+         r"collider\[0\]\.motion = '/tmp/\*\.obj' is not a pattern relative to the scene's folder"),
+        (('kind = "sphere"\ncenter = [0.5, 0.45, 0.5]\nradius = 0.15', 'kind = "mesh"\nmotion = ""'),
+         r"collider\[0\]\.motion must be a glob of OBJ files"),
     ],
 )
 def test_mistakes_name_key_value_and_file(tmp_path, edit, message):
@@ -39,6 +53,20 @@ def test_mistakes_name_key_value_and_file(tmp_path, edit, message):
     assert result.exit_code == 2
     lines = [l for l in result.output.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and str(path.name) in lines[0]
+
+
+def test_colliders_must_be_tables(tmp_path):
+    text = "collider = 5\n" + _text().split("[[collider]]")[0]
+    path = write_drape(tmp_path, text=text)
+    with pytest.raises(SceneError, match=r"collider must be an array of tables \(\[\[collider\]\]\), got 5"):
+        load_scene(path)
+
+
+def test_scene_check_refuses_substeps_above_the_cfl_bound(tmp_path):
+    path = write_drape(tmp_path, text=_text().replace("frames = 10", "frames = 10\nsubsteps = 1"))
+    result = CliRunner().invoke(app, ["scene", "check", str(path)])
+    (line,) = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert result.exit_code == 2 and "scene.substeps = 1 gives dt" in line and "use at least" in line, result.output
 
 
 def test_not_toml_and_missing_file(tmp_path):

@@ -30,6 +30,18 @@ def test_simulate_writes_every_output(tmp_path):
     assert again.objects[0].values == load_scene(scene).objects[0].values
 
 
+def test_simulate_again_into_the_same_folder_keeps_only_its_own_frames(tmp_path):
+    scene = write_drape(tmp_path, frames=4)
+    out = tmp_path / "out"
+    (out / "meshes").mkdir(parents=True)
+    (out / "meshes" / "notes.txt").write_text("mine")  # not simulate's: left alone
+    for frames in ("4", "2"):
+        result = CliRunner().invoke(app, ["simulate", "--scene", str(scene), "--out", str(out), "--frames", frames])
+        assert result.exit_code == 0, result.output
+    assert len(list((out / "frames").glob("*.png"))) == 2 and len(list((out / "masks").glob("*.png"))) == 2
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == ["notes.txt", "sheet_0000.obj", "sheet_0001.obj"]
+
+
 def test_simulate_bad_device_and_scene(tmp_path):
     code = CliRunner().invoke(app, ["simulate", "--scene", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")])
     assert code.exit_code == 2 and "none.toml does not exist" in code.output

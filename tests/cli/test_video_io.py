@@ -52,6 +52,14 @@ def test_errors_name_the_file(tmp_path):
         read_video(good, min_frames=100)
 
 
+def test_a_camera_of_another_aspect_is_refused_not_stretched(tmp_path):
+    p = write_video(_clip(t=3), tmp_path / "c.mp4", fps=10)  # 48x32
+    assert read_video(p, size=(16, 24), same_aspect=True).frames.shape[1:3] == (16, 24)
+    assert read_video(p, size=(16, 16)).frames.shape[1:3] == (16, 16)  # without the check: resized as asked
+    with pytest.raises(ValueError, match=r"c\.mp4 is 48x32 \(aspect 1\.500\) but the scene's camera is 16x16 \(1\.000\)"):
+        read_video(p, size=(16, 16), same_aspect=True)
+
+
 def test_side_by_side_shapes():
     a = _clip(t=3)
     out = side_by_side([a, a, a], gap=2)
