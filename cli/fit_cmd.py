@@ -99,7 +99,7 @@ def fit(
         elif video is None or scene is None:
             raise CliError("give both --video and --scene (or neither, to fit the bundled demo)")
         if not video.is_file():
-            raise FileNotFoundError(f"video {video} does not exist")
+            raise FileNotFoundError(f"video {video} {'is a directory' if video.is_dir() else 'does not exist'}")
         cfg_args = dict(iterations=iterations, lr=lr, fit_velocity=fit_velocity, prior_weight=prior_weight if prior else 0.0,
                         seed=seed, horizon_start=horizon_start)
         args = {"video": str(video.resolve()), "scene": str(scene.resolve()), "masks": str(masks.resolve()) if masks else None,
@@ -175,7 +175,7 @@ def predict(
 ) -> None:
     """Fit on the first --context frames, simulate --horizon more; mask IoU and PSNR on the frames the fit did not see."""
     if not video.is_file():
-        raise FileNotFoundError(f"video {video} does not exist")
+        raise FileNotFoundError(f"video {video} {'is a directory' if video.is_dir() else 'does not exist'}")
     from .pipeline.predict import predict_video
 
     if context < 3:  # before the fit's settings, whose first horizon is taken from it

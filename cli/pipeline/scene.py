@@ -44,6 +44,8 @@ MAX_COORDINATE = 1e6
 MAX_SPEED = 1e3
 MAX_GRAVITY = 1e3
 MAX_GRID_SIDE = 1000
+#: the smallest object size (m): below it a grid cloth's triangles round to zero area
+MIN_SIZE = 1e-4
 #: the mesh solver's membrane when a scene file does not set ``[scene] membrane``: backward Euler
 #: solved to convergence (taichi_mpm.membrane_newton), whose time step does not depend on the
 #: stiffness (README "Cloth physics")
@@ -254,8 +256,8 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
     size = tuple(float(a) for a in raw_size)
     if any(not (a > 0 and math.isfinite(a)) for a in size):
         raise r.err("size", f"must be positive, got {_fmt(raw_size)}")
-    if max(size) > MAX_COORDINATE:
-        raise r.err("size", f"must be at most {MAX_COORDINATE:g} m, got {_fmt(raw_size)}")
+    if max(size) > MAX_COORDINATE or min(size) < MIN_SIZE:
+        raise r.err("size", f"must lie in [{MIN_SIZE:g}, {MAX_COORDINATE:g}] m, got {_fmt(raw_size)}")
     center = r.vector("center", default=[0.0, 0.0, 0.0])
     rotation = r.vector("rotation_deg", default=[0.0, 0.0, 0.0])
     color = r.vector("color", default=[0.8, 0.3, 0.2])
@@ -381,7 +383,7 @@ def load_scene(path: str | Path) -> Scene:
     """Parse and validate a scene file; every problem is a ``SceneError`` naming file and key."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"scene file {path} does not exist")
+        raise FileNotFoundError(f"scene file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -53,7 +53,7 @@ def read_video(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video {path} does not exist")
+        raise FileNotFoundError(f"video {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     frames: list[np.ndarray] = []
     times: list[float] = []
     try:

@@ -29,6 +29,7 @@ def _text(**kw):
         (("size = [0.6, 0.6]", "size = [[0.6], [0.6]]"), r"object\[0\]\.size must be a list of 2 number\(s\)"),
         (("size = [0.6, 0.6]", 'size = ["a", 0.6]'), r"object\[0\]\.size must be a list of 2 number\(s\)"),
         (("size = [0.6, 0.6]", "size = [true, 0.6]"), r"object\[0\]\.size must be a list of 2 number\(s\)"),
+        (("size = [0.6, 0.6]", "size = [1e-9, 1e-9]"), r"object\[0\]\.size must lie in \[0\.0001, 1e\+06\] m"),
         (("center = [0.57, 0.72, 0.55]", "center = [0.57, 0.72, 1e300]"), r"object\[0\]\.center components must lie within"),
         (('mesh = "grid:8x8"', 'mesh = "grid:100000x100000"'), r"at most 1000 vertices a side"),
         (('name = "sheet"', 'name = "../../escaped"'), r"object\[0\]\.name = '\.\./\.\./escaped' cannot be part of a file name"),
@@ -76,6 +77,8 @@ def test_not_toml_and_missing_file(tmp_path):
         load_scene(bad)
     with pytest.raises(FileNotFoundError):
         load_scene(tmp_path / "nope.toml")
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_scene(tmp_path)
 
 
 def test_object_outside_domain(tmp_path):
