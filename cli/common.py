@@ -35,3 +35,21 @@ def bar_progress(bar):
         bar.update(tasks[stage], completed=done, total=total, **fields)
 
     return report
+
+
+def check_output(path: Path, folder: bool, option: str = "--out") -> None:
+    """Before any work: ``path`` can be written as a file (``folder`` False) or a folder, else a
+    CliError naming the option (an output that turned out unwritable after minutes of training or
+    rendering lost them: "Is a directory", "File exists")."""
+    from .errors import CliError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise CliError(f"{option} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise CliError(f"{option} {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"{option} {path}: {parent} is a file, not a folder")
+            break

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from .common import check_output
 from .errors import CliError, report_errors
 
 prior_app = typer.Typer(
@@ -99,6 +101,20 @@ def train_cmd(
     hw = parse_size(size)
     if frames < 2:
         raise CliError("--frames must be at least 2")
+    # the command line's own values first, named as options (before minutes of decoding and training)
+    if not (fps > 0 and math.isfinite(fps)):
+        raise CliError(f"--fps must be a positive number, got {fps}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise CliError(f"--lr must be a positive number, got {lr}")
+    for option, value in (("--steps", steps), ("--batch-size", batch_size), ("--grad-accumulation", grad_accumulation),
+                          ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every), ("--sample-steps", sample_steps)):
+        if value < 1:
+            raise CliError(f"{option} must be >= 1, got {value}")
+    try:
+        unet_config = UNetConfig(base_channels=base_channels)
+    except ValueError as exc:
+        raise CliError(f"--base-channels: {exc}") from None
+    check_output(out, folder=True)
     files = find_videos(data)
     videos = load_training_videos(files, fps, hw, frames)
     source = VideoClips(videos, frames, flip=flip)
@@ -127,7 +143,7 @@ def train_cmd(
         source,
         out,
         config,
-        UNetConfig(base_channels=base_channels),
+        unet_config,
         resume=resume,
         fps=fps,
         on_sample=write_samples,
@@ -182,6 +198,19 @@ def sample_cmd(
         raise CliError("--strength below 1 needs --cond (the video to start from)")
     if not 0.0 < strength <= 1.0:
         raise CliError("--strength must be in (0, 1]")
+    if num < 1:
+        raise CliError(f"--num must be >= 1, got {num}")
+    if frames is not None and frames < 2:
+        raise CliError(f"--frames must be at least 2, got {frames}")
+    if steps < 1:
+        raise CliError(f"--steps must be >= 1, got {steps}")
+    if not (math.isfinite(eta) and 0.0 <= eta <= 1.0):
+        raise CliError(f"--eta must be in [0, 1], got {eta}")
+    if not (math.isfinite(guidance) and guidance >= 0.0):
+        raise CliError(f"--guidance must be finite and >= 0 (1 = off), got {guidance}")
+    if out.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        raise CliError(f"--out {out}: the clip is written as a video; use a .mp4, .mkv or .mov name")
+    check_output(out, folder=False)
     unet, scheduler = load_builtin_model(model)
     unet.eval()
     fps = float(unet.config.fps)
@@ -250,5 +279,6 @@ def make_data_cmd(
     from .common import bar_progress, progress_bar
     from .pipeline.training_data import make_training_videos
 
+    check_output(out, folder=True)
     with progress_bar() as bar:
         make_training_videos(scene, out, count, seed, device, progress=bar_progress(bar))

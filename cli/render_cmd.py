@@ -43,6 +43,9 @@ def sheet(
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from .common import check_output
+
+    check_output(out, folder=False)
     config = SheetVideoConfig(
         out=out, motion=motion, frames=frames, fps=fps, width=width, height=height, resolution=resolution,
         per_triangle=per_triangle, thickness=thickness, backend=backend,

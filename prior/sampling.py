@@ -7,6 +7,7 @@ the result, so prediction and video-to-video sampling share one loop with uncond
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import torch
@@ -38,6 +39,10 @@ class SampleConfig:
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
+        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
+            raise ValueError(f"eta (DDIM stochasticity) must be in [0, 1], got {self.eta}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0.0):
+            raise ValueError(f"guidance_scale must be finite and >= 0 (1 = none), got {self.guidance_scale}")
 
 
 def make_sampler(train_scheduler: DDPMScheduler, sampler: Sampler):

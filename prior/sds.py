@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from typing import Any, Literal
 
 import torch
@@ -54,6 +55,8 @@ class SDSConfig:
             raise ValueError(f"unknown SDS weighting {self.weighting!r}")
         if self.anneal_steps < 0:
             raise ValueError("anneal_steps must be >= 0")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0.0):
+            raise ValueError(f"guidance_scale must be finite and >= 0 (1 = none), got {self.guidance_scale}")
 
     def t_range(self, step: int) -> tuple[float, float]:
         """The noise-level interval ``(lo, hi)`` used at optimisation step ``step``."""
@@ -207,6 +210,9 @@ class VideoPrior(abc.ABC):
         """
         if clip.ndim != 5 or clip.shape[2] != 3:
             raise ValueError(f"clip must be [B, T, 3, H, W], got {tuple(clip.shape)}")
+        # an integer clip would cast the score's gradient to integers: a loss of exactly 0
+        if not clip.is_floating_point():
+            raise ValueError(f"clip must be a floating-point tensor in [0, 1], got {clip.dtype}")
         b = clip.shape[0]
         if conditioning is not None:
             conditioning = conditioning.expand(b)

@@ -55,6 +55,20 @@ class UNetConfig:
     attention_heads: int = 4
     dropout: float = 0.0
 
+    def __post_init__(self):
+        if self.base_channels < 1 or self.attention_heads < 1 or self.layers_per_level < 1:
+            raise ValueError(f"base_channels, attention_heads and layers_per_level must be >= 1, got "
+                             f"{self.base_channels}, {self.attention_heads}, {self.layers_per_level}")
+        if len(self.channel_mults) != len(self.attention_levels) or min(self.channel_mults, default=1) < 1:
+            raise ValueError(f"channel_mults {self.channel_mults} must be >= 1, one per attention_levels entry {self.attention_levels}")
+        for level, (mult, attend) in enumerate(zip(self.channel_mults, self.attention_levels)):
+            if attend and (self.base_channels * mult) % self.attention_heads:
+                raise ValueError(f"base_channels {self.base_channels}: level {level} has {self.base_channels * mult} channels with "
+                                 f"attention, not divisible by its {self.attention_heads} heads; use a multiple of "
+                                 f"{self.attention_heads // math.gcd(self.attention_heads, mult)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

@@ -77,10 +77,10 @@ class Camera:
             raise ValueError(f"camera fov_y_deg must lie in (0, 180), got {self.fov_y_deg}")
         for name in ("width", "height"):
             v = getattr(self, name)
-            if int(v) != v or int(v) < 1:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or int(v) < 1:
                 raise ValueError(f"camera {name} must be a positive integer, got {v!r}")
             object.__setattr__(self, name, int(v))
-        if not (0.0 < self.near < self.far):
+        if not (0.0 < self.near < self.far and math.isfinite(self.far)):
             raise ValueError(f"camera needs 0 < near < far, got near={self.near}, far={self.far}")
         f = [b - a for a, b in zip(self.eye, self.look_at)]
         if _norm(f) < 1e-12:

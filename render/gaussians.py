@@ -366,8 +366,11 @@ def _silhouette_inset(
     # Sharing the inset compresses the rows near the edge by h / (h - inset / rings), which raises
     # the splat density and so tau_in there: a few fixed-point steps settle the inset with it.
     inset = torch.minimum(sigma * _edge_quantile(tau_in, o) / ppm, cap)
+    # a boundary face collapsed to its edge (height 0: a vertex pushed onto its neighbour) has
+    # inset and cap 0; its squeeze was 0 / 0, a NaN in every mean and gradient
+    h = torch.clamp(height, min=tiny)
     for _ in range(3):
-        squeeze = height / torch.clamp(height - inset / _INSET_RINGS, min=1e-3 * height)
+        squeeze = h / torch.clamp(h - inset / _INSET_RINGS, min=1e-3 * h)
         inset = torch.minimum(sigma * _edge_quantile(tau_in * squeeze, o) / ppm, cap)
     inset = torch.where(proj.depth > NEAR_CULL, inset, torch.zeros_like(inset))  # behind the camera: nothing to fix
 

@@ -146,6 +146,11 @@ def _check_inputs(means, covariances, colors, opacities, background) -> torch.Te
         background = background.to(dtype=means.dtype, device=means.device)
     if tuple(background.shape) != (3,):
         raise ValueError(f"background must have shape [3], got {tuple(background.shape)}")
+    with torch.no_grad():
+        if not bool(torch.isfinite(background).all()):
+            raise ValueError(f"background contains NaN or infinite values: {background.tolist()}")
+        if opacities.numel() and not bool(((opacities >= 0) & (opacities <= 1)).all()):
+            raise ValueError(f"opacities must lie in [0, 1], got {float(opacities.min()):.4g}..{float(opacities.max()):.4g}")
     return background
 
 

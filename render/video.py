@@ -7,6 +7,7 @@ installed on the system.  Frames are uint8 ``[T, H, W, 3]`` arrays or float tens
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +43,8 @@ def write_video(frames, path: str | Path, fps: float = 24.0, crf: int = 18) -> P
     """Encode a clip as H.264 mp4 (yuv420p, so every player opens it). Odd sizes are padded by one pixel."""
     import av
 
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
     arr = to_uint8_frames(frames)
     t, h, w, _ = arr.shape
     if t == 0:

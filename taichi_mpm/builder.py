@@ -79,6 +79,13 @@ class ModelBuilder:
         """
         v0 = self._n
         nv, ne = len(vertices), len(faces)
+        verts = np.asarray(vertices, dtype=np.float64)
+        if verts.ndim != 2 or verts.shape[1] != 3 or not np.isfinite(verts).all():
+            raise ValueError(f"cloth {name!r}: vertices must be finite [V, 3] positions, got shape {verts.shape}"
+                             + ("" if verts.ndim != 2 or verts.shape[1] != 3 else f" with {int((~np.isfinite(verts)).any(1).sum())} non-finite"))
+        for label, vec in (("velocity", velocity), ("pin_velocity", pin_velocity)):
+            if not np.isfinite(np.asarray(vec, dtype=np.float64)).all():
+                raise ValueError(f"cloth {name!r}: {label} must be finite, got {vec}")
         group = ClothGroup.build(vertices, faces, v0, v0 + nv, self.dtype, self.device)
         pin = np.zeros(nv, np.int32)
         pinned = np.asarray(list(pinned), dtype=np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Sequence
 
 Vec3 = tuple[float, float, float]
@@ -31,6 +32,20 @@ class GridSpec:
     dx: float
     res: tuple[int, int, int]
     boundary: int = 3
+
+    def __post_init__(self):
+        object.__setattr__(self, "origin", _vec3(self.origin, "grid origin"))
+        if isinstance(self.dx, bool) or not (isinstance(self.dx, (int, float)) and math.isfinite(self.dx) and self.dx > 0):
+            raise ValueError(f"grid dx must be a positive finite number, got {self.dx!r}")
+        res = tuple(self.res)
+        if len(res) != 3 or not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in res):
+            raise ValueError(f"grid res must be 3 integers, got {self.res!r}")
+        res = tuple(int(r) for r in res)
+        if not (isinstance(self.boundary, int) and self.boundary >= 0):
+            raise ValueError(f"grid boundary must be an integer >= 0, got {self.boundary!r}")
+        if min(res) < 1:
+            raise ValueError(f"grid res must be positive, got {res}")
+        object.__setattr__(self, "res", res)
 
     @staticmethod
     def from_domain(domain_min: Sequence[float], domain_max: Sequence[float], resolution: int, boundary: int = 3) -> "GridSpec":
@@ -128,8 +143,10 @@ class SimConfig:
     def __post_init__(self):
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise ValueError(f"fps must be positive, got {self.fps}")
-        if int(self.substeps_per_frame) < 1:
-            raise ValueError(f"substeps_per_frame must be >= 1, got {self.substeps_per_frame}")
+        spf = self.substeps_per_frame
+        if isinstance(spf, bool) or not isinstance(spf, numbers.Integral) or spf < 1:
+            raise ValueError(f"substeps_per_frame must be an integer >= 1, got {spf!r}")
+        object.__setattr__(self, "substeps_per_frame", int(spf))
         object.__setattr__(self, "gravity", _vec3(self.gravity, "gravity"))
         if self.segment_substeps is not None and self.segment_substeps < 1:
             raise ValueError(f"segment_substeps must be >= 1, got {self.segment_substeps}")

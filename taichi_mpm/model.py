@@ -87,13 +87,21 @@ class Model:
             cursor = end
         if cursor != n:
             raise ValueError(f"particle ranges cover [0, {cursor}) but there are {n} particles")
-        if not torch.all(volume > 0):
-            raise ValueError("particle volumes must be positive")
+        if not torch.all(volume > 0) or not bool(torch.isfinite(volume).all()):
+            raise ValueError("particle volumes must be positive and finite")
         if mass_volume is None:
             mass_volume = volume
+        if tuple(mass_volume.shape) != (n,) or not bool((mass_volume > 0).all()) or not bool(torch.isfinite(mass_volume).all()):
+            raise ValueError(f"mass_volume must be {n} positive finite values (one per particle), got shape {tuple(mass_volume.shape)}")
         pinned = torch.zeros(n, dtype=torch.int32, device=volume.device) if pinned is None else pinned.to(torch.int32)
+        if tuple(pinned.shape) != (n,):
+            raise ValueError(f"pinned must be {n} flags (one per particle), got shape {tuple(pinned.shape)}")
         if pin_velocity is None:
             pin_velocity = torch.zeros(n, 3, dtype=volume.dtype, device=volume.device)
+        pin_velocity = torch.as_tensor(pin_velocity, dtype=volume.dtype, device=volume.device)
+        if pin_velocity.shape[-1:] != (3,) or pin_velocity.numel() not in (3, 3 * n) or not bool(torch.isfinite(pin_velocity).all()):
+            raise ValueError(f"pin_velocity must be finite, [3] or [{n}, 3], got shape {tuple(pin_velocity.shape)}")
+        pin_velocity = pin_velocity.expand(n, 3)
         return Model(
             volume.contiguous(), mass_volume.contiguous(), tuple(groups), tuple(cloth), pinned.contiguous(),
             pin_velocity.to(volume.dtype).contiguous(), tuple(colliders),

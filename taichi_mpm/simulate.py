@@ -129,8 +129,12 @@ def simulate(
     """
     n = model.num_particles
     _check_inputs(model, state, params, config, num_frames)
+    if control is not None:
+        _check_control(control, model)
     if bounds is None:
         bounds = _bounds_of(model, state, params, config, num_frames)
+    else:
+        _check_bounds(bounds, params, model)
     _check_cfl(config, bounds)
     if config.cloth_solver == "mesh":
         x, F, final, total = simulate_mesh(model, state, params, config, num_frames, _mesh_params(model, params), progress,
@@ -180,12 +184,24 @@ def simulate(
 def _check_inputs(model: Model, state: State, params: Params, config: SimConfig, num_frames: int) -> None:
     """Dtype/device, finite values, physical parameter ranges, particles inside the domain."""
     dev, dtype = model.volume.device, model.volume.dtype
-    for name, t in (("x", state.x), ("v", state.v), ("C", state.C), ("F", state.F)):
+    n = model.num_particles
+    for name, t, shape in (("x", state.x, (n, 3)), ("v", state.v, (n, 3)), ("C", state.C, (n, 3, 3)), ("F", state.F, (n, 3, 3))):
+        # a state of another particle count overran the engine's buffers (a segfault, 2026-12-06)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"state.{name} has shape {tuple(t.shape)}, the model's {n} particles need {shape}")
         if t.dtype != dtype or t.device != dev:
             raise ValueError(f"state.{name} is {t.dtype} on {t.device}, the model is {dtype} on {dev}")
         _check_finite(f"initial {name}", t)
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    for f in dataclasses.fields(params):
+        t = getattr(params, f.name)
+        if isinstance(t, torch.Tensor) and (t.dtype != dtype or t.device != dev):
+            raise ValueError(f"params.{f.name} is {t.dtype} on {t.device}, the model is {dtype} on {dev}")
+        if isinstance(t, torch.Tensor) and f.name != "friction" and t.dim() > 0 and tuple(t.shape) != (n,):
+            raise ValueError(f"params.{f.name} has shape {tuple(t.shape)}: give a scalar or one value per particle ({n},)")
+    if model.cloth and (params.shear_stiffness is None or params.normal_stiffness is None):
+        raise ValueError("a model with cloth needs params.shear_stiffness and params.normal_stiffness")
     validate_params(params)
     # where a particle's 3x3x3 stencil lies inside the grid (the engine keeps them there): a state
     # that a previous rollout ended in is always accepted, so rollouts chain
@@ -223,6 +239,41 @@ def _bounds_of(model: Model, state: State, params: Params, config: SimConfig, nu
         normal_stiffness=rng(params.normal_stiffness) if cloth else None,
         min_length=min_rest_edge(model),
     )
+
+
+def _check_control(control: torch.Tensor, model: Model) -> None:
+    n, dtype, dev = model.num_particles, model.volume.dtype, model.volume.device
+    if not isinstance(control, torch.Tensor) or control.dim() != 4 or tuple(control.shape[1:]) != (n, 3, 3):
+        raise ValueError(f"control must be a [K, {n}, 3, 3] tensor, got {tuple(getattr(control, 'shape', ()))}")
+    if control.dtype != dtype or control.device != dev:
+        raise ValueError(f"control is {control.dtype} on {control.device}, the model is {dtype} on {dev}")
+    _check_finite("control", control)
+    det = torch.linalg.det(control.detach())
+    if not bool((det > 0).all()):
+        raise ValueError(f"control's matrices must have a positive determinant (an inversion or a collapse), got {float(det.min()):.3g}")
+
+
+def _check_bounds(bounds: _cfl.Bounds, params: Params, model: Model) -> None:
+    """The caller's ranges: finite, low <= high, and holding the values simulated (the CFL step is
+    chosen from them: a value above its range would run at a dt it is unstable at)."""
+    cloth = bool(model.cloth)
+    for name in ("young_modulus", "poisson_ratio", "density") + (("shear_stiffness", "normal_stiffness") if cloth else ()):
+        rng = getattr(bounds, name)
+        if rng is None:
+            continue
+        lo, hi = (float(a) for a in rng)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"bounds.{name} must be finite with low <= high, got {tuple(rng)}")
+        t = getattr(params, name)
+        if t is None:
+            continue
+        v = t.detach()
+        tol = 1e-6 * max(abs(lo), abs(hi))
+        if float(v.min()) < lo - tol or float(v.max()) > hi + tol:
+            raise ValueError(f"params.{name} ({float(v.min()):.4g}..{float(v.max()):.4g}) lies outside bounds.{name} "
+                             f"[{lo:.4g}, {hi:.4g}] that the time step is chosen for; widen the bounds or leave them out")
+    if not (math.isfinite(bounds.max_speed) and bounds.max_speed >= 0):
+        raise ValueError(f"bounds.max_speed must be finite and >= 0, got {bounds.max_speed}")
 
 
 def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:

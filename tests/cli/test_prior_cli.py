@@ -100,10 +100,21 @@ def test_cli_train_then_sample_with_metrics(video_dir, tmp_path):
         (lambda d, t: ["train", "--data", str(d), "--size", "abc"], "bad --size"),
         (lambda d, t: ["sample", "--model", str(t / "nomodel")], "not a builtin prior"),
         (lambda d, t: ["sample", "--model", str(t), "--given", "0-3"], "--given needs --cond"),
+        # options named before any work (found by a researcher's pass, 2026-12-06: tracebacks or blame on a video)
+        (lambda d, t: ["train", "--data", str(d), "--fps", "0"], "--fps must be a positive number"),
+        (lambda d, t: ["train", "--data", str(d), "--base-channels", "3"], "--base-channels: base_channels 3"),
+        (lambda d, t: ["train", "--data", str(d), "--base-channels", "0"], "--base-channels: base_channels"),
+        (lambda d, t: ["train", "--data", str(d), "--sample-steps", "0"], "--sample-steps must be >= 1"),
+        (lambda d, t: ["sample", "--model", str(t / "nomodel"), "--num", "0"], "--num must be >= 1"),
+        (lambda d, t: ["sample", "--model", str(t / "nomodel"), "--frames", "-2"], "--frames must be at least 2"),
+        (lambda d, t: ["sample", "--model", str(t / "nomodel"), "--eta", "5"], "--eta must be in [0, 1]"),
+        (lambda d, t: ["sample", "--model", str(t / "nomodel"), "--guidance", "nan"], "--guidance must be finite"),
     ],
 )
 def test_cli_errors_are_one_line(video_dir, tmp_path, make_args, message):
-    result = CliRunner().invoke(app, ["prior", *make_args(video_dir, tmp_path), "--out", str(tmp_path / "o")])
+    args = make_args(video_dir, tmp_path)
+    out = tmp_path / ("o.mp4" if args[0] == "sample" else "o")  # sample writes a video file, train a folder
+    result = CliRunner().invoke(app, ["prior", *args, "--out", str(out)])
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output

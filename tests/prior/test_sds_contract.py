@@ -167,6 +167,12 @@ def test_non_finite_clip_is_an_error_not_a_silent_zero(tmp_path):
     clip[0, 1, 0, 3, 3] = float("nan")
     with pytest.raises(FloatingPointError):
         prior.sds(clip)
+    # an integer clip cast the score's gradient to integers: a loss of exactly 0 (found 2026-12-06)
+    with pytest.raises(ValueError, match="clip must be a floating-point tensor"):
+        prior.sds(torch.randint(0, 255, (1, 4, 3, 16, 16)))
+    for guidance in (float("nan"), -3.0):
+        with pytest.raises(ValueError, match="guidance_scale must be finite and >= 0"):
+            SDSConfig(guidance_scale=guidance)
 
 
 def test_detect_kind(model_dirs, tmp_path):

@@ -141,3 +141,21 @@ def test_solid_gaussians_psd_and_gradcheck():
 def test_builders_reject_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_collapsed_boundary_face_keeps_the_means_finite():
+    """A boundary vertex pushed onto its neighbour (a face of zero height) made the silhouette
+    inset's squeeze 0 / 0: NaN means and gradients for every Gaussian (found 2026-12-06)."""
+    from dreamcloth.render import Camera
+    from dreamcloth.taichi_mpm import grid_mesh
+
+    cam = Camera(eye=(0.0, 0.8, 1.25), look_at=(0.0, 0.0, 0.0), fov_y_deg=45, width=32, height=24)
+    v, f = grid_mesh(4, 4, (0.5, 0.5), (0.0, 0.0, 0.0))
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor(v, dtype=dtype)
+        x[0] = x[1]
+        x.requires_grad_(True)
+        g = cloth_gaussians(x, torch.tensor(f), 4, camera=cam)
+        assert torch.isfinite(g.means).all() and torch.isfinite(g.covariances).all()
+        (g.means.sum() + g.covariances.sum()).backward()
+        assert torch.isfinite(x.grad).all()

@@ -320,3 +320,25 @@ def test_portable_backend_on_cuda_matches_the_reference():
     for name, g, g_ref in zip(["means", "covariances", "colors", "opacities", "background"], grads, grads_ref):
         rel = ((g.cpu().double() - g_ref).norm() / g_ref.norm()).item()
         assert rel < 1e-2, (name, rel)
+
+
+def test_bad_background_opacities_and_cameras_are_named():
+    """Found by a researcher's pass (2026-12-06): a NaN background rendered a NaN image, opacities
+    outside [0, 1] and a camera with an infinite far plane (a NaN projection) were accepted."""
+    from dreamcloth.render import write_video
+
+    cam = Camera(eye=(0.0, 0.0, 3.0), look_at=(0.0, 0.0, 0.0), width=16, height=12)
+    means = torch.zeros(1, 3)
+    cov = torch.eye(3).expand(1, 3, 3) * 1e-3
+    colors = torch.full((1, 3), 0.5)
+    with pytest.raises(ValueError, match="background contains NaN"):
+        rasterize(means, cov, colors, torch.ones(1), cam, background=(float("nan"), 0.0, 0.0))
+    for bad in (5.0, -1.0):
+        with pytest.raises(ValueError, match=r"opacities must lie in \[0, 1\]"):
+            rasterize(means, cov, colors, torch.full((1,), bad), cam)
+    with pytest.raises(ValueError, match="camera width must be a positive integer, got nan"):
+        Camera(eye=(0.0, 0.0, 3.0), look_at=(0.0, 0.0, 0.0), width=float("nan"))
+    with pytest.raises(ValueError, match="0 < near < far"):
+        Camera(eye=(0.0, 0.0, 3.0), look_at=(0.0, 0.0, 0.0), far=float("inf"))
+    with pytest.raises(ValueError, match="fps must be a positive number, got 0"):
+        write_video(torch.rand(2, 3, 8, 8), "unused.mp4", fps=0)
