@@ -35,7 +35,9 @@ that fold stay sensitive, 0.800 (sphere_se) and 0.786 (hammock_se), as they are 
 Newton's air drag, and their scenes run dreamcloth's grid-free cloth solver.  ``predict``'s own
 time-step check (its prediction against itself at half the time step) tells the two apart without
 Newton: 0.97-0.99 on swing_se and tilted_se, 0.85 on the two that fold (2026-12-06); each case's
-bench row gives it, and the mean row splits off the cases it calls sensitive.
+bench row gives it, and the mean row splits off the cases it calls sensitive.  ``flap_se`` and
+``corner_se`` (added 2026-12-06 before either was scored; Newton against itself 1.000 and 0.958)
+predicted at 0.969 and 0.871 against copy-last's 0.691 and 0.577 (README, "Cross-simulator check").
 """
 
 from __future__ import annotations
