@@ -124,8 +124,14 @@ def _read_fit_args(path: Path) -> dict:
     if missing:
         raise CliError(f"--resume: {path} lacks {', '.join(missing)}; it was not written by `dreamcloth fit`")
     config_keys = ("iterations", "lr", "fit_velocity", "prior_weight", "seed", "horizon_start")
-    if not isinstance(meta["config"], dict) or any(k not in meta["config"] for k in config_keys):
-        raise CliError(f"--resume: {path}: config must hold {', '.join(config_keys)}")
+    config = meta["config"]
+    if not isinstance(config, dict) or sorted(config) != sorted(config_keys):
+        raise CliError(f"--resume: {path}: config must hold exactly {', '.join(config_keys)}")
+    if any(isinstance(v, bool) != (k == "fit_velocity") or not isinstance(v, (int, float)) for k, v in config.items()):
+        raise CliError(f"--resume: {path}: config values must be numbers (fit_velocity true/false), got {config}")
+    for key in ("video", "scene"):
+        if not isinstance(meta[key], str):
+            raise CliError(f"--resume: {path}: {key} must be a path, got {meta[key]!r}")
     return meta
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -77,7 +78,7 @@ class Camera:
             raise ValueError(f"camera fov_y_deg must lie in (0, 180), got {self.fov_y_deg}")
         for name in ("width", "height"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or int(v) < 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or int(v) != v or int(v) < 1:
                 raise ValueError(f"camera {name} must be a positive integer, got {v!r}")
             object.__setattr__(self, name, int(v))
         if not (0.0 < self.near < self.far and math.isfinite(self.far)):

@@ -72,7 +72,8 @@ def write_video(frames, path: str | Path, fps: float = 24.0, crf: int = 18) -> P
 
 
 def write_png_frames(frames, folder: str | Path, prefix: str = "frame") -> list[Path]:
-    """Write ``folder/prefix_0000.png`` ... and return the paths."""
+    """Write ``folder/prefix_0000.png`` ... and return the paths; ``prefix_NNNN.png`` files beyond
+    these (a longer earlier run's) are removed, other files are left alone."""
     import imageio.v3 as iio
 
     arr = to_uint8_frames(frames)

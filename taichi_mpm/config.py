@@ -41,7 +41,7 @@ class GridSpec:
         if len(res) != 3 or not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in res):
             raise ValueError(f"grid res must be 3 integers, got {self.res!r}")
         res = tuple(int(r) for r in res)
-        if not (isinstance(self.boundary, int) and self.boundary >= 0):
+        if isinstance(self.boundary, bool) or not (isinstance(self.boundary, numbers.Integral) and self.boundary >= 0):
             raise ValueError(f"grid boundary must be an integer >= 0, got {self.boundary!r}")
         if min(res) < 1:
             raise ValueError(f"grid res must be positive, got {res}")

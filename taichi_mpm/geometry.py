@@ -26,15 +26,20 @@ def load_mesh(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mesh {path} does not exist")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many types for unreadable files
-        raise ValueError(f"cannot read mesh {path}: {exc}") from None
+
+    def read(process: bool):
+        try:
+            return trimesh.load(path, force="mesh", process=process)
+        except Exception as exc:  # trimesh raises many types for unreadable files
+            raise ValueError(f"cannot read mesh {path}: {exc}") from None
+
+    # unprocessed first: processing drops NaN vertices silently (a closed mesh then reads as open)
+    raw = read(False)
+    if isinstance(raw, trimesh.Trimesh):
+        bad = ~np.isfinite(np.asarray(raw.vertices)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} vertices have NaN or infinite coordinates (the first is vertex {int(bad.argmax())})")
+    mesh = read(True)
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise ValueError(f"{path} contains no triangles")
-    # before processing, which drops NaN vertices silently (a closed mesh then reads as open)
-    bad = ~np.isfinite(np.asarray(mesh.vertices)).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} vertices have NaN or infinite coordinates (the first is vertex {int(bad.argmax())})")
-    mesh.process()
     return mesh

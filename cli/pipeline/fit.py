@@ -92,7 +92,7 @@ class FitConfig:
         def finite(v) -> bool:
             return isinstance(v, (int, float)) and math.isfinite(v)
 
-        check("lr_final", finite(self.lr_final) and 0 < self.lr_final <= 1, "in (0, 1] (the last step's fraction of lr)")
+        check("lr_final", finite(self.lr_final) and 0 <= self.lr_final <= 1, "in [0, 1] (the last step's fraction of lr)")
         check("polish_iterations", self.polish_iterations is None or self.polish_iterations >= 0, ">= 0")
         check("appearance_steps", self.appearance_steps >= 0, ">= 0")
         for name in ("appearance_lr", "velocity_lr"):

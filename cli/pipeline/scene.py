@@ -106,8 +106,10 @@ class _Reader:
             raise self.err(k, f"= {_fmt(v)} is out of range {rng}")
         return int(v) if integer else float(v)
 
-    def vector(self, k: str, n: int = 3, default=dataclasses.MISSING, limit: float = MAX_COORDINATE) -> tuple[float, ...]:
-        """``n`` finite numbers, each within +-``limit`` (positions in metres: ``MAX_COORDINATE``)."""
+    def vector(self, k: str, n: int = 3, default=dataclasses.MISSING, limit: float = MAX_COORDINATE,
+               magnitude: float | None = None) -> tuple[float, ...]:
+        """``n`` finite numbers, each within +-``limit`` (positions in metres: ``MAX_COORDINATE``), and
+        with a length of at most ``magnitude`` when given (speeds, gravity)."""
         v = self.get(k, default)
         if not isinstance(v, (list, tuple)) or len(v) != n or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
             raise self.err(k, f"must be a list of {n} numbers, got {_fmt(v)}")
@@ -115,6 +117,8 @@ class _Reader:
             raise self.err(k, f"must be finite, got {_fmt(v)}")
         if max(abs(a) for a in v) > limit:
             raise self.err(k, f"components must lie within +-{limit:g}, got {_fmt(v)}")
+        if magnitude is not None and math.hypot(*v) > magnitude:
+            raise self.err(k, f"must have a magnitude of at most {magnitude:g}, got {math.hypot(*v):.4g}")
         return tuple(float(a) for a in v)
 
     def string(self, k: str, default=dataclasses.MISSING, choices: tuple[str, ...] | None = None) -> str:
@@ -282,8 +286,8 @@ def _object(t: dict, idx: int, file: Path) -> ObjectSpec:
         raise r.err("pinned", f"must be a list of vertex ids or 'corners:N', got {_fmt(pinned_raw)}")
     if pinned and kind != "cloth":
         raise r.err("pinned", "is only supported for cloth")
-    pin_velocity = r.vector("pin_velocity", default=[0.0, 0.0, 0.0], limit=MAX_SPEED)
-    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0], limit=MAX_SPEED)
+    pin_velocity = r.vector("pin_velocity", default=[0.0, 0.0, 0.0], magnitude=MAX_SPEED)
+    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0], magnitude=MAX_SPEED)
     spacing = r.number("particle_spacing", 0.5, low=0.1, high=2.0)
     scale = r.number("scale", 1.0, low=0.0, low_open=True)
     texture = r.string("texture", "checker", choices=("checker", "plain"))
@@ -334,7 +338,7 @@ def _collider(t: dict, idx: int, file: Path) -> ColliderSpec:
     friction = r.get("friction", None)
     if friction is not None:
         friction = _check_value(r, "friction", friction)
-    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0], limit=MAX_SPEED)
+    velocity = r.vector("velocity", default=[0.0, 0.0, 0.0], magnitude=MAX_SPEED)
     p: dict[str, Any] = {"velocity": velocity}
     if kind == "plane":
         p["point"] = r.vector("point")
@@ -402,7 +406,7 @@ def load_scene(path: str | Path) -> Scene:
         fps=sr.number("fps", 24.0, low=0.0, high=1000.0, low_open=True),
         frames=sr.number("frames", 24, low=2, high=100000, integer=True),
         substeps=sr.number("substeps", 0, low=0, high=100000, integer=True),
-        gravity=sr.vector("gravity", default=[0.0, -9.81, 0.0], limit=MAX_GRAVITY),
+        gravity=sr.vector("gravity", default=[0.0, -9.81, 0.0], magnitude=MAX_GRAVITY),
         domain=(lo, hi),
         grid=sr.number("grid", 32, low=8, high=512, integer=True),
         flip=sr.number("flip", DEFAULT_FLIP, low=0.0, high=0.999),

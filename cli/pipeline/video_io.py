@@ -85,7 +85,10 @@ def read_video(
         raise ValueError(f"{path} has {arr.shape[0]} frames at {out_fps:g} fps, but {min_frames} are needed")
     if size is not None and same_aspect:
         (h, w), (sh, sw) = arr.shape[1:3], size
-        if abs((w / h) / (sw / sh) - 1.0) > ASPECT_TOLERANCE:
+        # within 1%, or one pixel of rounding: write_video pads an odd side by one pixel (a 128x95
+        # camera's video is 128x96), and scene init rounds the camera's height to whole pixels
+        rounding = min(abs(w * sh / h - sw), abs(h * sw / w - sh)) <= 1.0
+        if abs((w / h) / (sw / sh) - 1.0) > ASPECT_TOLERANCE and not rounding:
             raise ValueError(f"{path} is {w}x{h} (aspect {w / h:.3f}) but the scene's camera is {sw}x{sh} ({sw / sh:.3f}): "
                              "resizing would stretch it; set [camera] width and height to the video's aspect")
     if size is not None and tuple(arr.shape[1:3]) != tuple(size):

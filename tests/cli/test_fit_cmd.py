@@ -135,7 +135,8 @@ def test_resume_from_a_damaged_folder_names_the_file(tmp_path):
     cases = [
         ("garbage", "fit_args.json is not valid JSON"),
         (json.dumps({"video": "x"}), "fit_args.json lacks scene, masks, config"),
-        (json.dumps({**good, "config": {"lr": 0.2}}), "config must hold iterations"),
+        (json.dumps({**good, "config": {"lr": 0.2}}), "config must hold exactly iterations"),
+        (json.dumps({**good, "config": {**good["config"], "lr": "fast"}}), "config values must be numbers"),
     ]
     for text, expected in cases:
         args.write_text(text)

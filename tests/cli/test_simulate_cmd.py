@@ -64,3 +64,22 @@ def test_simulate_steps_for_values_outside_the_fit_range(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "--scene", str(stiff_scene), "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert np.isfinite(np.load(out / "states.npz")["x"]).all()
+
+
+def test_a_scene_of_cloth_and_a_solid_simulates_with_its_bounds(tmp_path):
+    """The solid's particles carry 0 for the cloth-only stiffnesses: simulate's check that the values
+    lie in the bounds reads the cloth's particles only (a review caught it refusing every mixed scene)."""
+    from dreamcloth import taichi_mpm as M
+    from dreamcloth.cli.pipeline.simulation import build
+
+    from .scenes import drape_text
+
+    text = drape_text(frames=2) + (
+        '\n[[object]]\nname = "block"\nkind = "solid"\nmesh = "box"\nsize = [0.1, 0.1, 0.1]\ncenter = [0.5, 0.2, 0.5]\n')
+    scene = load_scene(write_drape(tmp_path, text=text))
+    assert scene.settings.cloth_solver == "mpm"
+    sim = build(scene)
+    params = sim.params()
+    assert float(params.shear_stiffness.min()) == 0.0  # the block's
+    traj = M.simulate(sim.model, sim.state0, params, sim.config, 2, bounds=sim.bounds)
+    assert np.isfinite(traj.x.numpy()).all()
