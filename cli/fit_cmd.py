@@ -10,6 +10,7 @@ import typer
 
 from .common import DEMO_SCENE, DEMO_TRUTH, DEMO_VIDEO, DeviceOption, bar_progress, progress_bar
 from .errors import CliError, report_errors
+from .pipeline.errors import not_a_file
 
 WorkersOption = Annotated[Optional[int], typer.Option(
     "--workers", min=1, help="Processes for the fit's independent rollouts (starting points, polish); "
@@ -99,7 +100,7 @@ def fit(
         elif video is None or scene is None:
             raise CliError("give both --video and --scene (or neither, to fit the bundled demo)")
         if not video.is_file():
-            raise FileNotFoundError(f"video {video} {'is a directory' if video.is_dir() else 'does not exist'}")
+            raise FileNotFoundError(f"video {video} {not_a_file(video)}")
         cfg_args = dict(iterations=iterations, lr=lr, fit_velocity=fit_velocity, prior_weight=prior_weight if prior else 0.0,
                         seed=seed, horizon_start=horizon_start)
         args = {"video": str(video.resolve()), "scene": str(scene.resolve()), "masks": str(masks.resolve()) if masks else None,
@@ -181,7 +182,7 @@ def predict(
 ) -> None:
     """Fit on the first --context frames, simulate --horizon more; mask IoU and PSNR on the frames the fit did not see."""
     if not video.is_file():
-        raise FileNotFoundError(f"video {video} {'is a directory' if video.is_dir() else 'does not exist'}")
+        raise FileNotFoundError(f"video {video} {not_a_file(video)}")
     from .pipeline.predict import predict_video
 
     if context < 3:  # before the fit's settings, whose first horizon is taken from it

@@ -35,11 +35,10 @@ def check(
     if s.substeps:  # the scene's own count: what simulate and fit would refuse at their first step
         from dreamcloth import taichi_mpm as M
 
-        mesh = s.cloth_solver == "mesh"
-        dt_max = M.max_dt(g.dx, sim.bounds, mesh=mesh, implicit_membrane=mesh and sim.config.membrane == "implicit")
-        if sim.config.dt > dt_max * (1 + 1e-9):
-            raise CliError(f"{file}: scene.substeps = {s.substeps} gives dt {sim.config.dt:.4g} s, above the CFL bound {dt_max:.4g} s "
-                           f"of its values and fit ranges; use at least {M.substeps_for(s.fps, dt_max)} (or leave substeps out)")
+        try:
+            M.check_cfl(sim.config, sim.bounds)
+        except ValueError as exc:
+            raise CliError(f"{file}: scene.substeps = {s.substeps} gives {exc} (or leave substeps out)") from None
     console = Console()
     console.print(f"[bold]{file}[/]: valid")
     console.print(f"{s.frames} frames at {s.fps:g} fps, {sim.config.substeps_per_frame} substeps per frame "

@@ -21,7 +21,7 @@ from .geometry import euler_xyz, load_mesh
 from .model import MaterialGroup, Model, Params, State
 from .parameters import PARAMETERS, Parameter, parameters_of
 from .sampling import ParticleSet, sample_box, sample_mesh, sample_sphere
-from .simulate import Trajectory, lame, min_rest_edge, simulate
+from .simulate import Trajectory, check_cfl, lame, min_rest_edge, simulate
 
 __all__ = [
     "ClothGroup", "MeshCollider", "ModelBuilder", "ObjectRange", "euler_xyz", "grid_mesh", "min_rest_edge",

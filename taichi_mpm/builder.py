@@ -80,9 +80,11 @@ class ModelBuilder:
         v0 = self._n
         nv, ne = len(vertices), len(faces)
         verts = np.asarray(vertices, dtype=np.float64)
-        if verts.ndim != 2 or verts.shape[1] != 3 or not np.isfinite(verts).all():
-            raise ValueError(f"cloth {name!r}: vertices must be finite [V, 3] positions, got shape {verts.shape}"
-                             + ("" if verts.ndim != 2 or verts.shape[1] != 3 else f" with {int((~np.isfinite(verts)).any(1).sum())} non-finite"))
+        if verts.ndim != 2 or verts.shape[1] != 3:
+            raise ValueError(f"cloth {name!r}: vertices must be [V, 3] positions, got shape {verts.shape}")
+        bad = ~np.isfinite(verts).all(axis=1)
+        if bad.any():
+            raise ValueError(f"cloth {name!r}: vertices must be finite, got {int(bad.sum())} with NaN or infinite coordinates")
         for label, vec in (("velocity", velocity), ("pin_velocity", pin_velocity)):
             if not np.isfinite(np.asarray(vec, dtype=np.float64)).all():
                 raise ValueError(f"cloth {name!r}: {label} must be finite, got {vec}")

@@ -104,7 +104,7 @@ class Model:
         pin_velocity = pin_velocity.expand(n, 3)
         return Model(
             volume.contiguous(), mass_volume.contiguous(), tuple(groups), tuple(cloth), pinned.contiguous(),
-            pin_velocity.to(volume.dtype).contiguous(), tuple(colliders),
+            pin_velocity.contiguous(), tuple(colliders),
         )
 
 

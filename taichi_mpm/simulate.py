@@ -136,7 +136,7 @@ def simulate(
         bounds = _bounds_of(model, state, params, config, num_frames)
     else:
         _check_bounds(bounds, params, model)
-    _check_cfl(config, bounds)
+    check_cfl(config, bounds)
     if config.cloth_solver == "mesh":
         x, F, final, total = simulate_mesh(model, state, params, config, num_frames, _mesh_params(model, params), progress,
                                         keep_bytes=KEEP_TAPE_BYTES)
@@ -279,7 +279,8 @@ def _check_bounds(bounds: _cfl.Bounds, params: Params, model: Model) -> None:
         raise ValueError(f"bounds.max_speed must be finite and >= 0, got {bounds.max_speed}")
 
 
-def _check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
+def check_cfl(config: SimConfig, bounds: _cfl.Bounds) -> None:
+    """A ValueError when ``config``'s dt is above the CFL bound of ``bounds`` (it says how many substeps are needed)."""
     mesh = config.cloth_solver == "mesh"
     dt_max = _cfl.max_dt(config.grid.dx, bounds, mesh=mesh, implicit_membrane=mesh and config.membrane == "implicit")
     if config.dt > dt_max * (1 + 1e-9):

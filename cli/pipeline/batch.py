@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import PipelineError, one_line
+from .errors import PipelineError, not_a_file, one_line
 from .fit import FitConfig
 from .scene import load_scene
 
@@ -215,7 +215,7 @@ def _make_job(entry: dict[str, Any], where: str, base: Path, predict: bool) -> J
     # what a job needs on disk, before any job runs (a cluster's workers see the same paths)
     for key, p in (("video", video), ("scene", scene), ("masks", job.masks)):
         if p is not None and not p.is_file():
-            raise JobFileError(f"{where}: {key} {p} {'is a directory' if p.is_dir() else 'does not exist'}")
+            raise JobFileError(f"{where}: {key} {p} {not_a_file(p)}")
     try:
         load_scene(scene)
     except (ValueError, OSError) as exc:  # SceneError names the scene file and the key
@@ -235,7 +235,7 @@ def read_jobs(path: Path, predict: bool = False, defaults: dict[str, Any] | None
     """
     path = Path(path)
     if not path.is_file():
-        raise JobFileError(f"job file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+        raise JobFileError(f"job file {path} {not_a_file(path)}")
     base = path.resolve().parent
     entries: list[tuple[str, dict[str, Any]]] = []
     file_defaults: dict[str, Any] = {}

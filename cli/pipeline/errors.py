@@ -20,6 +20,13 @@ class RunFailedError(PipelineError, RuntimeError):
     """A run that started and could not finish (a NaN that survives dt halving, a failed morph, ...)."""
 
 
+def not_a_file(path) -> str:
+    """How a path that should be a file fails: ``"is a directory"`` or ``"does not exist"``."""
+    from pathlib import Path
+
+    return "is a directory" if Path(path).is_dir() else "does not exist"
+
+
 def one_line(exc: BaseException) -> str:
     """The exception's message squeezed onto one line."""
     text = " ".join(str(exc).split()) or type(exc).__name__

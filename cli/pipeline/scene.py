@@ -32,6 +32,8 @@ from typing import Any
 from dreamcloth.taichi_mpm import PARAMETERS as MATERIAL, parameters_of
 from dreamcloth.taichi_mpm.cloth_contact import ANALYTIC
 
+from .errors import not_a_file
+
 #: the grid-free cloth solver's cloth-cloth contact distance (m) when a scene file does not set
 #: ``[scene] cloth_thickness``: the 4 mm contact radius of the cross-simulator references' cloth
 #: (Newton's particle radius there); far above real fabric (0.2-1 mm), because only vertices are
@@ -387,7 +389,7 @@ def load_scene(path: str | Path) -> Scene:
     """Parse and validate a scene file; every problem is a ``SceneError`` naming file and key."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"scene file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+        raise FileNotFoundError(f"scene file {path} {not_a_file(path)}")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

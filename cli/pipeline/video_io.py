@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import not_a_file
+
 
 @dataclasses.dataclass(frozen=True)
 class Video:
@@ -53,7 +55,7 @@ def read_video(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+        raise FileNotFoundError(f"video {path} {not_a_file(path)}")
     frames: list[np.ndarray] = []
     times: list[float] = []
     try:

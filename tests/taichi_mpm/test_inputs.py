@@ -66,7 +66,7 @@ def test_blow_up_is_reported_with_its_substep(monkeypatch):
     # with the CFL check out of the way the far too large dt goes through, and the rollout explodes
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("dreamcloth.taichi_mpm.simulate"), "_check_cfl", lambda config, bounds: None)
+    monkeypatch.setattr(importlib.import_module("dreamcloth.taichi_mpm.simulate"), "check_cfl", lambda config, bounds: None)
     with pytest.raises(SimulationError, match=r"NaN/inf at substep \d+ \(during frame \d+\)") as info:
         simulate(model, state, Params.create(1e9, 0.3, 1e3, dtype=F64), cfg, 40)
     assert info.value.substep is not None and info.value.substep >= 1
